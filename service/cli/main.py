@@ -1,0 +1,310 @@
+"""``tcm``: compress / decompress / inspect images and manage the model store.
+
+Every expected failure prints ``tcm: error: <one line>`` on stderr and exits non-zero
+(2 for usage, 1 otherwise); a traceback is a bug. Heavy imports (torch) happen inside
+the commands so that ``tcm --help`` and ``tcm inspect`` stay fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import TcmError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class CliError(TcmError):
+    code = "cli_error"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other failure
+        self.exit(EXIT_USAGE, f"tcm: error: {message} (see tcm --help)\n")
+
+
+def _quality(text: str) -> int:
+    try:
+        q = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"quality must be an integer, got {text!r}") from None
+    if not 1 <= q <= 255:
+        raise argparse.ArgumentTypeError(f"quality must be in 1..255, got {q}")
+    return q
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tcm", description="TCM learned image compression (CVPR 2023) - codec, store and service.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def store_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--store", help="model store directory (default: $TCM_MODEL_STORE, else the bundled model_store/)")
+
+    c = sub.add_parser("compress", help="compress images to .tcm files")
+    c.add_argument("inputs", nargs="+", metavar="IN", help="image files or directories of images")
+    c.add_argument("-o", "--output", help="output file (one input) or directory (default: next to each input)")
+    c.add_argument("-q", "--quality", type=_quality, help="quality level in the store (default: the highest available)")
+    c.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    c.add_argument("--drop-alpha", action="store_true", help="discard an alpha channel instead of refusing the image")
+    c.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels than this")
+    c.add_argument("--force", action="store_true", help="overwrite existing output files")
+    store_opt(c)
+
+    d = sub.add_parser("decompress", help="decompress .tcm files to PNG")
+    d.add_argument("inputs", nargs="+", metavar="IN", help=".tcm files or directories of them")
+    d.add_argument("-o", "--output", help="output file (one input) or directory (default: next to each input)")
+    d.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    d.add_argument("--force", action="store_true", help="overwrite existing output files")
+    store_opt(d)
+
+    i = sub.add_parser("inspect", help="show every header field of a .tcm file")
+    i.add_argument("file", metavar="FILE.tcm")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+
+    m = sub.add_parser("models", help="list or import models in the store")
+    msub = m.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    ml = msub.add_parser("list", help="list the quality levels in the store")
+    ml.add_argument("--json", action="store_true")
+    store_opt(ml)
+    mi = msub.add_parser("import", help="check an official-format checkpoint and add it to the store")
+    mi.add_argument("checkpoint", metavar="CHECKPOINT")
+    mi.add_argument("-q", "--quality", type=_quality, required=True)
+    arch = mi.add_mutually_exclusive_group()
+    arch.add_argument("--preset", help="architecture preset (official-small, official-large, conformance-small)")
+    arch.add_argument("--arch-json", metavar="FILE", help="TCM constructor arguments as a JSON file")
+    mi.add_argument("--lambda", dest="lmbda", type=float, help="rate-distortion lambda the model was trained with")
+    mi.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
+    mi.add_argument("--source", help="where the weights came from (recorded in the manifest)")
+    mi.add_argument("--replace", action="store_true", help="replace an existing entry for this quality")
+    store_opt(mi)
+    return p
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _expand(inputs: Sequence[str], suffixes: set[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in suffixes)
+            if not found:
+                raise CliError(f"directory {p} holds no {'/'.join(sorted(suffixes))} files")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise CliError(f"no such file or directory: {p}")
+    return files
+
+
+def _output_paths(files: list[Path], output: str | None, suffix: str, force: bool) -> list[Path]:
+    if output is None:
+        outs = [f.with_suffix(suffix) for f in files]
+    else:
+        o = Path(output)
+        if len(files) == 1 and not o.is_dir() and not output.endswith(os.sep):
+            outs = [o]
+        else:
+            o.mkdir(parents=True, exist_ok=True)
+            outs = [o / (f.stem + suffix) for f in files]
+    if len(set(outs)) != len(outs):
+        raise CliError("two inputs would write the same output file; use distinct names or -o per file")
+    for src, dst in zip(files, outs):
+        if dst.resolve() == src.resolve():
+            raise CliError(f"output {dst} would overwrite its input")
+        if dst.exists() and not force:
+            raise CliError(f"{dst} exists (use --force to overwrite)")
+    return outs
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class _Progress:
+    """A one-line progress bar on stderr, shown only for several files."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.show = total, 0, total > 1
+
+    def step(self, name: str) -> None:
+        self.done += 1
+        if self.show:
+            width = 24
+            filled = width * self.done // self.total
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {name[:40]:<40}")
+            if self.done == self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _open_store(args):
+    from ..store import ModelStore, resolve_store
+
+    return ModelStore(resolve_store(args.store))
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_compress(args) -> int:
+    from ..codec.pipeline import compress_images, load_model, resolve_device
+    from ..imageio import DEFAULT_MAX_PIXELS, read_image
+
+    files = _expand(args.inputs, IMAGE_SUFFIXES)
+    outs = _output_paths(files, args.output, ".tcm", args.force)
+    store = _open_store(args)
+    entries = store.entries()
+    if not entries:
+        raise CliError(f"model store {store.root} has no models (add one with: tcm models import)")
+    quality = args.quality if args.quality is not None else entries[-1].quality
+    device = resolve_device(args.device)
+    t0 = time.perf_counter()
+    lm = load_model(store, quality, device)
+    load_s = time.perf_counter() - t0
+    max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
+    progress = _Progress(len(files))
+    total_bits = total_pixels = 0
+    t1 = time.perf_counter()
+    for src, dst in zip(files, outs):
+        img = read_image(src, max_pixels=max_pixels, drop_alpha=args.drop_alpha)
+        (res,) = compress_images(lm, [img])
+        _atomic_write_bytes(dst, res.blob)
+        total_bits += 8 * len(res.blob)
+        total_pixels += img.width * img.height
+        if len(files) == 1:
+            print(f"{src} -> {dst}: {img.width}x{img.height} {img.mode}, q{quality}, {len(res.blob)} bytes, {res.bpp:.4f} bpp")
+        progress.step(src.name)
+    elapsed = time.perf_counter() - t1
+    print(
+        f"compressed {len(files)} image(s) at q{quality} on {device}: {total_bits / max(total_pixels, 1):.4f} bpp "
+        f"(container included), {elapsed:.2f} s ({elapsed / len(files):.2f} s/image, model load {load_s:.2f} s)"
+    )
+    return 0
+
+
+def cmd_decompress(args) -> int:
+    from ..codec.pipeline import decompress_blob, read_blob, resolve_device, store_resolver
+    from ..imageio import write_png
+
+    files = _expand(args.inputs, {".tcm"})
+    outs = _output_paths(files, args.output, ".png", args.force)
+    resolve = store_resolver(_open_store(args), resolve_device(args.device))
+    progress = _Progress(len(files))
+    t0 = time.perf_counter()
+    for src, dst in zip(files, outs):
+        try:
+            blob = read_blob(src)
+        except OSError as exc:
+            raise CliError(f"cannot read {src}: {exc.strerror or exc}") from None
+        try:
+            out = decompress_blob(blob, resolve)
+        except TcmError as exc:
+            raise type(exc)(f"{src}: {exc}") from None
+        write_png(dst, out.pixels)
+        if len(files) == 1:
+            print(f"{src} -> {dst}: {out.header.width}x{out.header.height} {out.mode}")
+        progress.step(src.name)
+    elapsed = time.perf_counter() - t0
+    print(f"decompressed {len(files)} file(s) in {elapsed:.2f} s")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from ..codec.container import header_fields, unpack
+
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    fields = header_fields(unpack(data))
+    if args.json:
+        print(json.dumps(fields, indent=2))
+    else:
+        for k, v in fields.items():
+            print(f"{k:>18}: {v}")
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    store = _open_store(args)
+    entries = store.entries()
+    if args.json:
+        print(json.dumps({"store": str(store.root), "models": [e.to_json() for e in entries]}, indent=2))
+        return 0
+    if not entries:
+        print(f"no models in {store.root}")
+        return 0
+    print(f"{'quality':>7}  {'preset':<18} {'N':>4} {'slices':>6} {'lambda':>8}  {'sha256':<12}  file")
+    for e in entries:
+        lam = "-" if e.lmbda is None else f"{e.lmbda:g}"
+        print(f"{e.quality:>7}  {e.preset or 'custom':<18} {e.arch.N:>4} {e.arch.num_slices:>6} {lam:>8}  {e.sha256[:12]}  {e.file}")
+    return 0
+
+
+def cmd_models_import(args) -> int:
+    from ..model.config import TCMConfig, preset
+
+    if args.arch_json:
+        try:
+            arch = TCMConfig.from_dict(json.loads(Path(args.arch_json).read_text()))
+        except OSError as exc:
+            raise CliError(f"cannot read {args.arch_json}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise CliError(f"{args.arch_json} is not valid JSON: {exc}") from None
+        name = None
+    else:
+        name = args.preset or "official-small"
+        arch = preset(name)
+    store = _open_store(args)
+    t0 = time.perf_counter()
+    entry = store.import_checkpoint(
+        args.checkpoint, args.quality, arch, preset=name, lmbda=args.lmbda, metric=args.metric,
+        source=args.source, replace=args.replace,
+    )
+    print(f"imported {args.checkpoint} as quality {entry.quality} ({entry.file}, sha256 {entry.sha256[:12]}...) "
+          f"into {store.root} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+COMMANDS = {
+    "compress": cmd_compress,
+    "decompress": cmd_decompress,
+    "inspect": cmd_inspect,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "models":
+        handler = cmd_models_list if args.models_command == "list" else cmd_models_import
+    else:
+        handler = COMMANDS[args.command]
+    try:
+        return handler(args)
+    except TcmError as exc:
+        print(f"tcm: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("tcm: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:  # disk full, permission denied on output, ...
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"tcm: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""TCM: mixed Transformer-CNN learned image codec (Liu, Sun, Katto, CVPR 2023).
+
+The network is split into the stages the codec pipeline needs, so that compress and
+decompress can run the same code as ``forward`` (same kernels, same order), and so that
+batching and backends can wrap stages independently:
+
+* ``g_a`` / ``g_s``: analysis / synthesis transforms (image <-> y, 320 channels at 1/16),
+* ``h_a`` / ``h_mean_s`` + ``h_scale_s``: hyperprior (y -> z at 1/64, z_hat -> mean/scale priors),
+* per slice: SWAtten + CNN -> (mu, sigma) for the Gaussian model, then latent residual
+  prediction (LRP) refines y_hat; slice i is conditioned on the decoded slices before it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .config import (
+    HYPER_CHANNELS,
+    HYPER_HEAD_DIM,
+    HYPER_WINDOW_SIZE,
+    LATENT_CHANNELS,
+    SWATTEN_HEAD_DIM,
+    SWATTEN_INTER_DIM,
+    WINDOW_SIZE,
+    TCMConfig,
+)
+from .entropy import EntropyBottleneck, GaussianConditional
+from .layers import (
+    ResidualBlockUpsample,
+    ResidualBlockWithStride,
+    SWAtten,
+    conv3x3,
+    slice_transform,
+    subpel_conv3x3,
+    tcm_stage,
+)
+
+
+@dataclass
+class SliceParams:
+    """Entropy parameters of one y slice and the attention output LRP needs."""
+
+    mu: Tensor
+    scale: Tensor
+    mean_support: Tensor
+
+
+class TCM(nn.Module):
+    """The TCM network with official state_dict names and shapes."""
+
+    def __init__(self, cfg: TCMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n, m, c, hd, w = cfg.N, cfg.M, cfg.config, cfg.head_dim, WINDOW_SIZE
+        # Registered first, as in the official class (CompressionModel creates it first).
+        self.entropy_bottleneck = EntropyBottleneck(HYPER_CHANNELS)
+        self.g_a = nn.Sequential(
+            ResidualBlockWithStride(3, 2 * n, 2),
+            *tcm_stage(n, c[0], hd[0], w), ResidualBlockWithStride(2 * n, 2 * n, 2),
+            *tcm_stage(n, c[1], hd[1], w), ResidualBlockWithStride(2 * n, 2 * n, 2),
+            *tcm_stage(n, c[2], hd[2], w), conv3x3(2 * n, m, stride=2),
+        )
+        self.g_s = nn.Sequential(
+            ResidualBlockUpsample(m, 2 * n, 2),
+            *tcm_stage(n, c[3], hd[3], w), ResidualBlockUpsample(2 * n, 2 * n, 2),
+            *tcm_stage(n, c[4], hd[4], w), ResidualBlockUpsample(2 * n, 2 * n, 2),
+            *tcm_stage(n, c[5], hd[5], w), subpel_conv3x3(2 * n, 3, 2),
+        )
+        hyper = lambda depth: tcm_stage(n, depth, HYPER_HEAD_DIM, HYPER_WINDOW_SIZE)  # noqa: E731
+        self.h_a = nn.Sequential(
+            ResidualBlockWithStride(LATENT_CHANNELS, 2 * n, 2), *hyper(c[0]), conv3x3(2 * n, HYPER_CHANNELS, stride=2)
+        )
+        self.h_mean_s = nn.Sequential(
+            ResidualBlockUpsample(HYPER_CHANNELS, 2 * n, 2), *hyper(c[3]), subpel_conv3x3(2 * n, LATENT_CHANNELS, 2)
+        )
+        self.h_scale_s = nn.Sequential(
+            ResidualBlockUpsample(HYPER_CHANNELS, 2 * n, 2), *hyper(c[3]), subpel_conv3x3(2 * n, LATENT_CHANNELS, 2)
+        )
+        sc = cfg.slice_channels
+        support_width = [LATENT_CHANNELS + sc * cfg.support_count(i) for i in range(cfg.num_slices)]
+        swatten = lambda width: nn.Sequential(  # noqa: E731 - one-element Sequential: key "atten_mean.i.0.*"
+            SWAtten(width, SWATTEN_HEAD_DIM, WINDOW_SIZE, SWATTEN_INTER_DIM)
+        )
+        self.atten_mean = nn.ModuleList(swatten(wd) for wd in support_width)
+        self.atten_scale = nn.ModuleList(swatten(wd) for wd in support_width)
+        self.cc_mean_transforms = nn.ModuleList(slice_transform(wd, sc) for wd in support_width)
+        self.cc_scale_transforms = nn.ModuleList(slice_transform(wd, sc) for wd in support_width)
+        self.lrp_transforms = nn.ModuleList(slice_transform(wd + sc, sc) for wd in support_width)
+        self.gaussian_conditional = GaussianConditional()
+
+    # -- stages ---------------------------------------------------------------------------
+    def hyper_synthesis(self, z_hat: Tensor) -> tuple[Tensor, Tensor]:
+        """z_hat -> (latent_means, latent_scales) priors at y resolution."""
+        return self.h_mean_s(z_hat), self.h_scale_s(z_hat)
+
+    def support(self, decoded: list[Tensor]) -> list[Tensor]:
+        """The previously decoded slices that condition the next one."""
+        if self.cfg.max_support_slices < 0:
+            return decoded
+        return decoded[: self.cfg.max_support_slices]
+
+    def slice_params(self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor]) -> SliceParams:
+        """(mu, sigma) of slice ``i`` given the priors and the already decoded slices."""
+        support = self.support(decoded)
+        h, w = latent_means.shape[2:]
+        mean_support = self.atten_mean[i](torch.cat([latent_means] + support, dim=1))
+        mu = self.cc_mean_transforms[i](mean_support)[:, :, :h, :w]
+        scale_support = self.atten_scale[i](torch.cat([latent_scales] + support, dim=1))
+        scale = self.cc_scale_transforms[i](scale_support)[:, :, :h, :w]
+        return SliceParams(mu, scale, mean_support)
+
+    def refine(self, i: int, mean_support: Tensor, y_hat_slice: Tensor) -> Tensor:
+        """Latent residual prediction: y_hat + 0.5 * tanh(LRP([attention output, y_hat]))."""
+        lrp = self.lrp_transforms[i](torch.cat([mean_support, y_hat_slice], dim=1))
+        return y_hat_slice + 0.5 * torch.tanh(lrp)
+
+    # -- the reference forward pass (training and evaluation) --------------------------------
+    def forward(self, x: Tensor) -> dict:
+        """Same outputs as the official ``TCM.forward``: x_hat (not clamped), likelihoods
+        of y and z, and the entropy parameters."""
+        y = self.g_a(x)
+        z = self.h_a(y)
+        _, z_likelihoods = self.entropy_bottleneck(z)
+        medians = self.entropy_bottleneck.medians().reshape(1, -1, 1, 1)
+        z_q = z - medians
+        z_hat = z_q + (torch.round(z_q) - z_q).detach() + medians  # straight-through rounding
+        latent_means, latent_scales = self.hyper_synthesis(z_hat)
+        decoded: list[Tensor] = []
+        likelihoods, mus, scales = [], [], []
+        for i, y_slice in enumerate(y.chunk(self.cfg.num_slices, 1)):
+            p = self.slice_params(i, latent_means, latent_scales, decoded)
+            _, lik = self.gaussian_conditional(y_slice, p.scale, p.mu)
+            y_q = y_slice - p.mu
+            y_hat_slice = y_q + (torch.round(y_q) - y_q).detach() + p.mu
+            decoded.append(self.refine(i, p.mean_support, y_hat_slice))
+            likelihoods.append(lik)
+            mus.append(p.mu)
+            scales.append(p.scale)
+        x_hat = self.g_s(torch.cat(decoded, dim=1))
+        return {
+            "x_hat": x_hat,
+            "likelihoods": {"y": torch.cat(likelihoods, dim=1), "z": z_likelihoods},
+            "para": {"means": torch.cat(mus, dim=1), "scales": torch.cat(scales, dim=1), "y": y},
+        }
+
+    def aux_loss(self) -> Tensor:
+        return self.entropy_bottleneck.aux_loss()

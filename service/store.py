@@ -1,0 +1,225 @@
+"""The model store: a directory of checkpoints plus ``manifest.json`` describing them.
+
+Layout::
+
+    model_store/
+      manifest.json        {"format": 1, "models": [ {entry}, ... ]}
+      q3-<sha256[:12]>.pt  state_dict (tables filled), one per quality level
+
+Each entry: ``quality`` (1..255, unique), ``file``, ``arch`` (TCM constructor arguments),
+``preset`` (name or null), ``lambda``, ``metric``, ``sha256`` of the file, ``source``
+(where the weights came from). Loading verifies the SHA-256 and refuses a mismatch: a
+corrupted or swapped weights file would otherwise decode every stored image wrongly.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError, ConfigError, ModelNotFoundError, StoreError
+from .model.checkpoint import load_into, read_state_dict
+from .model.config import PRESETS, TCMConfig
+from .model.tcm import TCM
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+DEFAULT_STORE = Path(__file__).resolve().parents[1] / "model_store"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    quality: int
+    file: str
+    arch: TCMConfig
+    preset: str | None
+    lmbda: float | None
+    metric: str
+    sha256: str
+    source: str
+
+    @property
+    def weights_hash(self) -> bytes:
+        """8-byte identity of the weights stored in every .tcm header."""
+        return bytes.fromhex(self.sha256)[:8]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "quality": self.quality,
+            "file": self.file,
+            "arch": self.arch.to_dict(),
+            "preset": self.preset,
+            "lambda": self.lmbda,
+            "metric": self.metric,
+            "sha256": self.sha256,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, d: Any) -> "ModelEntry":
+        if not isinstance(d, dict):
+            raise StoreError("manifest entry is not an object")
+        try:
+            q = d["quality"]
+            if not isinstance(q, int) or not 1 <= q <= 255:
+                raise StoreError(f"manifest entry has invalid quality {q!r} (1..255)")
+            sha = str(d["sha256"]).lower()
+            if len(sha) != 64 or any(ch not in "0123456789abcdef" for ch in sha):
+                raise StoreError(f"manifest entry for quality {q} has an invalid sha256")
+            file = str(d["file"])
+            if Path(file).name != file:
+                raise StoreError(f"manifest entry for quality {q}: file must be a plain file name, got {file!r}")
+            lam = d.get("lambda")
+            return cls(
+                quality=q,
+                file=file,
+                arch=TCMConfig.from_dict(d["arch"]),
+                preset=d.get("preset"),
+                lmbda=None if lam is None else float(lam),
+                metric=str(d.get("metric", "mse")),
+                sha256=sha,
+                source=str(d.get("source", "")),
+            )
+        except KeyError as exc:
+            raise StoreError(f"manifest entry is missing field {exc.args[0]!r}") from None
+        except ConfigError as exc:
+            raise StoreError(f"manifest entry has a bad architecture: {exc}") from None
+
+
+def resolve_store(path: str | os.PathLike | None) -> Path:
+    """``--store``, else ``TCM_MODEL_STORE``, else the bundled ``model_store/``."""
+    if path:
+        return Path(path)
+    env = os.environ.get("TCM_MODEL_STORE")
+    return Path(env) if env else DEFAULT_STORE
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ModelStore:
+    """Reads and writes a store directory. Cheap to construct; loads models on demand."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    # -- manifest ------------------------------------------------------------------------
+    def entries(self) -> list[ModelEntry]:
+        path = self.root / MANIFEST
+        if not self.root.is_dir():
+            raise StoreError(f"model store {self.root} does not exist")
+        if not path.is_file():
+            return []
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read {path}: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("models"), list):
+            raise StoreError(f"{path} is not a format-{MANIFEST_FORMAT} manifest")
+        entries = [ModelEntry.from_json(d) for d in data["models"]]
+        qualities = [e.quality for e in entries]
+        if len(set(qualities)) != len(qualities):
+            raise StoreError(f"{path} lists a quality level twice")
+        return sorted(entries, key=lambda e: e.quality)
+
+    def entry(self, quality: int) -> ModelEntry:
+        for e in self.entries():
+            if e.quality == quality:
+                return e
+        have = ", ".join(str(e.quality) for e in self.entries()) or "none"
+        raise ModelNotFoundError(f"quality {quality} is not in the model store {self.root} (available: {have})")
+
+    def _write_manifest(self, entries: list[ModelEntry]) -> None:
+        doc = {"format": MANIFEST_FORMAT, "models": [e.to_json() for e in sorted(entries, key=lambda e: e.quality)]}
+        text = json.dumps(doc, indent=2) + "\n"
+        _atomic_write(self.root / MANIFEST, lambda f: f.write(text.encode()))
+
+    # -- loading -------------------------------------------------------------------------
+    def load_model(self, entry: ModelEntry, verify: bool = True) -> TCM:
+        """Build the architecture and load the weights (CPU, eval mode)."""
+        path = self.root / entry.file
+        if not path.is_file():
+            raise StoreError(f"weights file {path} for quality {entry.quality} is missing")
+        if verify:
+            actual = sha256_file(path)
+            if actual != entry.sha256:
+                raise StoreError(
+                    f"weights file {entry.file} fails its checksum (manifest {entry.sha256[:12]}..., file {actual[:12]}...)"
+                )
+        model = TCM(entry.arch)
+        try:
+            load_into(model, read_state_dict(path))
+        except CheckpointError as exc:
+            raise StoreError(f"quality {entry.quality}: {exc}") from None
+        return model.eval()
+
+    # -- importing -----------------------------------------------------------------------
+    def import_checkpoint(
+        self,
+        checkpoint: str | os.PathLike,
+        quality: int,
+        arch: TCMConfig,
+        preset: str | None = None,
+        lmbda: float | None = None,
+        metric: str = "mse",
+        source: str | None = None,
+        replace: bool = False,
+    ) -> ModelEntry:
+        """Check a checkpoint against ``arch``, build its entropy tables, and add it."""
+        from .codec.engine import prepare_entropy_tables  # the codec layer depends on the store, not vice versa
+
+        if not 1 <= quality <= 255:
+            raise StoreError(f"quality must be in 1..255, got {quality}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        entries = [e for e in self.entries()]
+        if any(e.quality == quality for e in entries) and not replace:
+            raise StoreError(f"quality {quality} already exists in {self.root} (use --replace to overwrite it)")
+        model = TCM(arch)
+        load_into(model, read_state_dict(checkpoint))
+        prepare_entropy_tables(model)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        tmp_name = f".import-q{quality}.pt"
+        _atomic_write(self.root / tmp_name, lambda f: torch.save(state, f))
+        digest = sha256_file(self.root / tmp_name)
+        name = f"q{quality}-{digest[:12]}.pt"
+        os.replace(self.root / tmp_name, self.root / name)
+        entry = ModelEntry(
+            quality=quality,
+            file=name,
+            arch=arch,
+            preset=preset if preset else next((k for k, v in PRESETS.items() if v == arch), None),
+            lmbda=lmbda,
+            metric=metric,
+            sha256=digest,
+            source=source or f"imported from {Path(checkpoint).name}",
+        )
+        old = [e for e in entries if e.quality == quality]
+        self._write_manifest([e for e in entries if e.quality != quality] + [entry])
+        for e in old:
+            if e.file != name and not any(o.file == e.file for o in entries if o.quality != quality):
+                (self.root / e.file).unlink(missing_ok=True)
+        return entry
