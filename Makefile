@@ -12,4 +12,4 @@ test: setup
 	.venv/bin/python -m pytest -q
 
 test-all: setup
-	.venv/bin/python -m pytest -q -m "slow or not slow"
+	.venv/bin/python -m pytest -q -m ""

@@ -363,6 +363,9 @@ def _to_array(img: Image.Image, fmt: str, drop_alpha: bool) -> tuple[np.ndarray,
         raise ImageError(
             f"image has {kind}; pass drop_alpha=True (CLI: --drop-alpha) to discard it"
         )
+    # Colour-key / palette transparency is metadata: forget it (drop_alpha=True, or there is
+    # none) so that Pillow's conversions neither use nor warn about it.
+    img.info.pop("transparency", None)
     mode = img.mode
     if mode in ("1", "L"):
         return np.asarray(img.convert("L") if mode == "1" else img), "L"
@@ -375,8 +378,7 @@ def _to_array(img: Image.Image, fmt: str, drop_alpha: bool) -> tuple[np.ndarray,
         return np.asarray(img.convert("RGB")), "RGB"  # RGBa -> RGB un-premultiplies
     if mode == "PA":
         return np.asarray(img.convert("RGBA").convert("RGB")), "RGB"
-    if mode == "P":
-        # Converting straight to RGB ignores palette alpha and info["transparency"].
+    if mode == "P":  # a palette's own alpha (RGBA palette) is ignored by this conversion
         return np.asarray(img.convert("RGB")), "RGB"
     if mode in _TO_RGB_MODES:
         return np.asarray(img.convert("RGB")), "RGB"

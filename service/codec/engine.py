@@ -2,9 +2,10 @@
 
 This is the reference ``compress()`` / ``decompress()`` reorganised for serving:
 
-* batch-capable: a batch of same-size images runs through the transforms together and
-  every image still gets its own z and y strings (the reference codes one y string per
-  batch, which is why it only supports batch 1);
+* batch-capable: a batch of same-size images runs through the analysis/synthesis
+  transforms together and every image still gets its own z and y strings (the reference
+  codes one y string per batch, which is why it only supports batch 1); see the batching
+  policy note below for why the entropy-parameter path runs per image;
 * split into a tensor stage (:meth:`Engine.analyse`, device work) and a range-coding stage
   (:func:`encode_symbols`, CPU, GIL released) so that a server can overlap them;
 * vectorised: symbols and indexes leave the device once per slice as int32 arrays; no
@@ -125,12 +126,22 @@ class Engine:
         self.z_channels = medians.shape[0]
 
     # -- compress ---------------------------------------------------------------------------
+    # Batching policy: only the analysis (g_a) and synthesis (g_s) transforms run on the
+    # whole batch. Everything the decoder recomputes (hyper-synthesis, SWAtten + slice
+    # networks, LRP) runs one image at a time on both sides: those kernels are not
+    # batch-invariant on CPU (differences of ~1e-7 between batch 1 and batch 3, measured),
+    # and an index or symbol that moved across a rounding boundary would make an image
+    # encoded in one batch undecodable in another. h_a is encoder-only but also runs per
+    # image, so that batched output equals one-at-a-time output byte for byte.
     @torch.no_grad()
     def analyse(self, x: Tensor) -> list[ImageSymbols]:
         """Padded batch (B, 3, H, W) in [0, 1] -> per-image symbols and indexes."""
         self._check_padded(x)
+        y = self.model.g_a(x.to(self.device))
+        return [self._analyse_latent(y[k : k + 1]) for k in range(y.shape[0])]
+
+    def _analyse_latent(self, y: Tensor) -> ImageSymbols:
         m = self.model
-        y = m.g_a(x.to(self.device))
         z = m.h_a(y)
         z_sym = torch.round(z - self.z_medians).to(torch.int32)
         z_hat = z_sym.to(z.dtype) + self.z_medians
@@ -139,15 +150,13 @@ class Engine:
         sym_slices, idx_slices = [], []
         for i, y_slice in enumerate(y.chunk(self.cfg.num_slices, 1)):
             p = m.slice_params(i, latent_means, latent_scales, decoded)
-            idx_slices.append(build_indexes(p.scale, self.scale_table))
+            idx_slices.append(build_indexes(p.scale, self.scale_table).reshape(-1))
             y_q = torch.round(y_slice - p.mu).to(torch.int32)
-            sym_slices.append(y_q)
+            sym_slices.append(y_q.reshape(-1))
             decoded.append(m.refine(i, p.mean_support, y_q + p.mu))
-        b = x.shape[0]
-        z_np = _to_numpy_i32(z_sym).reshape(b, -1)
-        y_np = _to_numpy_i32(torch.cat([s.reshape(b, -1) for s in sym_slices], dim=1))
-        i_np = _to_numpy_i32(torch.cat([s.reshape(b, -1) for s in idx_slices], dim=1))
-        return [ImageSymbols(z_np[k], y_np[k], i_np[k]) for k in range(b)]
+        return ImageSymbols(
+            _to_numpy_i32(z_sym).reshape(-1), _to_numpy_i32(torch.cat(sym_slices)), _to_numpy_i32(torch.cat(idx_slices))
+        )
 
     def z_indexes(self, plane: int) -> np.ndarray:
         """Table index of each z symbol: its channel number, channel-major."""
@@ -170,41 +179,46 @@ class Engine:
         Raises :class:`BitstreamError` for undecodable strings and :class:`DriftError` when
         the decoded symbols do not match the encoder's checksum.
         """
-        zh, zw = z_shape
-        b = len(coded)
+        y_hat = torch.cat([self._decode_latent(c, z_shape) for c in coded])
+        return self.model.g_s(y_hat).clamp_(0, 1)
+
+    def _decode_latent(self, c: CodedImage, z_shape: tuple[int, int]) -> Tensor:
+        """One image's strings -> y_hat (1, 320, yH, yW), checking the symbol checksum."""
         m = self.model
-        plane = zh * zw
-        z_idx = self.z_indexes(plane)
-        z_syms = np.stack([RansDecoder(c.z_string).decode(z_idx, self.z_table) for c in coded])
-        z_sym = torch.from_numpy(z_syms).reshape(b, self.z_channels, zh, zw).to(self.device)
-        z_hat = z_sym.to(torch.float32) + self.z_medians
-        latent_means, latent_scales = m.hyper_synthesis(z_hat)
+        zh, zw = z_shape
+        z_syms = self._decode_z(c.z_string, self.z_indexes(zh * zw))
+        z_hat = torch.from_numpy(z_syms).reshape(1, self.z_channels, zh, zw).to(self.device, torch.float32)
+        latent_means, latent_scales = m.hyper_synthesis(z_hat + self.z_medians)
         yh, yw = latent_means.shape[2:]
-        decoders = [RansDecoder(c.y_string) for c in coded]
+        decoder = RansDecoder(c.y_string)
         decoded: list[Tensor] = []
-        y_syms: list[list[np.ndarray]] = [[] for _ in range(b)]
-        y_idxs: list[list[np.ndarray]] = [[] for _ in range(b)]
+        y_syms: list[np.ndarray] = []
+        y_idxs: list[np.ndarray] = []
         for i in range(self.cfg.num_slices):
             p = m.slice_params(i, latent_means, latent_scales, decoded)
-            idx = _to_numpy_i32(build_indexes(p.scale, self.scale_table)).reshape(b, -1)
-            syms = []
-            for k in range(b):
-                s = decoders[k].decode(idx[k], self.y_table)
-                syms.append(s)
-                y_syms[k].append(s)
-                y_idxs[k].append(idx[k])
-            sym = torch.from_numpy(np.stack(syms)).reshape(b, -1, yh, yw).to(self.device)
-            decoded.append(m.refine(i, p.mean_support, sym.to(p.mu.dtype) + p.mu))
-        for k, c in enumerate(coded):
-            crc = symbols_crc32(z_syms[k], *y_syms[k], *y_idxs[k])
-            if crc != c.symbols_crc32:
-                raise DriftError(
-                    "decoded symbols do not match the encoder's checksum: the entropy parameters "
-                    "differ from the encoder's (different hardware or kernels) or the stream is corrupt"
-                )
-        return m.g_s(torch.cat(decoded, dim=1)).clamp_(0, 1)
+            idx = _to_numpy_i32(build_indexes(p.scale, self.scale_table)).reshape(-1)
+            sym = decoder.decode(idx, self.y_table)
+            y_syms.append(sym)
+            y_idxs.append(idx)
+            y_q = torch.from_numpy(sym).reshape(1, -1, yh, yw).to(self.device, p.mu.dtype)
+            decoded.append(m.refine(i, p.mean_support, y_q + p.mu))
+        if symbols_crc32(z_syms, *y_syms, *y_idxs) != c.symbols_crc32:
+            raise DriftError(
+                "decoded symbols do not match the encoder's checksum: the entropy parameters "
+                "differ from the encoder's (different hardware or kernels) or the stream is corrupt"
+            )
+        decoder.check_finished()
+        return torch.cat(decoded, dim=1)
 
     # -- helpers -------------------------------------------------------------------------------
+    def _decode_z(self, z_string: bytes, z_idx: np.ndarray) -> np.ndarray:
+        # z uses fixed per-channel tables (no network in the loop), so a z stream that does
+        # not end exactly where its symbols end is corrupt, never a sign of drift.
+        dec = RansDecoder(z_string)
+        syms = dec.decode(z_idx, self.z_table)
+        dec.check_finished()
+        return syms
+
     @staticmethod
     def _check_padded(x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != 3:
