@@ -48,11 +48,10 @@ Unpack check order (see ``docs/format.md`` "Validation"):
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from service.errors import FormatError, UnsupportedVersionError
 
@@ -70,10 +69,6 @@ __all__ = [
     "pack",
     "unpack",
     "header_fields",
-    "canonical_padding",
-    "compute_config_hash",
-    "weights_hash_from_sha256",
-    "compute_symbols_crc32",
 ]
 
 MAGIC = b"\x89TCM"  # 4 bytes; a non-ASCII first byte, like PNG, catches text-mode mangling
@@ -529,70 +524,3 @@ def header_fields(f: TcmFile) -> dict:
         "y_string_sha256": hashlib.sha256(bytes(f.y_string)).hexdigest(),
         "file_size": HEADER_SIZE + len(f.z_string) + len(f.y_string) + TRAILER_SIZE,
     }
-
-
-def canonical_padding(width: int, height: int) -> tuple[int, int, int, int]:
-    """The padding the codec writes: each dimension up to max(256, next multiple of 128),
-    split floor/rest. Returns (left, right, top, bottom).
-
-    Readers must not require this exact padding; they check the general rule in
-    ``docs/format.md`` (which every canonical padding satisfies).
-    """
-    out = []
-    for size in (width, height):
-        if not _is_int(size) or size < 1:
-            raise ValueError(f"image dimension must be a positive int, got {size!r}")
-        padded = max(256, -(-size // 128) * 128)
-        total = padded - size
-        out.extend((total // 2, total - total // 2))
-    return out[0], out[1], out[2], out[3]
-
-
-def compute_config_hash(cfg: dict) -> bytes:
-    """First 8 bytes of SHA-256 of the canonical JSON of the architecture config."""
-    canon = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canon.encode("utf-8")).digest()[:_HASH_LEN]
-
-
-def weights_hash_from_sha256(sha256_hex: str) -> bytes:
-    """First 8 bytes of the model store entry's SHA-256 (hex) of the weights file."""
-    try:
-        digest = bytes.fromhex(sha256_hex)
-    except (TypeError, ValueError):
-        raise ValueError(f"not a hex SHA-256 digest: {sha256_hex!r}") from None
-    if len(digest) != 32:
-        raise ValueError(f"SHA-256 digest must be 32 bytes, got {len(digest)}")
-    return digest[:_HASH_LEN]
-
-
-def compute_symbols_crc32(
-    z_symbols: Any, y_symbols: Any, y_indexes: Any, *, start: int = 0
-) -> int:
-    """zlib.crc32 over z symbols, then y symbols, then y table indexes, each flattened in
-    C order and serialised as little-endian int32.
-
-    Accepts numpy arrays, anything ``numpy.asarray`` understands (lists, torch CPU tensors
-    via ``__array__``), or iterables of ints. Values outside int32 raise ValueError.
-    """
-    crc = start
-    for name, arr in (("z_symbols", z_symbols), ("y_symbols", y_symbols), ("y_indexes", y_indexes)):
-        crc = zlib.crc32(_int32_le_bytes(name, arr), crc)
-    return crc
-
-
-def _int32_le_bytes(name: str, arr: Any) -> bytes:
-    import numpy as np  # lazy: the container itself is pure bytes
-
-    a = np.asarray(arr if not _is_plain_iterable(arr) else list(arr))
-    if a.size == 0:
-        return b""
-    if a.dtype.kind not in "iu":
-        raise ValueError(f"{name} must be integers, got dtype {a.dtype}")
-    lo, hi = int(a.min()), int(a.max())
-    if lo < -(2**31) or hi > 2**31 - 1:
-        raise ValueError(f"{name} has values outside int32 ({lo}..{hi})")
-    return np.ascontiguousarray(a, dtype="<i4").tobytes()
-
-
-def _is_plain_iterable(x: Any) -> bool:
-    return not hasattr(x, "__array__") and not isinstance(x, (list, tuple)) and isinstance(x, Iterable)
