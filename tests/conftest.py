@@ -76,3 +76,55 @@ def kit_engine(kit_state_dict):
     model = TCM(preset("conformance-small"))
     load_into(model, kit_state_dict)
     return Engine(model, torch.device("cpu"))
+
+
+# -- the HTTP service (tests/test_api.py, test_server.py, test_batching.py) ---------------------
+#: Quality levels under which service test stores hold the kit checkpoint (exercises routing).
+SERVICE_QUALITIES = (2, 3)
+
+
+@pytest.fixture(scope="session")
+def service_store(tmp_path_factory) -> Path:
+    """A model store holding the conformance checkpoint as qualities 2 and 3."""
+    from service.model.config import preset
+    from service.store import ModelStore
+
+    root = tmp_path_factory.mktemp("service_store")
+    store = ModelStore(root)
+    for q in SERVICE_QUALITIES:
+        store.import_checkpoint(
+            _require(KIT_CHECKPOINT), q, preset("conformance-small"), lmbda=0.013, source="conformance kit"
+        )
+    return root
+
+
+def make_png(height: int, width: int, mode: str = "RGB", seed: int = 0) -> bytes:
+    """A small synthetic photo-like PNG (smooth gradients plus noise), deterministic."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 255 // max(width, 1), yy * 255 // max(height, 1), (xx + yy) % 256], axis=-1)
+    pixels = np.clip(base + rng.integers(-24, 25, size=base.shape), 0, 255).astype(np.uint8)
+    img = Image.fromarray(pixels, "RGB")
+    if mode == "L":
+        img = img.convert("L")
+    elif mode == "RGBA":
+        img = img.convert("RGBA")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def service_images() -> dict[str, bytes]:
+    """PNG images whose padded sizes differ: 256x256, 256x256 (gray), 384x384 and 256x384."""
+    return {
+        "rgb200x136": make_png(136, 200, seed=1),
+        "gray64": make_png(64, 64, "L", seed=2),
+        "rgb300x260": make_png(260, 300, seed=3),
+        "rgb140x260": make_png(140, 260, seed=4),
+    }

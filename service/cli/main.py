@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--source", help="where the weights came from (recorded in the manifest)")
     mi.add_argument("--replace", action="store_true", help="replace an existing entry for this quality")
     store_opt(mi)
+    from .serve import add_parsers
+
+    add_parsers(sub)
     return p
 
 
@@ -288,7 +291,11 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "models":
+    if args.command in ("serve", "remote"):
+        from .serve import dispatch
+
+        handler = dispatch
+    elif args.command == "models":
         handler = cmd_models_list if args.models_command == "list" else cmd_models_import
     else:
         handler = COMMANDS[args.command]

@@ -1,0 +1,320 @@
+"""The HTTP API: ``create_app(settings) -> FastAPI``.
+
+Routes (exact paths; clients, probes and dashboards depend on them)::
+
+    POST /compress     image (raw body or multipart field "file") -> application/x-tcm
+    POST /decompress   .tcm blob (raw body or multipart field "file") -> image/png
+    GET  /v1/models    served quality levels: config, lambda, weights hash, devices, state
+    GET  /healthz      liveness (no model work)
+    GET  /readyz       200 once every model is loaded and warmed up, else 503 with the reason
+    GET  /metrics      Prometheus text format
+    GET  /docs         OpenAPI UI (/openapi.json)
+
+State lives on ``app.state``: ``settings``, ``pool`` (:class:`~service.runtime.WorkerPool`)
+and ``metrics``. The lifespan starts the pool (models load in the background, so probes
+answer at once) and, on shutdown, drains it within ``shutdown_grace_s``.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, Optional
+
+import anyio
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+
+from ..codec.container import unpack
+from ..config import Settings
+from ..imageio import decode_image, encode_png
+from ..runtime.batcher import Job
+from ..runtime.errors import (
+    BadRequestError,
+    DeadlineExceededError,
+    QueueFullError,
+    RequestTooLargeError,
+    UnsupportedMediaTypeError,
+)
+from ..runtime.pool import WorkerPool
+from .errors import error_response, install_error_handlers
+from .logs import RequestContext, RequestContextMiddleware
+from .metrics import Metrics
+
+TCM_MEDIA_TYPE = "application/x-tcm"
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff")
+RAW_IMAGE_OK = ("application/octet-stream",)
+RAW_BLOB_OK = (TCM_MEDIA_TYPE, "application/octet-stream")
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+    "required": ["error", "detail"],
+}
+
+
+def _errors_doc(*codes: int) -> dict[int, dict[str, Any]]:
+    text = {
+        400: "malformed image or blob, or a malformed request",
+        413: "body, image or decoded size over the limit",
+        415: "unsupported media type or image format",
+        422: "bad parameter, or a quality / model this service does not serve",
+        429: "queue full: retry after Retry-After seconds",
+        503: "not ready (loading) or shutting down: retry after Retry-After seconds",
+        504: "the request did not finish within the deadline",
+    }
+    return {c: {"description": text[c], "content": {"application/json": {"schema": _ERROR_SCHEMA}}} for c in codes}
+
+
+def _body_doc(raw_types: tuple[str, ...], what: str) -> dict[str, Any]:
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    content: dict[str, Any] = {t: binary for t in raw_types}
+    content["multipart/form-data"] = {
+        "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}, "required": ["file"]}
+    }
+    return {"requestBody": {"required": True, "description": what, "content": content}}
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than ``limit`` bytes (before reading, when Content-Length says so)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            n = int(declared)
+        except ValueError:
+            raise BadRequestError(f"invalid Content-Length {declared!r}") from None
+        if n > limit:
+            raise RequestTooLargeError(f"request body is {n:,} bytes, over the limit of {limit:,} bytes")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise RequestTooLargeError(f"request body is over the limit of {limit:,} bytes")
+    return bytes(buf)
+
+
+async def _multipart_file(request: Request, body: bytes, limit: int) -> bytes:
+    """The ``file`` field of a multipart body that was already read (and size-checked)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    from starlette.formparsers import MultiPartException
+    from starlette.exceptions import HTTPException
+
+    req = Request(request.scope, replay)
+    try:
+        form = await req.form(max_files=4, max_fields=16, max_part_size=limit)
+    except (MultiPartException, HTTPException) as exc:
+        raise BadRequestError(f"malformed multipart body: {getattr(exc, 'message', None) or getattr(exc, 'detail', exc)}") from None
+    try:
+        field = form.get("file")
+        if field is None:
+            raise BadRequestError("multipart body has no 'file' field")
+        if not isinstance(field, UploadFile):
+            raise BadRequestError("multipart field 'file' must be a file upload (with a filename)")
+        return await field.read()
+    finally:
+        await form.close()
+
+
+async def _payload(request: Request, raw_ok: tuple[str, ...], raw_prefix: str | None, limit: int, what: str) -> bytes:
+    mt = _media_type(request)
+    if mt == "multipart/form-data":
+        return await _multipart_file(request, await _read_body(request, limit), limit)
+    if mt == "" or mt in raw_ok or (raw_prefix is not None and mt.startswith(raw_prefix)):
+        return await _read_body(request, limit)
+    raise UnsupportedMediaTypeError(
+        f"Content-Type {mt!r} is not accepted here: send {what} as the raw body "
+        f"({', '.join(raw_ok)}{', ' + raw_prefix + '*' if raw_prefix else ''}) or as multipart field 'file'"
+    )
+
+
+async def _await_job(pool: WorkerPool, job: Job, ctx: RequestContext):
+    fut = asyncio.wrap_future(job.future)
+    try:
+        return await asyncio.wait_for(asyncio.shield(fut), timeout=max(0.0, job.deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        pool.cancel(job)
+        raise DeadlineExceededError(
+            f"the request did not finish within {pool.settings.request_timeout_s:g} s"
+        ) from None
+    except asyncio.CancelledError:
+        pool.cancel(job)
+        raise
+    finally:
+        ctx.timings.update(job.timings)
+        if job.batch_size:
+            ctx.batch_size = job.batch_size
+
+
+def _precheck(pool: WorkerPool) -> None:
+    """Refuse early (before reading the body) when the request could not be queued anyway."""
+    pool.admit()
+    if pool.batcher.depth >= pool.batcher.max_queue:
+        raise QueueFullError(
+            f"the queue is full ({pool.batcher.depth} requests waiting); retry later", retry_after=pool.retry_after()
+        )
+
+
+def create_app(settings: Settings | None = None, pool: WorkerPool | None = None) -> FastAPI:
+    """Build the app. Raises :class:`~service.errors.ConfigError` for a bad configuration
+    (store without models, unknown quality or device) before anything is served."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    if pool is None:
+        pool = WorkerPool(settings, observer=metrics)
+    else:
+        pool.observer = metrics
+        pool.batcher._on_depth = metrics.queue_depth
+    metrics.watch_devices(pool.devices)
+    # Image decoding and PNG encoding run off the event loop on a bounded pool, so that many
+    # simultaneous uploads cannot decode more images at once than there are cores to do it.
+    image_io = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="tcm-image-io")
+
+    async def in_io_thread(fn, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(image_io, partial(fn, *args, **kwargs))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        pool.start()
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(partial(pool.shutdown, settings.shutdown_grace_s))
+            image_io.shutdown(wait=False)
+
+    app = FastAPI(
+        title="tcm-serve",
+        version="0.1.0",
+        summary="Learned image compression (TCM, CVPR 2023) as a service",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.pool = pool
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+
+    def ctx_of(request: Request) -> RequestContext:
+        return request.state.ctx
+
+    @app.post(
+        "/compress",
+        response_class=Response,
+        summary="Compress an image to a .tcm blob",
+        responses={
+            200: {"content": {TCM_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+                  "description": "the .tcm blob; headers X-TCM-Quality, X-TCM-Bpp, X-TCM-Width, X-TCM-Height"},
+            **_errors_doc(400, 413, 415, 422, 429, 503, 504),
+        },
+        openapi_extra=_body_doc(IMAGE_TYPES + RAW_IMAGE_OK, "PNG, JPEG, WebP, BMP or TIFF image"),
+    )
+    async def compress(
+        request: Request,
+        quality: Optional[int] = Query(None, ge=1, le=255, description="quality level (default: the service's default)"),
+        drop_alpha: bool = Query(False, description="discard an alpha channel instead of refusing the image"),
+    ) -> Response:
+        ctx = ctx_of(request)
+        q = pool.check_quality(quality)
+        ctx.quality = q
+        _precheck(pool)
+        data = await _payload(request, RAW_IMAGE_OK, "image/", settings.max_body_bytes, "the image")
+        deadline = ctx.start + settings.request_timeout_s
+        t0 = time.monotonic()
+        image = await in_io_thread(
+            decode_image, data, max_pixels=settings.max_pixels, max_bytes=settings.max_body_bytes, drop_alpha=drop_alpha
+        )
+        io_s = time.monotonic() - t0
+        ctx.timings["image_io"] = io_s
+        metrics.stage("image_io", io_s)
+        job = pool.submit_compress(image, q, deadline)
+        result = await _await_job(pool, job, ctx)
+        metrics.bpp.labels(str(q)).observe(result.bpp)
+        return Response(
+            result.blob,
+            media_type=TCM_MEDIA_TYPE,
+            headers={
+                "X-TCM-Quality": str(q),
+                "X-TCM-Bpp": f"{result.bpp:.6f}",
+                "X-TCM-Width": str(image.width),
+                "X-TCM-Height": str(image.height),
+            },
+        )
+
+    @app.post(
+        "/decompress",
+        response_class=Response,
+        summary="Decompress a .tcm blob to a PNG (grayscale stays grayscale)",
+        responses={
+            200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                  "description": "the PNG; headers X-TCM-Quality, X-TCM-Width, X-TCM-Height"},
+            **_errors_doc(400, 413, 415, 422, 429, 503, 504),
+        },
+        openapi_extra=_body_doc(RAW_BLOB_OK, ".tcm blob"),
+    )
+    async def decompress(request: Request) -> Response:
+        ctx = ctx_of(request)
+        _precheck(pool)
+        data = await _payload(request, RAW_BLOB_OK, None, settings.max_body_bytes, "the .tcm blob")
+        header = (await in_io_thread(unpack, data)).header  # FormatError -> 400 before any queueing
+        ctx.quality = header.quality if header.quality in pool.qualities else None
+        job = pool.submit_decompress(data, header, ctx.start + settings.request_timeout_s)
+        out = await _await_job(pool, job, ctx)
+        t0 = time.monotonic()
+        png = await in_io_thread(encode_png, out.pixels)
+        io_s = time.monotonic() - t0
+        ctx.timings["image_io"] = io_s
+        metrics.stage("image_io", io_s)
+        return Response(
+            png,
+            media_type="image/png",
+            headers={
+                "X-TCM-Quality": str(header.quality),
+                "X-TCM-Width": str(header.width),
+                "X-TCM-Height": str(header.height),
+            },
+        )
+
+    @app.get("/v1/models", summary="Served quality levels and their state")
+    async def models() -> dict[str, Any]:
+        return {
+            "default_quality": pool.default_quality,
+            "qualities": pool.qualities,
+            "devices": [str(d) for d in pool.devices],
+            "max_batch_size": pool.max_batch_size,
+            "ready": pool.ready,
+            "models": pool.models_info(),
+        }
+
+    @app.get("/healthz", summary="Liveness: the process and its workers are alive")
+    async def healthz():
+        problem = pool.alive_problem()
+        if problem:
+            return error_response(503, "unhealthy", problem)
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: every model loaded and warmed up")
+    async def readyz():
+        if pool.ready:
+            return {"status": "ready", "models_loaded": sum(len(w.slots) for w in pool.workers)}
+        return error_response(503, "not_ready", pool.not_ready_reason() or "not ready", {"Retry-After": "2"})
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    return app

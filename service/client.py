@@ -1,0 +1,219 @@
+"""Python client for the tcm-serve HTTP API (httpx; sync :class:`TcmClient`, async
+:class:`AsyncTcmClient`).
+
+::
+
+    with TcmClient("http://127.0.0.1:8000") as c:
+        blob = c.compress("photo.png", quality=3)     # bytes or a path -> .tcm bytes
+        png = c.decompress(blob)                      # -> PNG bytes
+        c.models(); c.health(); c.ready()
+
+Every error answer of the service is raised as the :class:`~service.errors.TcmError`
+subclass named by its ``error`` code (``ImageError`` for ``bad_image``, ``QueueFullError``
+for ``queue_full``, ...), with the server's ``detail`` as the message and ``status`` (the
+HTTP status) and ``retry_after`` (seconds, for 429/503) as attributes. Transport failures
+(connection refused, timeouts) raise :class:`ConnectionFailedError`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import httpx
+
+from . import errors as core_errors
+from .errors import TcmError
+from .runtime import errors as service_errors
+
+ImageInput = Union[bytes, bytearray, memoryview, str, os.PathLike]
+
+
+class ConnectionFailedError(service_errors.ServiceError):
+    """The service could not be reached or did not answer in time."""
+
+    code = "connection_failed"
+
+
+class RemoteError(service_errors.ServiceError):
+    """An error answer whose code this client does not know."""
+
+    code = "remote_error"
+
+
+def _error_classes() -> dict[str, type[TcmError]]:
+    """code -> class over the whole hierarchy; for a code two classes share, the more
+    specific meaning wins: ``too_large`` -> ImageTooLargeError, ``unsupported_media_type``
+    -> UnsupportedImageFormatError (both are also subclasses callers catch as ImageError)."""
+    out: dict[str, type[TcmError]] = {}
+    todo = [TcmError]
+    while todo:
+        cls = todo.pop()
+        out.setdefault(cls.code, cls)
+        todo.extend(cls.__subclasses__())
+    out["too_large"] = core_errors.ImageTooLargeError
+    out["unsupported_media_type"] = core_errors.UnsupportedImageFormatError
+    return out
+
+
+def error_from_response(response: httpx.Response) -> TcmError:
+    """The TcmError an error response stands for."""
+    code, detail = None, None
+    try:
+        body = response.json()
+        if isinstance(body, dict):
+            code, detail = body.get("error"), body.get("detail")
+    except ValueError:
+        pass
+    if not isinstance(code, str):
+        code = "internal" if response.status_code >= 500 else "remote_error"
+    if not isinstance(detail, str) or not detail:
+        detail = f"HTTP {response.status_code} {response.reason_phrase}".strip()
+    cls = _error_classes().get(code, RemoteError)
+    try:
+        exc = cls(detail) if not issubclass(cls, service_errors.RetryableError) else cls(detail, 1)
+    except TypeError:  # a subclass with another constructor signature
+        exc = RemoteError(detail)
+    exc.status = response.status_code  # type: ignore[attr-defined]
+    if cls is RemoteError:
+        exc.code = code
+    retry = response.headers.get("retry-after")
+    exc.retry_after = int(retry) if retry and retry.isdigit() else None  # type: ignore[attr-defined]
+    return exc
+
+
+@dataclass
+class CompressResult:
+    blob: bytes
+    quality: int
+    bpp: float
+    width: int
+    height: int
+
+
+def _image_bytes(image: ImageInput) -> bytes:
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    try:
+        return Path(image).read_bytes()
+    except OSError as exc:
+        raise core_errors.ImageError(f"cannot read image file {image}: {exc.strerror or exc}") from None
+
+
+def _compress_request(image: ImageInput, quality: int | None, drop_alpha: bool) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if quality is not None:
+        params["quality"] = quality
+    if drop_alpha:
+        params["drop_alpha"] = "true"
+    return {
+        "content": _image_bytes(image),
+        "params": params,
+        "headers": {"content-type": "application/octet-stream"},
+    }
+
+
+def _compress_result(r: httpx.Response) -> CompressResult:
+    return CompressResult(
+        blob=r.content,
+        quality=int(r.headers["x-tcm-quality"]),
+        bpp=float(r.headers["x-tcm-bpp"]),
+        width=int(r.headers["x-tcm-width"]),
+        height=int(r.headers["x-tcm-height"]),
+    )
+
+
+def _check(r: httpx.Response) -> httpx.Response:
+    if r.status_code >= 400:
+        raise error_from_response(r)
+    return r
+
+
+class TcmClient:
+    """Synchronous client. ``transport`` lets tests plug in e.g. ``httpx.MockTransport``."""
+
+    def __init__(self, base_url: str, timeout: float = 120.0, transport: httpx.BaseTransport | None = None) -> None:
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport)
+
+    def __enter__(self) -> "TcmClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, method: str, url: str, **kw) -> httpx.Response:
+        try:
+            return _check(self._http.request(method, url, **kw))
+        except httpx.TimeoutException as exc:
+            raise ConnectionFailedError(f"{method} {url}: timed out ({exc})") from None
+        except httpx.TransportError as exc:
+            raise ConnectionFailedError(f"{method} {url}: {exc or type(exc).__name__}") from None
+
+    def compress_full(self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False) -> CompressResult:
+        return _compress_result(self._send("POST", "/compress", **_compress_request(image, quality, drop_alpha)))
+
+    def compress(self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False) -> bytes:
+        """Image bytes or path -> .tcm blob."""
+        return self.compress_full(image, quality, drop_alpha).blob
+
+    def decompress(self, blob: bytes) -> bytes:
+        """.tcm blob -> PNG bytes."""
+        return self._send("POST", "/decompress", content=bytes(blob), headers={"content-type": "application/x-tcm"}).content
+
+    def models(self) -> dict[str, Any]:
+        return self._send("GET", "/v1/models").json()
+
+    def health(self) -> dict[str, Any]:
+        return self._send("GET", "/healthz").json()
+
+    def ready(self) -> dict[str, Any]:
+        return self._send("GET", "/readyz").json()
+
+
+class AsyncTcmClient:
+    """Asynchronous client with the same methods as :class:`TcmClient` (awaitable)."""
+
+    def __init__(
+        self, base_url: str, timeout: float = 120.0, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport)
+
+    async def __aenter__(self) -> "AsyncTcmClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, method: str, url: str, **kw) -> httpx.Response:
+        try:
+            return _check(await self._http.request(method, url, **kw))
+        except httpx.TimeoutException as exc:
+            raise ConnectionFailedError(f"{method} {url}: timed out ({exc})") from None
+        except httpx.TransportError as exc:
+            raise ConnectionFailedError(f"{method} {url}: {exc or type(exc).__name__}") from None
+
+    async def compress_full(self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False) -> CompressResult:
+        return _compress_result(await self._send("POST", "/compress", **_compress_request(image, quality, drop_alpha)))
+
+    async def compress(self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False) -> bytes:
+        return (await self.compress_full(image, quality, drop_alpha)).blob
+
+    async def decompress(self, blob: bytes) -> bytes:
+        r = await self._send("POST", "/decompress", content=bytes(blob), headers={"content-type": "application/x-tcm"})
+        return r.content
+
+    async def models(self) -> dict[str, Any]:
+        return (await self._send("GET", "/v1/models")).json()
+
+    async def health(self) -> dict[str, Any]:
+        return (await self._send("GET", "/healthz")).json()
+
+    async def ready(self) -> dict[str, Any]:
+        return (await self._send("GET", "/readyz")).json()

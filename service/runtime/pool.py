@@ -1,0 +1,526 @@
+"""The worker pool: one thread per device, dynamic batching, range coding on CPU threads.
+
+::
+
+    request handlers --put--> Batcher --take--> Worker(device) --symbols--> coder threads
+        (asyncio)               (bounded,        transforms +           range coding +
+                                 grouped)        entropy params         container -> Future
+
+* One :class:`Worker` thread per device (every CUDA device, or the CPU). Each holds the
+  models of all served quality levels on its device, loaded and warmed up (a compress and
+  a decompress of a synthetic image) before it takes any work. Only one thread ever runs
+  device work on a device, which is what :class:`~service.codec.engine.Engine` requires.
+* Compression: the worker runs :func:`~service.codec.pipeline.analyse_images` on the batch
+  (``g_a`` batched; the entropy-parameter path per image, as the engine always does), then
+  hands each image's symbols to the coder thread pool and takes the next batch at once, so
+  range coding (C, GIL released) overlaps the next batch's transforms.
+* Decompression: range decoding is interleaved with the slice networks (each slice's
+  indexes depend on the previous slices), so it runs on the worker. Blobs of the same
+  padded size may share one batched synthesis transform (``g_s``); the entropy-parameter
+  path runs per image. A batch that fails (e.g. one corrupt stream) is redone one blob at
+  a time, so a bad blob fails only its own request.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ..codec.container import unpack
+from ..codec.engine import CodedImage
+from ..codec.padding import crop, padded_size, tensor_to_pixels
+from ..codec.pipeline import (
+    Compressed,
+    Decompressed,
+    LoadedModel,
+    analyse_images,
+    check_identity,
+    decompress_blob,
+    load_model,
+    package,
+    resolve_device,
+)
+from ..config import Settings
+from ..errors import ConfigError, ImageTooLargeError, ModelNotFoundError, TcmError
+from ..imageio import DecodedImage
+from ..store import ModelEntry, ModelStore
+from .batcher import Batcher, Job
+from .errors import BadParameterError, InternalError, NotReadyError, ShuttingDownError
+
+log = logging.getLogger("tcm.runtime")
+
+#: Default largest batch when none is configured: batching g_a on a CPU is slower than one
+#: image at a time (docs/codec.md: 0.57x), while GPUs gain from it.
+DEFAULT_BATCH_CPU = 1
+DEFAULT_BATCH_CUDA = 8
+
+
+class Observer(Protocol):
+    """What the pool reports (the API's Prometheus metrics implement it)."""
+
+    def stage(self, stage: str, seconds: float) -> None: ...
+    def batch(self, kind: str, size: int) -> None: ...
+    def queue_depth(self, depth: int) -> None: ...
+    def models_loaded(self, count: int) -> None: ...
+
+
+class NullObserver:
+    def stage(self, stage: str, seconds: float) -> None:
+        pass
+
+    def batch(self, kind: str, size: int) -> None:
+        pass
+
+    def queue_depth(self, depth: int) -> None:
+        pass
+
+    def models_loaded(self, count: int) -> None:
+        pass
+
+
+def resolve_devices(spec: str) -> list[torch.device]:
+    """``auto`` (every CUDA device, else the CPU), ``cpu``, ``cuda`` (every CUDA device) or
+    a comma-separated list such as ``cuda:0,cuda:1``."""
+    parts = [p for p in spec.replace(" ", "").lower().split(",") if p] or ["auto"]
+    try:
+        if parts == ["auto"]:
+            parts = ["cuda"] if torch.cuda.is_available() else ["cpu"]
+        if parts == ["cuda"]:
+            if not torch.cuda.is_available():
+                raise ConfigError("devices 'cuda' requested but CUDA is not available on this machine")
+            parts = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        devices = [resolve_device(p) for p in parts]
+    except ModelNotFoundError as exc:  # resolve_device's way of saying "no such device"
+        raise ConfigError(str(exc)) from None
+    if len(set(devices)) != len(devices):
+        raise ConfigError(f"device list {spec!r} names a device twice")
+    return devices
+
+
+def _warmup_image() -> DecodedImage:
+    """A deterministic 256x256 RGB image with some texture (smooth gradients plus noise)."""
+    rng = np.random.default_rng(1234)
+    yy, xx = np.mgrid[0:256, 0:256]
+    base = np.stack([xx, yy, (xx + yy) // 2], axis=-1).astype(np.int32)
+    pixels = np.clip(base + rng.integers(-20, 21, size=base.shape), 0, 255).astype(np.uint8)
+    return DecodedImage(pixels=np.ascontiguousarray(pixels), mode="RGB", source_format="PNG")
+
+
+@dataclass
+class ModelSlot:
+    """One quality level on one device."""
+
+    entry: ModelEntry
+    device: torch.device
+    state: str = "pending"  # pending -> loading -> warming -> ready | failed
+    error: str | None = None
+    model: LoadedModel | None = None
+    load_s: float | None = None
+    warmup_s: float | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "device": str(self.device),
+            "state": self.state,
+            "loaded": self.state == "ready",
+            "load_seconds": None if self.load_s is None else round(self.load_s, 3),
+            "warmup_seconds": None if self.warmup_s is None else round(self.warmup_s, 3),
+            "error": self.error,
+        }
+
+
+def _as_service_error(exc: BaseException) -> BaseException:
+    """TcmErrors pass through; memory exhaustion is the request's size; the rest is a bug."""
+    if isinstance(exc, TcmError):
+        return exc
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return ImageTooLargeError("not enough memory on the device to process this image")
+    log.error("internal error on the device worker", exc_info=exc)
+    return InternalError(f"internal error: {type(exc).__name__}")
+
+
+class Worker(threading.Thread):
+    """Owns one device: loads and warms its models, then runs batches until drained."""
+
+    def __init__(self, pool: "WorkerPool", device: torch.device, entries: Sequence[ModelEntry]) -> None:
+        super().__init__(name=f"tcm-worker-{device}", daemon=True)
+        self.pool = pool
+        self.device = device
+        self.slots = {e.quality: ModelSlot(e, device) for e in entries}
+        self.failed: str | None = None
+
+    # -- start-up ------------------------------------------------------------------------
+    def _load(self) -> None:
+        image = _warmup_image()
+        for slot in self.slots.values():
+            if self.pool._stop.is_set():
+                return
+            slot.state = "loading"
+            t0 = time.monotonic()
+            slot.model = load_model(self.pool.store, slot.entry.quality, self.device)
+            slot.load_s = time.monotonic() - t0
+            slot.state = "warming"
+            t0 = time.monotonic()
+            (symbols,) = analyse_images(slot.model, [image])
+            comp = package(slot.model, image, slot.model.engine.encode_symbols(symbols))
+            out = decompress_blob(comp.blob, lambda h, lm=slot.model: lm, self.pool.settings.max_pixels)
+            if out.pixels.shape != image.pixels.shape:
+                raise RuntimeError(f"warm-up round trip of q{slot.entry.quality} returned {out.pixels.shape}")
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            slot.warmup_s = time.monotonic() - t0
+            slot.state = "ready"
+            self.pool._model_ready()
+            log.info(
+                "model ready",
+                extra={"fields": {"quality": slot.entry.quality, "device": str(self.device),
+                                  "load_s": round(slot.load_s, 3), "warmup_s": round(slot.warmup_s, 3)}},
+            )
+
+    def run(self) -> None:
+        try:
+            self._load()
+        except BaseException as exc:  # noqa: BLE001 - reported through readiness, never raised
+            msg = f"{type(exc).__name__}: {exc}" if not isinstance(exc, TcmError) else str(exc)
+            for slot in self.slots.values():
+                if slot.state != "ready":
+                    slot.state, slot.error = "failed", msg
+            self.failed = f"loading models on {self.device} failed: {msg}"
+            log.error(self.failed)
+            return
+        batcher = self.pool.batcher
+        while True:
+            jobs = batcher.take(self.pool._stop)
+            if jobs is None:
+                return
+            for job in jobs:
+                self.pool.observer.stage("queue", job.timings.get("queue", 0.0))
+            try:
+                if jobs[0].kind == "compress":
+                    self._compress(jobs)
+                else:
+                    self._decompress(jobs)
+            except BaseException as exc:  # noqa: BLE001 - never let one batch kill the worker
+                err = _as_service_error(exc)
+                for job in jobs:
+                    job.settle(error=err)
+
+    # -- work ------------------------------------------------------------------------------
+    def _model(self, quality: int) -> LoadedModel:
+        slot = self.slots[quality]
+        assert slot.model is not None
+        return slot.model
+
+    def _compress(self, jobs: list[Job]) -> None:
+        lm = self._model(jobs[0].quality)
+        t0 = time.monotonic()
+        try:
+            symbols = analyse_images(lm, [j.payload for j in jobs])
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        except BaseException as exc:  # noqa: BLE001
+            if len(jobs) > 1:  # find the culprit: the others must not fail with it
+                for job in jobs:
+                    self._compress([job])
+                return
+            jobs[0].settle(error=_as_service_error(exc))
+            return
+        dt = time.monotonic() - t0
+        obs = self.pool.observer
+        obs.stage("transform", dt)
+        obs.batch("compress", len(jobs))
+        self.pool._note_device_time(dt / len(jobs))
+        for job, sym in zip(jobs, symbols):
+            job.timings["transform"] = dt
+            job.batch_size = len(jobs)
+            self.pool.coder.submit(self.pool._encode, lm, job, sym)
+
+    def _decompress(self, jobs: list[Job]) -> None:
+        lm = self._model(jobs[0].quality)
+        t0 = time.monotonic()
+        try:
+            if len(jobs) == 1:
+                results = [decompress_blob(jobs[0].payload, lambda h: _checked(lm, h), self.pool.settings.max_pixels)]
+            else:
+                results = decompress_batch(lm, [j.payload for j in jobs])
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        except BaseException as exc:  # noqa: BLE001
+            if len(jobs) > 1:
+                for job in jobs:
+                    self._decompress([job])
+                return
+            jobs[0].settle(error=_as_service_error(exc))
+            return
+        dt = time.monotonic() - t0
+        obs = self.pool.observer
+        obs.stage("transform", dt)
+        obs.batch("decompress", len(jobs))
+        self.pool._note_device_time(dt / len(jobs))
+        for job, res in zip(jobs, results):
+            job.timings["transform"] = dt
+            job.batch_size = len(jobs)
+            job.settle(res)
+
+
+def _checked(lm: LoadedModel, header) -> LoadedModel:
+    check_identity(lm, header)
+    return lm
+
+
+def decompress_batch(lm: LoadedModel, blobs: Sequence[bytes]) -> list[Decompressed]:
+    """Decode blobs of one model and one padded size together: the entropy-parameter path
+    and range decoding per blob (inside ``Engine.decompress``), the synthesis transform on
+    the batch. Equals :func:`decompress_blob` per blob (tests/test_batching.py)."""
+    files = [unpack(b) for b in blobs]
+    for f in files:
+        check_identity(lm, f.header)
+    shapes = {f.header.z_shape for f in files}
+    if len(shapes) != 1:
+        raise ValueError("a decompression batch must share one padded size")
+    coded = [CodedImage(f.z_string, f.y_string, f.header.symbols_crc32) for f in files]
+    x = lm.engine.decompress(coded, files[0].header.z_shape)
+    return [
+        Decompressed(tensor_to_pixels(crop(x[i], f.header.pad), f.header.mode), f.header.mode, f.header)
+        for i, f in enumerate(files)
+    ]
+
+
+class WorkerPool:
+    """Loads the served models on every device and runs requests on them."""
+
+    def __init__(self, settings: Settings, store: ModelStore | None = None, observer: Observer | None = None) -> None:
+        from ..store import resolve_store
+
+        self.settings = settings
+        self.store = store or ModelStore(resolve_store(settings.store))
+        self.observer: Observer = observer or NullObserver()
+        entries = {e.quality: e for e in self.store.entries()}
+        if not entries:
+            raise ConfigError(f"model store {self.store.root} has no models (add one with: tcm models import)")
+        wanted = settings.qualities or sorted(entries)
+        missing = [q for q in wanted if q not in entries]
+        if missing:
+            raise ConfigError(
+                f"quality {', '.join(map(str, missing))} not in the model store {self.store.root} "
+                f"(available: {', '.join(map(str, sorted(entries)))})"
+            )
+        self.entries = [entries[q] for q in wanted]
+        self.qualities = [e.quality for e in self.entries]
+        self.default_quality = settings.default_quality or max(self.qualities)
+        if self.default_quality not in self.qualities:
+            raise ConfigError(f"default quality {self.default_quality} is not served (serving {self.qualities})")
+        self.devices = resolve_devices(settings.devices)
+        if settings.max_batch_size is not None:
+            self.max_batch_size = settings.max_batch_size
+        else:
+            self.max_batch_size = DEFAULT_BATCH_CPU if all(d.type == "cpu" for d in self.devices) else DEFAULT_BATCH_CUDA
+        self.batcher = Batcher(
+            settings.max_queue, self.max_batch_size, settings.max_batch_delay_s, on_depth=self.observer.queue_depth
+        )
+        self.coder = ThreadPoolExecutor(settings.coder_threads, thread_name_prefix="tcm-coder")
+        self.workers = [Worker(self, d, self.entries) for d in self.devices]
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._loaded = 0
+        self._device_s_per_job = 0.25  # EWMA, seeds the Retry-After estimate
+        self._started = False
+
+    # -- life cycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the workers (they load and warm up their models in the background)."""
+        if not self._started:
+            self._started = True
+            for w in self.workers:
+                w.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self.ready:
+            if self.failed or (end is not None and time.monotonic() > end):
+                return False
+            time.sleep(0.02)
+        return True
+
+    def shutdown(self, grace_s: float | None = None) -> bool:
+        """Refuse new work, let the workers finish what is queued (within ``grace_s``), then
+        stop. Returns True when everything finished in time."""
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        end = time.monotonic() + grace
+        self.batcher.close()
+        clean = True
+        for w in self.workers:
+            if w.is_alive():
+                w.join(max(0.0, end - time.monotonic()))
+                clean = clean and not w.is_alive()
+        self._stop.set()  # workers still loading or past the grace period stop at the next batch
+        self.coder.shutdown(wait=clean, cancel_futures=not clean)
+        return clean
+
+    def _model_ready(self) -> None:
+        with self._lock:
+            self._loaded += 1
+            self.observer.models_loaded(self._loaded)
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def failed(self) -> str | None:
+        for w in self.workers:
+            if w.failed:
+                return w.failed
+        return None
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self._started
+            and not self.batcher.closed
+            and all(w.is_alive() for w in self.workers)
+            and all(s.state == "ready" for w in self.workers for s in w.slots.values())
+        )
+
+    def not_ready_reason(self) -> str | None:
+        if self.batcher.closed:
+            return "shutting down"
+        if not self._started:
+            return "worker pool not started"
+        if self.failed:
+            return self.failed
+        for w in self.workers:
+            if not w.is_alive():
+                return f"worker for {w.device} is not running"
+        pending = [(w.device, s) for w in self.workers for s in w.slots.values() if s.state != "ready"]
+        if pending:
+            total = sum(len(w.slots) for w in self.workers)
+            dev, slot = pending[0]
+            return f"{slot.state} model q{slot.entry.quality} on {dev} ({total - len(pending)}/{total} models ready)"
+        return None
+
+    def alive_problem(self) -> str | None:
+        """Liveness: None while every worker thread runs (or finished loading cleanly)."""
+        if self.failed:
+            return self.failed
+        if self._started and not self.batcher.closed:
+            dead = [str(w.device) for w in self.workers if not w.is_alive()]
+            if dead:
+                return f"worker thread(s) for {', '.join(dead)} died"
+        return None
+
+    def models_info(self) -> list[dict[str, Any]]:
+        out = []
+        for e in self.entries:
+            out.append(
+                {
+                    "quality": e.quality,
+                    "default": e.quality == self.default_quality,
+                    "preset": e.preset,
+                    "config": e.arch.to_dict(),
+                    "config_hash": e.arch.config_hash().hex(),
+                    "lambda": e.lmbda,
+                    "metric": e.metric,
+                    "weights_sha256": e.sha256,
+                    "weights_hash": e.weights_hash.hex(),
+                    "source": e.source,
+                    "devices": [w.slots[e.quality].describe() for w in self.workers],
+                    "loaded": all(w.slots[e.quality].state == "ready" for w in self.workers),
+                }
+            )
+        return out
+
+    def retry_after(self, depth: int | None = None) -> int:
+        """Seconds until a queue slot is likely free: the queue's work over the workers."""
+        d = self.batcher.depth if depth is None else depth
+        est = (d + 1) * self._device_s_per_job / max(1, len(self.workers))
+        return int(min(60, max(1, math.ceil(est))))
+
+    def _note_device_time(self, seconds_per_job: float) -> None:
+        self._device_s_per_job = 0.8 * self._device_s_per_job + 0.2 * seconds_per_job
+
+    # -- requests --------------------------------------------------------------------------
+    def check_quality(self, quality: int | None) -> int:
+        q = self.default_quality if quality is None else quality
+        if q not in self.qualities:
+            raise BadParameterError(f"quality {q} is not served (available: {', '.join(map(str, self.qualities))})")
+        return q
+
+    def admit(self) -> None:
+        """Raise unless the pool takes new work now (ready, not shutting down)."""
+        if self.batcher.closed:
+            raise ShuttingDownError("the service is shutting down", retry_after=1)
+        if not self.ready:
+            raise NotReadyError(f"not ready: {self.not_ready_reason()}", retry_after=2)
+
+    def submit_compress(self, image: DecodedImage, quality: int, deadline: float) -> Job:
+        """Queue one image; ``job.future`` resolves to a :class:`Compressed`."""
+        self.admit()
+        job = Job("compress", quality, (padded_size(image.height), padded_size(image.width)), image, deadline)
+        self.batcher.put(job, self.retry_after)
+        return job
+
+    def check_header(self, header) -> None:
+        """Refuse a blob made by a model this service does not hold, or too large to decode."""
+        entry = next((e for e in self.entries if e.quality == header.quality), None)
+        if entry is None:
+            raise ModelNotFoundError(
+                f"blob needs quality {header.quality}, which is not served (available: {', '.join(map(str, self.qualities))})"
+            )
+        if header.config_hash != entry.arch.config_hash() or header.weights_hash != entry.weights_hash:
+            raise ModelNotFoundError(
+                f"blob was made by model q{header.quality} config {header.config_hash.hex()} weights "
+                f"{header.weights_hash.hex()}, but the served q{entry.quality} is config "
+                f"{entry.arch.config_hash().hex()} weights {entry.weights_hash.hex()}"
+            )
+        pw, ph = header.padded_size
+        if pw * ph > self.settings.max_pixels:
+            raise ImageTooLargeError(
+                f"blob decodes to {pw}x{ph} padded pixels, over the limit of {self.settings.max_pixels}"
+            )
+
+    def submit_decompress(self, blob: bytes, header, deadline: float) -> Job:
+        """Queue one blob (its header from ``unpack``); resolves to :class:`Decompressed`."""
+        self.check_header(header)
+        self.admit()
+        pw, ph = header.padded_size
+        job = Job("decompress", header.quality, (ph, pw), blob, deadline)
+        self.batcher.put(job, self.retry_after)
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """The client stopped waiting: drop the job if it is still queued."""
+        self.batcher.discard(job)
+        job.future.cancel()
+
+    def _encode(self, lm: LoadedModel, job: Job, symbols) -> None:
+        """Coder thread: range-code and package one image."""
+        if job.done:
+            return
+        try:
+            t0 = time.monotonic()
+            coded = lm.engine.encode_symbols(symbols)
+            result: Compressed = package(lm, job.payload, coded)
+            dt = time.monotonic() - t0
+            job.timings["entropy_coding"] = dt
+            self.observer.stage("entropy_coding", dt)
+            job.settle(result)
+        except BaseException as exc:  # noqa: BLE001
+            job.settle(error=_as_service_error(exc))
+
+    # -- direct use (tests, benchmarks) ---------------------------------------------------------
+    def compress_sync(self, image: DecodedImage, quality: int | None = None, timeout: float | None = None) -> Compressed:
+        timeout = self.settings.request_timeout_s if timeout is None else timeout
+        job = self.submit_compress(image, self.check_quality(quality), time.monotonic() + timeout)
+        return job.future.result(timeout)
+
+    def decompress_sync(self, blob: bytes, timeout: float | None = None) -> Decompressed:
+        timeout = self.settings.request_timeout_s if timeout is None else timeout
+        header = unpack(blob).header
+        job = self.submit_decompress(blob, header, time.monotonic() + timeout)
+        return job.future.result(timeout)

@@ -1,0 +1,506 @@
+"""The HTTP API in-process (httpx.ASGITransport): every error status, models, probes, metrics,
+logs, config and the client's error mapping. The real server is in test_server.py."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+import logging
+import threading
+import time
+
+import anyio
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import make_png
+from service.api import create_app
+from service.api.errors import STATUS, status_for
+from service.api.logs import JsonFormatter
+from service.client import AsyncTcmClient, error_from_response
+from service.codec.container import TcmFile, pack, unpack
+from service.codec.pipeline import compress_images, decompress_blob, load_model
+from service.config import load_settings
+from service.errors import ConfigError, FormatError, ImageError, ImageTooLargeError, TcmError
+from service.imageio import decode_image
+from service.runtime.errors import NotReadyError, QueueFullError
+from service.store import ModelStore
+
+MAX_PIXELS = 200_000
+MAX_BODY = 1_000_000
+
+
+# -- fixtures and helpers --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def app(service_store):
+    settings = load_settings(
+        store=str(service_store), devices="cpu", max_batch_size=4, max_batch_delay_ms=5, max_queue=8,
+        max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS, request_timeout_s=60, shutdown_grace_s=10,
+    )
+    app = create_app(settings)
+    app.state.pool.start()
+    assert app.state.pool.wait_ready(120), app.state.pool.not_ready_reason()
+    yield app
+    app.state.pool.shutdown(10)
+
+
+@pytest.fixture(scope="module")
+def idle_app(service_store):
+    """An app whose lifespan never ran: the pool is not started (models not loaded)."""
+    return create_app(load_settings(store=str(service_store), devices="cpu"))
+
+
+@pytest.fixture(scope="module")
+def local_model(service_store):
+    return load_model(ModelStore(service_store), 3, torch.device("cpu"))
+
+
+def run(app, fn):
+    """Run ``await fn(client)`` against the app in a fresh event loop."""
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=120) as client:
+            return await fn(client)
+
+    return anyio.run(main)
+
+
+def post(app, url, content=b"", **kw):
+    return run(app, lambda c: c.post(url, content=content, **kw))
+
+
+def get(app, url):
+    return run(app, lambda c: c.get(url))
+
+
+def assert_error(r: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert set(body) == {"error", "detail"}, body
+    assert isinstance(body["detail"], str) and body["detail"]
+    if code is not None:
+        assert body["error"] == code, body
+    return body
+
+
+def png_pixels(data: bytes) -> tuple[str, np.ndarray]:
+    img = Image.open(io.BytesIO(data))
+    return img.mode, np.asarray(img)
+
+
+# -- round trips ------------------------------------------------------------------------------
+def test_compress_raw_and_multipart_match_the_local_codec(app, service_images, local_model):
+    data = service_images["rgb200x136"]
+    raw = post(app, "/compress?quality=3", data, headers={"content-type": "image/png"})
+    assert raw.status_code == 200, raw.text
+    assert raw.headers["content-type"] == "application/x-tcm"
+    assert raw.headers["x-tcm-quality"] == "3"
+    assert (raw.headers["x-tcm-width"], raw.headers["x-tcm-height"]) == ("200", "136")
+    expected = compress_images(local_model, [decode_image(data)])[0]
+    assert raw.content == expected.blob  # same bytes as the CLI / pipeline
+    assert float(raw.headers["x-tcm-bpp"]) == pytest.approx(expected.bpp, abs=1e-6)
+    multi = run(app, lambda c: c.post("/compress", params={"quality": 3}, files={"file": ("a.png", data, "image/png")}))
+    assert multi.status_code == 200 and multi.content == raw.content
+    octet = post(app, "/compress?quality=3", data, headers={"content-type": "application/octet-stream"})
+    assert octet.content == raw.content
+
+
+def test_decompress_round_trip_keeps_mode_and_size(app, service_images, local_model):
+    for name in ("rgb300x260", "gray64"):
+        blob = post(app, "/compress", service_images[name]).content
+        r = post(app, "/decompress", blob, headers={"content-type": "application/x-tcm"})
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "image/png"
+        mode, px = png_pixels(r.content)
+        src_mode, src = png_pixels(service_images[name])
+        assert mode == src_mode  # grayscale stays grayscale
+        assert px.shape == src.shape
+        assert int(r.headers["x-tcm-width"]) == src.shape[1]
+        # the same pixels as the local codec (the CLI) decodes; the kit model is a small
+        # test checkpoint (~15 dB on natural images), so quality itself is not the point
+        local = decompress_blob(blob, lambda h: local_model).pixels
+        assert np.array_equal(px.reshape(local.shape), local)
+        multi = run(app, lambda c, b=blob: c.post("/decompress", files={"file": ("x.tcm", b, "application/x-tcm")}))
+        assert multi.status_code == 200 and multi.content == r.content
+
+
+def test_quality_routing_and_default(app, service_images):
+    data = service_images["gray64"]
+    for q in (2, 3):
+        r = post(app, f"/compress?quality={q}", data)
+        assert r.headers["x-tcm-quality"] == str(q)
+        assert unpack(r.content).header.quality == q
+    r = post(app, "/compress", data)
+    assert r.headers["x-tcm-quality"] == "3"  # default: the highest served
+
+
+def test_drop_alpha(app):
+    rgba = make_png(40, 50, "RGBA")
+    assert_error(post(app, "/compress", rgba), 400, "bad_image")
+    r = post(app, "/compress?drop_alpha=true", rgba)
+    assert r.status_code == 200
+
+
+# -- every error status ---------------------------------------------------------------------------
+def test_400_malformed_image_and_blob(app, service_images):
+    assert_error(post(app, "/compress", b"this is not an image"), 400, "bad_image")
+    png = service_images["rgb200x136"]
+    assert_error(post(app, "/compress", png[: len(png) // 2]), 400, "bad_image")  # truncated
+    assert_error(post(app, "/compress", b""), 400, "bad_image")
+    blob = post(app, "/compress", service_images["gray64"]).content
+    assert_error(post(app, "/decompress", b"garbage"), 400, "malformed_blob")
+    assert_error(post(app, "/decompress", blob[:-10]), 400)
+    flipped = bytearray(blob)
+    flipped[len(blob) // 2] ^= 0xFF
+    assert_error(post(app, "/decompress", bytes(flipped)), 400)
+    assert_error(post(app, "/decompress", b""), 400, "malformed_blob")
+    # a multipart body without the field, and a field that is not a file
+    assert_error(run(app, lambda c: c.post("/compress", files={"other": ("a.png", png, "image/png")})), 400, "bad_request")
+    assert_error(run(app, lambda c: c.post("/compress", data={"file": "abc"}, files={"x": ("a", b"1")})), 400, "bad_request")
+
+
+def test_400_corrupt_bitstream_with_valid_container(app, service_images):
+    """A blob whose container is intact (CRCs recomputed) but whose y stream is garbage
+    fails only itself: 400, and the service keeps working."""
+    blob = post(app, "/compress", service_images["gray64"]).content
+    f = unpack(blob)
+    bad = pack(TcmFile(f.header, f.z_string, bytes(b ^ 0x5A for b in f.y_string)))
+    body = assert_error(post(app, "/decompress", bad), 400)
+    assert body["error"] in ("corrupt_bitstream", "entropy_parameter_drift")
+    assert post(app, "/decompress", blob).status_code == 200
+
+
+def test_413_too_large(app, service_images, local_model):
+    big = b"\x89PNG" + bytes(MAX_BODY)
+    assert_error(post(app, "/compress", big), 413, "too_large")
+
+    async def chunked(c):  # no Content-Length: the limit applies while streaming
+        async def gen():
+            for _ in range(MAX_BODY // 65536 + 2):
+                yield bytes(65536)
+
+        return await c.post("/decompress", content=gen())
+
+    assert_error(run(app, chunked), 413, "too_large")
+    # pixels: 500x420 = 210000 > MAX_PIXELS
+    assert_error(post(app, "/compress", make_png(420, 500)), 413, "too_large")
+    # a blob that decodes to more padded pixels than allowed: 460x400 -> 512x512 padded
+    img = decode_image(make_png(400, 460))
+    blob = compress_images(local_model, [img])[0].blob
+    assert_error(post(app, "/decompress", blob), 413, "too_large")
+    # multipart over the limit
+    r = run(app, lambda c: c.post("/compress", files={"file": ("a.png", big, "image/png")}))
+    assert_error(r, 413, "too_large")
+
+
+def test_415_unsupported_media_type(app, service_images):
+    png = service_images["gray64"]
+    assert_error(post(app, "/compress", png, headers={"content-type": "application/json"}), 415, "unsupported_media_type")
+    assert_error(post(app, "/decompress", b"x", headers={"content-type": "text/plain"}), 415, "unsupported_media_type")
+    gif = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(gif, format="GIF")
+    assert_error(post(app, "/compress", gif.getvalue()), 415, "unsupported_media_type")
+
+
+def test_422_bad_parameters(app, service_images, local_model):
+    png = service_images["gray64"]
+    for q in ("abc", "0", "256", "1.5"):
+        assert_error(post(app, f"/compress?quality={q}", png), 422, "bad_parameter")
+    assert_error(post(app, "/compress?quality=9", png), 422, "bad_parameter")  # not served
+    assert_error(post(app, "/compress?drop_alpha=perhaps", png), 422, "bad_parameter")
+    # a blob from a model the service does not hold
+    blob = post(app, "/compress", png).content
+    f = unpack(blob)
+    for header in (
+        dataclasses.replace(f.header, quality=7),
+        dataclasses.replace(f.header, weights_hash=bytes(8)),
+    ):
+        other = pack(TcmFile(header, f.z_string, f.y_string))
+        assert_error(post(app, "/decompress", other), 422, "model_not_found")
+
+
+def test_404_and_405_are_json(app):
+    assert_error(get(app, "/nope"), 404, "not_found")
+    assert_error(get(app, "/compress"), 405, "method_not_allowed")
+
+
+class _Gate:
+    """Holds the device worker inside its next batch until released."""
+
+    def __init__(self, pool, monkeypatch):
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        worker = pool.workers[0]
+        original = worker._compress
+
+        def gated(jobs):
+            self.entered.set()
+            self.release.wait(60)
+            return original(jobs)
+
+        monkeypatch.setattr(worker, "_compress", gated)
+
+
+async def _wait_for(predicate, timeout=30.0):
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def test_429_when_the_queue_is_full_and_others_unaffected(app, service_images, monkeypatch):
+    pool = app.state.pool
+    monkeypatch.setattr(pool.batcher, "max_queue", 2)
+    gate = _Gate(pool, monkeypatch)
+    png = service_images["gray64"]
+
+    async def scenario(c):
+        first = asyncio.create_task(c.post("/compress", content=png))
+        await _wait_for(gate.entered.is_set)  # the worker holds the first request
+        queued = [asyncio.create_task(c.post("/compress", content=png)) for _ in range(2)]
+        await _wait_for(lambda: pool.batcher.depth == 2)
+        rejected = await c.post("/compress", content=png)
+        rejected_blob = await c.post("/decompress", content=b"anything")
+        gate.release.set()
+        done = await asyncio.gather(first, *queued)
+        return rejected, rejected_blob, done
+
+    rejected, rejected_blob, done = run(app, scenario)
+    assert_error(rejected, 429, "queue_full")
+    assert int(rejected.headers["retry-after"]) >= 1
+    assert_error(rejected_blob, 429, "queue_full")
+    assert [r.status_code for r in done] == [200, 200, 200]
+    assert len({r.content for r in done}) == 1
+
+
+def test_504_past_the_deadline_and_the_service_recovers(app, service_images, monkeypatch):
+    pool = app.state.pool
+    gate = _Gate(pool, monkeypatch)
+    monkeypatch.setattr(app.state.settings, "request_timeout_s", 0.5)
+    png = service_images["gray64"]
+
+    async def scenario(c):
+        first = asyncio.create_task(c.post("/compress", content=png))
+        await _wait_for(gate.entered.is_set)
+        second = await c.post("/compress", content=png)  # queued behind the held batch
+        r1 = await first
+        gate.release.set()
+        return r1, second
+
+    r1, r2 = run(app, scenario)
+    assert_error(r1, 504, "deadline_exceeded")
+    assert_error(r2, 504, "deadline_exceeded")
+    monkeypatch.undo()
+    assert post(app, "/compress", png).status_code == 200
+    assert pool.batcher.depth == 0
+
+
+def test_503_not_ready_and_shutting_down(idle_app, service_images):
+    body = assert_error(get(idle_app, "/readyz"), 503, "not_ready")
+    assert "not started" in body["detail"]
+    r = post(idle_app, "/compress", service_images["gray64"])
+    assert_error(r, 503, "not_ready")
+    assert int(r.headers["retry-after"]) >= 1
+    assert get(idle_app, "/healthz").status_code == 200  # alive, just not ready
+    models = get(idle_app, "/v1/models").json()
+    assert models["ready"] is False and all(not m["loaded"] for m in models["models"])
+
+
+def test_503_shutting_down(service_store, service_images):
+    app = create_app(load_settings(store=str(service_store), devices="cpu"))
+    app.state.pool.batcher.close()
+    r = post(app, "/compress", service_images["gray64"])
+    assert_error(r, 503, "shutting_down")
+    assert "retry-after" in r.headers
+    assert "shutting down" in get(app, "/readyz").json()["detail"]
+
+
+def test_bad_input_never_yields_500(app, service_images):
+    """Random bytes, truncations and bit flips of valid inputs: always a 4xx."""
+    rng = np.random.default_rng(7)
+    png = service_images["rgb200x136"]
+    blob = post(app, "/compress", service_images["gray64"]).content
+    bodies = [bytes(rng.integers(0, 256, n, dtype=np.uint8)) for n in (1, 7, 72, 500, 5000)]
+    for src in (png, blob):
+        for _ in range(6):
+            cut = int(rng.integers(1, len(src)))
+            bodies.append(src[:cut])
+            flipped = bytearray(src)
+            flipped[int(rng.integers(0, len(src)))] ^= 1 << int(rng.integers(0, 8))
+            bodies.append(bytes(flipped))
+
+    async def scenario(c):
+        out = []
+        for b in bodies:
+            out.append((await c.post("/compress", content=b)).status_code)
+            out.append((await c.post("/decompress", content=b)).status_code)
+        return out
+
+    codes = run(app, scenario)
+    assert all(c < 500 for c in codes), codes
+    assert post(app, "/decompress", blob).status_code == 200
+
+
+def test_status_table_covers_the_hierarchy():
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    for cls in subclasses(TcmError):
+        status = status_for(cls.__new__(cls))
+        assert status in (400, 413, 415, 422, 429, 500, 503, 504), cls
+    assert status_for(ImageTooLargeError("x")) == 413
+    assert status_for(FormatError("x")) == 400
+    assert STATUS[QueueFullError] == 429 and STATUS[NotReadyError] == 503
+
+
+# -- models, probes, metrics, logs -------------------------------------------------------------
+def test_models_and_probes(app, service_store):
+    m = get(app, "/v1/models").json()
+    assert m["qualities"] == [2, 3] and m["default_quality"] == 3 and m["ready"] is True
+    entries = {e.quality: e for e in ModelStore(service_store).entries()}
+    for info in m["models"]:
+        e = entries[info["quality"]]
+        assert info["lambda"] == pytest.approx(0.013)
+        assert info["weights_sha256"] == e.sha256
+        assert info["weights_hash"] == e.weights_hash.hex()
+        assert info["config"]["N"] == 32 and info["config"]["num_slices"] == 2
+        assert info["loaded"] is True
+        assert info["devices"] == [dict(info["devices"][0], device="cpu", state="ready", loaded=True)]
+    assert get(app, "/healthz").json() == {"status": "ok"}
+    assert get(app, "/readyz").status_code == 200
+    docs = get(app, "/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    spec = get(app, "/openapi.json").json()
+    assert {"/compress", "/decompress", "/v1/models", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+
+
+def _families(text: str) -> dict:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def test_metrics_scrape_and_parse(app, service_images):
+    png = service_images["gray64"]
+    before = _families(get(app, "/metrics").text)
+
+    def count(fams, endpoint, code, quality=None):
+        return sum(
+            s.value for s in fams["tcm_requests"].samples
+            if s.name == "tcm_requests_total" and s.labels["endpoint"] == endpoint and s.labels["code"] == code
+            and (quality is None or s.labels["quality"] == quality)
+        ) if "tcm_requests" in fams else 0
+
+    blob = post(app, "/compress?quality=2", png).content
+    post(app, "/decompress", blob)
+    post(app, "/compress", b"junk")
+    r = get(app, "/metrics")
+    assert r.headers["content-type"].startswith("text/plain")
+    fams = _families(r.text)
+    assert count(fams, "/compress", "200", "2") == count(before, "/compress", "200", "2") + 1
+    assert count(fams, "/decompress", "200", "2") == count(before, "/decompress", "200", "2") + 1
+    assert count(fams, "/compress", "400") == count(before, "/compress", "400") + 1
+    for name, kind in (
+        ("tcm_request_duration_seconds", "histogram"),
+        ("tcm_stage_duration_seconds", "histogram"),
+        ("tcm_batch_size", "histogram"),
+        ("tcm_queue_depth", "gauge"),
+        ("tcm_bits_per_pixel", "histogram"),
+        ("tcm_models_loaded", "gauge"),
+        ("tcm_requests_in_flight", "gauge"),
+    ):
+        assert fams[name].type == kind, name
+    stages = {s.labels["stage"] for s in fams["tcm_stage_duration_seconds"].samples}
+    assert {"queue", "transform", "entropy_coding", "image_io"} <= stages
+    loaded = [s.value for s in fams["tcm_models_loaded"].samples]
+    assert loaded == [2.0]
+    bpp_count = [s.value for s in fams["tcm_bits_per_pixel"].samples if s.name.endswith("_count") and s.labels["quality"] == "2"]
+    assert bpp_count and bpp_count[0] >= 1
+    assert "tcm_device_memory_bytes" not in fams  # CPU only
+    # each app has its own registry
+    other = create_app(load_settings(store=app.state.settings.store, devices="cpu"))
+    assert "tcm_requests_total{" not in other.state.metrics.render().decode()
+
+
+def test_request_log_line_and_request_id(app, service_images, caplog):
+    with caplog.at_level(logging.INFO, logger="tcm.access"):
+        r = post(app, "/compress", service_images["gray64"], headers={"x-request-id": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    records = [rec for rec in caplog.records if rec.name == "tcm.access"]
+    assert records, "no access log line"
+    line = json.loads(JsonFormatter().format(records[-1]))
+    assert line["id"] == "abc-123" and line["route"] == "/compress" and line["status"] == 200
+    assert line["bytes_in"] == len(service_images["gray64"]) and line["bytes_out"] == len(r.content)
+    assert line["duration_ms"] > 0
+    assert {"queue", "transform", "entropy_coding", "image_io"} <= set(line["timings_ms"])
+    r2 = post(app, "/compress", b"x", headers={"x-request-id": "bad id with spaces"})
+    assert r2.headers["x-request-id"] != "bad id with spaces"
+
+
+# -- client ---------------------------------------------------------------------------------------
+def test_async_client_round_trip_and_errors(app, service_images):
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with AsyncTcmClient("http://testserver", transport=transport) as c:
+            blob = await c.compress(service_images["gray64"], quality=2)
+            png = await c.decompress(blob)
+            models = await c.models()
+            health = await c.health()
+            with pytest.raises(ImageError) as bad:
+                await c.compress(b"nope")
+            with pytest.raises(FormatError):
+                await c.decompress(b"nope")
+            return blob, png, models, health, bad.value
+
+    blob, png, models, health, err = anyio.run(scenario)
+    assert unpack(blob).header.quality == 2
+    assert png_pixels(png)[0] == "L"
+    assert models["qualities"] == [2, 3] and health == {"status": "ok"}
+    assert err.status == 400 and err.code == "bad_image"
+
+
+def test_error_from_response_maps_codes():
+    def resp(status, body, headers=None):
+        return httpx.Response(status, json=body, headers=headers)
+
+    e = error_from_response(resp(429, {"error": "queue_full", "detail": "full"}, {"retry-after": "3"}))
+    assert isinstance(e, QueueFullError) and e.retry_after == 3 and e.status == 429
+    e = error_from_response(resp(413, {"error": "too_large", "detail": "big"}))
+    assert isinstance(e, ImageTooLargeError) and str(e) == "big"
+    e = error_from_response(resp(418, {"error": "teapot", "detail": "short and stout"}))
+    assert isinstance(e, TcmError) and e.code == "teapot" and e.status == 418
+    e = error_from_response(httpx.Response(502, text="<html>bad gateway</html>"))
+    assert isinstance(e, TcmError) and e.status == 502
+
+
+# -- configuration -----------------------------------------------------------------------------------
+def test_settings_from_environment(monkeypatch):
+    monkeypatch.setenv("TCM_QUALITIES", "3, 2")
+    monkeypatch.setenv("TCM_DEVICES", "cuda:0, cuda:1")
+    monkeypatch.setenv("TCM_MAX_BATCH_SIZE", "8")
+    monkeypatch.setenv("TCM_LOG_LEVEL", "DEBUG")
+    s = load_settings(port=9001)
+    assert s.qualities == [2, 3] and s.devices == "cuda:0,cuda:1" and s.max_batch_size == 8
+    assert s.port == 9001 and s.log_level == "debug"
+    for bad in ({"port": 70000}, {"devices": "gpu"}, {"qualities": "0"}, {"max_batch_size": 0},
+                {"qualities": "2", "default_quality": 3}, {"log_level": "loud"}):
+        with pytest.raises(ConfigError):
+            load_settings(**bad)
+
+
+def test_bad_service_configuration_fails_at_start(service_store, tmp_path):
+    with pytest.raises(ConfigError, match="not in the model store"):
+        create_app(load_settings(store=str(service_store), qualities="5"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no models"):
+        create_app(load_settings(store=str(tmp_path / "empty")))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA"):
+            create_app(load_settings(store=str(service_store), devices="cuda"))

@@ -1,0 +1,225 @@
+"""A real ``tcm serve`` process on 127.0.0.1: readiness, round trips, concurrency, the remote
+CLI, and graceful shutdown on SIGTERM. Loopback only; every loop is bounded."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.client import ConnectionFailedError, TcmClient
+from service.codec.container import unpack
+from service.errors import ImageError
+
+START_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m service.cli.main serve`` in a subprocess, its log in a file."""
+
+    def __init__(self, store: Path, log_path: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--store", str(store), "--devices", "cpu", "--request-timeout-s", "600", *extra],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[1],
+        )
+        self.readyz: list[int] = []  # every /readyz status seen while waiting
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        end = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                r = httpx.get(self.url + "/readyz", timeout=5)
+            except httpx.TransportError:
+                time.sleep(0.02)
+                continue
+            self.readyz.append(r.status_code)
+            if r.status_code == 200:
+                return
+            body = r.json()
+            assert r.status_code == 503 and body["error"] == "not_ready" and body["detail"], body
+            time.sleep(0.02)
+        pytest.fail(f"server not ready after {START_TIMEOUT_S} s:\n{self.log()}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def server(service_store, tmp_path_factory):
+    srv = Server(
+        service_store, tmp_path_factory.mktemp("server") / "serve.log",
+        "--max-batch-size", "4", "--max-batch-delay-ms", "20", "--coder-threads", "2",
+    )
+    try:
+        healthz_before_ready = None
+        end = time.monotonic() + START_TIMEOUT_S
+        while healthz_before_ready is None and time.monotonic() < end and srv.proc.poll() is None:
+            try:
+                healthz_before_ready = httpx.get(srv.url + "/healthz", timeout=5).status_code
+            except httpx.TransportError:
+                time.sleep(0.02)
+        srv.healthz_first = healthz_before_ready
+        srv.wait_ready()
+        yield srv
+    finally:
+        code = srv.stop()
+        assert code == 0, srv.log()
+
+
+def test_readiness_before_and_after_warm_up(server):
+    # the server listens at once and answers probes while its models load and warm up
+    assert server.healthz_first == 200
+    assert server.readyz[-1] == 200
+    assert 503 in server.readyz, "never saw the not-ready state (models load after the port opens)"
+    models = httpx.get(server.url + "/v1/models").json()
+    assert models["ready"] and all(m["loaded"] for m in models["models"])
+    log = server.log()
+    assert '"msg":"model ready"' in log
+
+
+def test_round_trip_with_the_client(server, service_images, tmp_path):
+    with TcmClient(server.url) as c:
+        res = c.compress_full(service_images["rgb140x260"], quality=2)
+        assert (res.width, res.height, res.quality) == (260, 140, 2)
+        assert unpack(res.blob).header.quality == 2
+        png = c.decompress(res.blob)
+        assert png.startswith(b"\x89PNG")
+        path = tmp_path / "in.png"
+        path.write_bytes(service_images["gray64"])
+        assert unpack(c.compress(path)).header.mode == "L"
+        with pytest.raises(ImageError) as exc:
+            c.compress(b"not an image")
+        assert exc.value.status == 400
+        assert c.health() == {"status": "ok"} and c.ready()["status"] == "ready"
+    with pytest.raises(ConnectionFailedError):
+        TcmClient(f"http://127.0.0.1:{free_port()}", timeout=5).health()
+
+
+def test_parallel_mixed_requests_equal_sequential(server, service_images):
+    """24 parallel requests (compress at two qualities and three padded sizes, and
+    decompress), all correct and byte-equal to the same requests made one at a time."""
+    names = ["rgb200x136", "gray64", "rgb300x260", "rgb140x260"]
+    with TcmClient(server.url) as c:
+        blobs = {(n, q): c.compress(service_images[n], quality=q) for n in names for q in (2, 3)}
+        pngs = {k: c.decompress(b) for k, b in blobs.items()}
+    work = []
+    for i in range(24):
+        n, q = names[i % 4], (2, 3)[(i // 4) % 2]
+        work.append(("c", n, q) if i % 3 else ("d", n, q))
+
+    def one(item):
+        kind, n, q = item
+        with TcmClient(server.url) as c:
+            return c.compress(service_images[n], quality=q) if kind == "c" else c.decompress(blobs[(n, q)])
+
+    with ThreadPoolExecutor(24) as ex:
+        results = list(ex.map(one, work))
+    for (kind, n, q), got in zip(work, results):
+        assert got == (blobs[(n, q)] if kind == "c" else pngs[(n, q)]), (kind, n, q)
+    # the service did batch some of them (same quality and padded size arrive together)
+    fams = {f.name: f for f in text_string_to_metric_families(httpx.get(server.url + "/metrics").text)}
+    assert fams["tcm_batch_size"].type == "histogram"
+    assert any(s.name == "tcm_requests_total" and s.labels["endpoint"] == "/compress" and s.value > 0
+               for s in fams["tcm_requests"].samples)
+
+
+def test_remote_cli_mirrors_local(server, service_images, tmp_path):
+    src = tmp_path / "a.png"
+    src.write_bytes(service_images["rgb200x136"])
+    cmd = [sys.executable, "-m", "service.cli.main", "remote"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
+    r = subprocess.run(cmd + ["compress", "--url", server.url, str(src), "-q", "2"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    blob = (tmp_path / "a.tcm").read_bytes()
+    assert unpack(blob).header.quality == 2
+    r = subprocess.run(cmd + ["decompress", "--url", server.url, str(tmp_path / "a.tcm"), "-o", str(tmp_path / "b.png")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "b.png").read_bytes().startswith(b"\x89PNG")
+    bad = tmp_path / "bad.tcm"
+    bad.write_bytes(b"junk")
+    r = subprocess.run(cmd + ["decompress", "--url", server.url, str(bad)], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 1 and r.stderr.startswith("tcm: error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_one_json_log_line_per_request(server, service_images):
+    with TcmClient(server.url) as c:
+        c.compress(service_images["gray64"])
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    access = [d for d in lines if d.get("logger") == "tcm.access" and d.get("route") == "/compress"]
+    assert access
+    d = access[-1]
+    assert {"id", "route", "status", "bytes_in", "bytes_out", "duration_ms", "timings_ms"} <= set(d)
+
+
+def _in_flight(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=5).text
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "tcm_requests_in_flight":
+            return sum(s.value for s in fam.samples)
+    return 0.0
+
+
+def test_sigterm_finishes_accepted_requests_and_exits_0(service_store, service_images, tmp_path):
+    srv = Server(service_store, tmp_path / "serve.log", "--max-batch-size", "1", "--shutdown-grace-s", "60")
+    try:
+        srv.wait_ready()
+        with TcmClient(srv.url) as c:
+            expected = c.compress(service_images["rgb300x260"], quality=3)
+        n = 6
+
+        def one(_):
+            with TcmClient(srv.url) as c:
+                return c.compress(service_images["rgb300x260"], quality=3)
+
+        with ThreadPoolExecutor(n) as ex:
+            futures = [ex.submit(one, i) for i in range(n)]
+            end = time.monotonic() + 60
+            while _in_flight(srv.url) < n:  # all n accepted and being handled
+                assert time.monotonic() < end, srv.log()
+                time.sleep(0.01)
+            srv.proc.send_signal(signal.SIGTERM)
+            results = [f.result(120) for f in futures]
+        assert results == [expected] * n  # no accepted request lost
+        assert srv.proc.wait(60) == 0, srv.log()
+        with pytest.raises(httpx.TransportError):  # no longer accepting
+            httpx.get(srv.url + "/healthz", timeout=5)
+        assert "Shutting down" in srv.log()
+    finally:
+        srv.stop()
