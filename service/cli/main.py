@@ -12,9 +12,14 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from importlib import import_module
 from pathlib import Path
 
 from ..errors import TcmError
+
+#: Modules under service/cli/ that define further subcommands. Each has ``add_parsers(sub)``,
+#: and every parser it adds sets ``handler`` (via ``set_defaults``) to a function of ``args``.
+EXTENSIONS = ("serve",)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 EXIT_ERROR = 1
@@ -84,9 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--source", help="where the weights came from (recorded in the manifest)")
     mi.add_argument("--replace", action="store_true", help="replace an existing entry for this quality")
     store_opt(mi)
-    from .serve import add_parsers
-
-    add_parsers(sub)
+    for module in EXTENSIONS:
+        import_module(f"{__package__}.{module}").add_parsers(sub)
     return p
 
 
@@ -291,10 +295,8 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("serve", "remote"):
-        from .serve import dispatch
-
-        handler = dispatch
+    if getattr(args, "handler", None) is not None:
+        handler = args.handler
     elif args.command == "models":
         handler = cmd_models_list if args.models_command == "list" else cmd_models_import
     else:

@@ -52,6 +52,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--request-timeout-s", type=float, help="per-request deadline, 504 past it (default 60)")
     s.add_argument("--shutdown-grace-s", type=float, help="time in-flight requests get on SIGTERM (default 30)")
     s.add_argument("--log-level", help="critical, error, warning, info (default) or debug")
+    s.set_defaults(handler=cmd_serve)
 
     r = sub.add_parser("remote", help="compress / decompress through a running service")
     rsub = r.add_subparsers(dest="remote_command", required=True, parser_class=type(r))
@@ -70,15 +71,7 @@ def add_parsers(sub) -> None:
     rd = rsub.add_parser("decompress", help="decompress .tcm files to PNG via the service")
     rd.add_argument("inputs", nargs="+", metavar="IN", help=".tcm files or directories of them")
     common(rd)
-
-
-def dispatch(args) -> int | None:
-    """Run ``serve`` / ``remote``; ``None`` for any other command (main handles those)."""
-    if args.command == "serve":
-        return cmd_serve(args)
-    if args.command == "remote":
-        return cmd_remote(args)
-    return None
+    r.set_defaults(handler=cmd_remote)
 
 
 # -- serve ------------------------------------------------------------------------------------
