@@ -8,7 +8,9 @@ Layout::
 
 Each entry: ``quality`` (1..255, unique), ``file``, ``arch`` (TCM constructor arguments),
 ``preset`` (name or null), ``lambda``, ``metric``, ``sha256`` of the file, ``source``
-(where the weights came from). Loading verifies the SHA-256 and refuses a mismatch: a
+(where the weights came from), and optionally ``training`` (how a model we trained was
+made: config, lambda, data, steps) and ``evaluation`` (measured results, e.g. Kodak bpp
+and PSNR from ``tcm eval``). Loading verifies the SHA-256 and refuses a mismatch: a
 corrupted or swapped weights file would otherwise decode every stored image wrongly.
 """
 from __future__ import annotations
@@ -43,6 +45,8 @@ class ModelEntry:
     metric: str
     sha256: str
     source: str
+    training: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None
 
     @property
     def weights_hash(self) -> bytes:
@@ -59,6 +63,8 @@ class ModelEntry:
             "metric": self.metric,
             "sha256": self.sha256,
             "source": self.source,
+            **({"training": self.training} if self.training is not None else {}),
+            **({"evaluation": self.evaluation} if self.evaluation is not None else {}),
         }
 
     @classmethod
@@ -85,11 +91,49 @@ class ModelEntry:
                 metric=str(d.get("metric", "mse")),
                 sha256=sha,
                 source=str(d.get("source", "")),
+                training=_optional_object(d, "training", q),
+                evaluation=_optional_object(d, "evaluation", q),
             )
         except KeyError as exc:
             raise StoreError(f"manifest entry is missing field {exc.args[0]!r}") from None
         except ConfigError as exc:
             raise StoreError(f"manifest entry has a bad architecture: {exc}") from None
+
+
+def _optional_object(d: dict, key: str, quality: int) -> dict[str, Any] | None:
+    value = d.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise StoreError(f"manifest entry for quality {quality}: {key!r} must be an object")
+    return value
+
+
+def round_to_half(model: torch.nn.Module) -> None:
+    """Round every parameter through float16 in place (buffers keep float32).
+
+    Done before the entropy tables are built, so the tables match exactly the weights a
+    half-precision file gives back when it is loaded and cast to float32.
+    """
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            h = p.data.half()
+            if not torch.isfinite(h).all():
+                raise CheckpointError(f"parameter {name!r} does not fit in float16; import without --half")
+            p.data.copy_(h.float())
+
+
+def read_training_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``training`` record that ``tcm train`` leaves in its checkpoints, if any."""
+    try:
+        obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception:  # read_state_dict reports unreadable files; this is best effort
+        return None
+    rec = obj.get("training") if isinstance(obj, dict) else None
+    if not isinstance(rec, dict):
+        return None
+    out = dict(rec)
+    if isinstance(obj.get("step"), int):
+        out["steps_done"] = obj["step"]
+    return out
 
 
 def resolve_store(path: str | os.PathLike | None) -> Path:
@@ -177,6 +221,16 @@ class ModelStore:
             raise StoreError(f"quality {entry.quality}: {exc}") from None
         return model.eval()
 
+    def annotate(self, quality: int, evaluation: dict[str, Any]) -> ModelEntry:
+        """Record measured results (e.g. Kodak bpp/PSNR) in an entry of the manifest."""
+        from dataclasses import replace
+
+        entries = self.entries()
+        target = self.entry(quality)
+        updated = replace(target, evaluation=evaluation)
+        self._write_manifest([updated if e.quality == quality else e for e in entries])
+        return updated
+
     # -- importing -----------------------------------------------------------------------
     def import_checkpoint(
         self,
@@ -188,8 +242,13 @@ class ModelStore:
         metric: str = "mse",
         source: str | None = None,
         replace: bool = False,
+        half: bool = False,
+        training: dict[str, Any] | None = None,
     ) -> ModelEntry:
-        """Check a checkpoint against ``arch``, build its entropy tables, and add it."""
+        """Check a checkpoint against ``arch``, build its entropy tables, and add it.
+
+        ``half`` stores parameters as float16 (half the file; cast back at load).
+        ``training`` defaults to the record ``tcm train`` leaves in its checkpoints."""
         from .codec.engine import prepare_entropy_tables  # the codec layer depends on the store, not vice versa
 
         if not 1 <= quality <= 255:
@@ -200,8 +259,20 @@ class ModelStore:
             raise StoreError(f"quality {quality} already exists in {self.root} (use --replace to overwrite it)")
         model = TCM(arch)
         load_into(model, read_state_dict(checkpoint))
+        if half:
+            round_to_half(model)
         prepare_entropy_tables(model)
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        params = {name for name, _ in model.named_parameters()}
+        state = {
+            k: (v.detach().half() if half and k in params else v.detach()).cpu().contiguous()
+            for k, v in model.state_dict().items()
+        }
+        if training is None:
+            training = read_training_record(checkpoint)
+        if training is not None:
+            training = {k: v for k, v in training.items() if k != "arch"}  # the entry records it already
+        if lmbda is None and training and isinstance(training.get("lmbda"), (int, float)):
+            lmbda = float(training["lmbda"])
         tmp_name = f".import-q{quality}.pt"
         _atomic_write(self.root / tmp_name, lambda f: torch.save(state, f))
         digest = sha256_file(self.root / tmp_name)
@@ -216,6 +287,7 @@ class ModelStore:
             metric=metric,
             sha256=digest,
             source=source or f"imported from {Path(checkpoint).name}",
+            training=training,
         )
         old = [e for e in entries if e.quality == quality]
         self._write_manifest([e for e in entries if e.quality != quality] + [entry])

@@ -19,7 +19,7 @@ from ..errors import TcmError
 
 #: Modules under service/cli/ that define further subcommands. Each has ``add_parsers(sub)``,
 #: and every parser it adds sets ``handler`` (via ``set_defaults``) to a function of ``args``.
-EXTENSIONS = ("serve",)
+EXTENSIONS = ("serve", "train")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 EXIT_ERROR = 1
@@ -82,12 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("checkpoint", metavar="CHECKPOINT")
     mi.add_argument("-q", "--quality", type=_quality, required=True)
     arch = mi.add_mutually_exclusive_group()
-    arch.add_argument("--preset", help="architecture preset (official-small, official-large, conformance-small)")
+    arch.add_argument("--preset", help="architecture preset: official-small (default for official checkpoints), official-large, lite, conformance-small; a tcm train checkpoint names its own")
     arch.add_argument("--arch-json", metavar="FILE", help="TCM constructor arguments as a JSON file")
     mi.add_argument("--lambda", dest="lmbda", type=float, help="rate-distortion lambda the model was trained with")
     mi.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
     mi.add_argument("--source", help="where the weights came from (recorded in the manifest)")
     mi.add_argument("--replace", action="store_true", help="replace an existing entry for this quality")
+    mi.add_argument("--half", action="store_true", help="store the weights in float16 (half the file; cast back at load)")
     store_opt(mi)
     for module in EXTENSIONS:
         import_module(f"{__package__}.{module}").add_parsers(sub)
@@ -262,7 +263,7 @@ def cmd_models_list(args) -> int:
 
 
 def cmd_models_import(args) -> int:
-    from ..model.config import TCMConfig, preset
+    from ..model.config import PRESETS, TCMConfig, preset
 
     if args.arch_json:
         try:
@@ -272,14 +273,24 @@ def cmd_models_import(args) -> int:
         except ValueError as exc:
             raise CliError(f"{args.arch_json} is not valid JSON: {exc}") from None
         name = None
+    elif args.preset:
+        name, arch = args.preset, preset(args.preset)
     else:
-        name = args.preset or "official-small"
-        arch = preset(name)
+        # A checkpoint from `tcm train` says what it is; an official one is official-small
+        # unless told otherwise.
+        from ..store import read_training_record
+
+        record = read_training_record(args.checkpoint) if Path(args.checkpoint).is_file() else None
+        if record and isinstance(record.get("arch"), dict):
+            arch = TCMConfig.from_dict(record["arch"])
+            name = next((k for k, v in PRESETS.items() if v == arch), None)
+        else:
+            name, arch = "official-small", preset("official-small")
     store = _open_store(args)
     t0 = time.perf_counter()
     entry = store.import_checkpoint(
         args.checkpoint, args.quality, arch, preset=name, lmbda=args.lmbda, metric=args.metric,
-        source=args.source, replace=args.replace,
+        source=args.source, replace=args.replace, half=args.half,
     )
     print(f"imported {args.checkpoint} as quality {entry.quality} ({entry.file}, sha256 {entry.sha256[:12]}...) "
           f"into {store.root} in {time.perf_counter() - t0:.1f} s")

@@ -313,12 +313,14 @@ class SWAtten(nn.Module):
         return self.out_conv(out)
 
 
-def slice_transform(in_ch: int, out_ch: int) -> nn.Sequential:
-    """The per-slice CNN used for means, scales and latent residual prediction."""
+def slice_transform(in_ch: int, out_ch: int, hidden: tuple[int, ...] = (224, 128)) -> nn.Sequential:
+    """The per-slice CNN used for means, scales and latent residual prediction (the official
+    hidden widths are 224 and 128)."""
+    h1, h2 = hidden
     return nn.Sequential(
-        nn.Conv2d(in_ch, 224, 3, padding=1),
+        nn.Conv2d(in_ch, h1, 3, padding=1),
         nn.GELU(),
-        nn.Conv2d(224, 128, 3, padding=1),
+        nn.Conv2d(h1, h2, 3, padding=1),
         nn.GELU(),
-        nn.Conv2d(128, out_ch, 3, padding=1),
+        nn.Conv2d(h2, out_ch, 3, padding=1),
     )

@@ -4,7 +4,7 @@ The network is split into the stages the codec pipeline needs, so that compress 
 decompress can run the same code as ``forward`` (same kernels, same order), and so that
 batching and backends can wrap stages independently:
 
-* ``g_a`` / ``g_s``: analysis / synthesis transforms (image <-> y, 320 channels at 1/16),
+* ``g_a`` / ``g_s``: analysis / synthesis transforms (image <-> y, M channels at 1/16),
 * ``h_a`` / ``h_mean_s`` + ``h_scale_s``: hyperprior (y -> z at 1/64, z_hat -> mean/scale priors),
 * per slice: SWAtten + CNN -> (mu, sigma) for the Gaussian model, then latent residual
   prediction (LRP) refines y_hat; slice i is conditioned on the decoded slices before it.
@@ -16,16 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .config import (
-    HYPER_CHANNELS,
-    HYPER_HEAD_DIM,
-    HYPER_WINDOW_SIZE,
-    LATENT_CHANNELS,
-    SWATTEN_HEAD_DIM,
-    SWATTEN_INTER_DIM,
-    WINDOW_SIZE,
-    TCMConfig,
-)
+from .config import HYPER_WINDOW_SIZE, SWATTEN_HEAD_DIM, WINDOW_SIZE, TCMConfig
 from .entropy import EntropyBottleneck, GaussianConditional
 from .layers import (
     ResidualBlockUpsample,
@@ -55,7 +46,8 @@ class TCM(nn.Module):
         self.cfg = cfg
         n, m, c, hd, w = cfg.N, cfg.M, cfg.config, cfg.head_dim, WINDOW_SIZE
         # Registered first, as in the official class (CompressionModel creates it first).
-        self.entropy_bottleneck = EntropyBottleneck(HYPER_CHANNELS)
+        zc = cfg.hyper_channels
+        self.entropy_bottleneck = EntropyBottleneck(zc)
         self.g_a = nn.Sequential(
             ResidualBlockWithStride(3, 2 * n, 2),
             *tcm_stage(n, c[0], hd[0], w), ResidualBlockWithStride(2 * n, 2 * n, 2),
@@ -68,26 +60,20 @@ class TCM(nn.Module):
             *tcm_stage(n, c[4], hd[4], w), ResidualBlockUpsample(2 * n, 2 * n, 2),
             *tcm_stage(n, c[5], hd[5], w), subpel_conv3x3(2 * n, 3, 2),
         )
-        hyper = lambda depth: tcm_stage(n, depth, HYPER_HEAD_DIM, HYPER_WINDOW_SIZE)  # noqa: E731
-        self.h_a = nn.Sequential(
-            ResidualBlockWithStride(LATENT_CHANNELS, 2 * n, 2), *hyper(c[0]), conv3x3(2 * n, HYPER_CHANNELS, stride=2)
-        )
-        self.h_mean_s = nn.Sequential(
-            ResidualBlockUpsample(HYPER_CHANNELS, 2 * n, 2), *hyper(c[3]), subpel_conv3x3(2 * n, LATENT_CHANNELS, 2)
-        )
-        self.h_scale_s = nn.Sequential(
-            ResidualBlockUpsample(HYPER_CHANNELS, 2 * n, 2), *hyper(c[3]), subpel_conv3x3(2 * n, LATENT_CHANNELS, 2)
-        )
-        sc = cfg.slice_channels
-        support_width = [LATENT_CHANNELS + sc * cfg.support_count(i) for i in range(cfg.num_slices)]
+        hyper = lambda depth: tcm_stage(n, depth, cfg.hyper_head_dim, HYPER_WINDOW_SIZE)  # noqa: E731
+        self.h_a = nn.Sequential(ResidualBlockWithStride(m, 2 * n, 2), *hyper(c[0]), conv3x3(2 * n, zc, stride=2))
+        self.h_mean_s = nn.Sequential(ResidualBlockUpsample(zc, 2 * n, 2), *hyper(c[3]), subpel_conv3x3(2 * n, m, 2))
+        self.h_scale_s = nn.Sequential(ResidualBlockUpsample(zc, 2 * n, 2), *hyper(c[3]), subpel_conv3x3(2 * n, m, 2))
+        sc, hidden = cfg.slice_channels, cfg.slice_hidden
+        support_width = [m + sc * cfg.support_count(i) for i in range(cfg.num_slices)]
         swatten = lambda width: nn.Sequential(  # noqa: E731 - one-element Sequential: key "atten_mean.i.0.*"
-            SWAtten(width, SWATTEN_HEAD_DIM, WINDOW_SIZE, SWATTEN_INTER_DIM)
+            SWAtten(width, SWATTEN_HEAD_DIM, WINDOW_SIZE, cfg.swatten_dim)
         )
         self.atten_mean = nn.ModuleList(swatten(wd) for wd in support_width)
         self.atten_scale = nn.ModuleList(swatten(wd) for wd in support_width)
-        self.cc_mean_transforms = nn.ModuleList(slice_transform(wd, sc) for wd in support_width)
-        self.cc_scale_transforms = nn.ModuleList(slice_transform(wd, sc) for wd in support_width)
-        self.lrp_transforms = nn.ModuleList(slice_transform(wd + sc, sc) for wd in support_width)
+        self.cc_mean_transforms = nn.ModuleList(slice_transform(wd, sc, hidden) for wd in support_width)
+        self.cc_scale_transforms = nn.ModuleList(slice_transform(wd, sc, hidden) for wd in support_width)
+        self.lrp_transforms = nn.ModuleList(slice_transform(wd + sc, sc, hidden) for wd in support_width)
         self.gaussian_conditional = GaussianConditional()
 
     # -- stages ---------------------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""``tcm train``: train a TCM model on folders of images (resumes from --out)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _lambda(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"lambda must be a number, got {text!r}") from None
+    if not 0 < v < 10:
+        raise argparse.ArgumentTypeError(f"lambda must be in (0, 10), got {v}")
+    return v
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def add_parsers(sub) -> None:
+    t = sub.add_parser(
+        "train",
+        help="train a model on folders of images",
+        description="Rate-distortion training (loss lambda*255^2*MSE + bpp). Running it again with the same "
+        "--out resumes exactly where the last run stopped; --steps may be raised to extend a run.",
+    )
+    t.add_argument("data", nargs="+", metavar="DIR", help="folders of training images (sub-folders are sources sampled evenly)")
+    t.add_argument("--out", required=True, help="run directory: checkpoint.pt and train.log")
+    arch = t.add_mutually_exclusive_group()
+    arch.add_argument("--preset", default=None, help="architecture preset (default: lite)")
+    arch.add_argument("--arch-json", metavar="FILE", help="TCM constructor arguments as a JSON file")
+    t.add_argument("--lambda", dest="lmbda", type=_lambda, required=True, help="rate-distortion trade-off, e.g. 0.013")
+    t.add_argument("--steps", type=_positive, required=True, help="train until this many steps in total")
+    t.add_argument("--batch-size", type=_positive, default=8)
+    t.add_argument("--crop", type=_positive, default=256, help="square crop size (at least 256)")
+    t.add_argument("--lr", type=float, default=1e-4, help="learning rate of the network (default 1e-4)")
+    t.add_argument("--aux-lr", type=float, default=1e-3, help="learning rate of the quantiles (default 1e-3)")
+    t.add_argument("--lr-drop", type=_positive, action="append", default=[], metavar="STEP",
+                   help="divide the learning rate by 10 from this step on (repeatable)")
+    t.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (0 disables; default 1.0)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init", metavar="CHECKPOINT", help="start from these weights (fine-tuning to another lambda)")
+    t.add_argument("--max-side", type=_positive, default=1024, help="downscale photos whose short side exceeds this")
+    t.add_argument("--checkpoint-every", type=_positive, default=50)
+    t.add_argument("--log-every", type=_positive, default=10)
+    t.add_argument("--val", metavar="DIR", help="images to report forward-pass bpp/PSNR on (never trained on)")
+    t.add_argument("--val-count", type=_positive, default=6)
+    t.add_argument("--val-every", type=int, default=0, help="validate every this many steps (0: never)")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    t.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
+    t.set_defaults(handler=cmd_train)
+
+
+def _arch(args) -> dict:
+    from ..errors import ConfigError
+    from ..model.config import TCMConfig, preset
+
+    if args.arch_json:
+        try:
+            data = json.loads(Path(args.arch_json).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read --arch-json {args.arch_json}: {exc}") from None
+        return TCMConfig.from_dict(data).to_dict()
+    return preset(args.preset or "lite").to_dict()
+
+
+def _val_images(folder: str, count: int) -> list:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ..training.data import image_files
+
+    files = image_files(Path(folder))[:count]
+    if not files:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"no images in --val {folder}")
+    out = []
+    for f in files:
+        with Image.open(f) as im:
+            out.append(torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1).float() / 255.0)
+    return out
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from ..codec.pipeline import resolve_device
+    from ..training.trainer import LOG, Trainer, TrainConfig, forward_validator, text_progress
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    cfg = TrainConfig(
+        arch=_arch(args), lmbda=args.lmbda, data=[str(Path(d).resolve()) for d in args.data], steps=args.steps,
+        batch_size=args.batch_size, crop=args.crop, lr=args.lr, aux_lr=args.aux_lr, lr_drops=sorted(args.lr_drop),
+        clip=args.clip, seed=args.seed, init=args.init, max_side=args.max_side,
+    )
+    trainer = Trainer(cfg, Path(args.out), device)
+    print(f"tcm train: {trainer.start()}; log {Path(args.out) / LOG}", flush=True)
+    validate = forward_validator(_val_images(args.val, args.val_count), device) if args.val else None
+    step = trainer.run(
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, validate=validate,
+        validate_every=args.val_every, progress=text_progress(),
+    )
+    print(f"\ntcm train: step {step}/{cfg.steps}, checkpoint {Path(args.out) / 'checkpoint.pt'}", flush=True)
+    return 0 if step >= cfg.steps else 3

@@ -1,0 +1,35 @@
+"""The paper's rate-distortion objective: lambda * 255^2 * MSE + bits per pixel."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class RDLoss:
+    """One batch's objective and the numbers the progress bar shows."""
+
+    loss: Tensor  # differentiable
+    bpp: float
+    mse: float
+
+    @property
+    def psnr(self) -> float:
+        return 10 * math.log10(1.0 / self.mse) if self.mse > 0 else float("inf")
+
+
+def bits_per_pixel(likelihoods: dict[str, Tensor], num_pixels: int) -> Tensor:
+    """Estimated rate of all latents, from their likelihoods (the sum of -log2 p)."""
+    return sum(torch.log(lik).sum() for lik in likelihoods.values()) / (-math.log(2) * num_pixels)
+
+
+def rate_distortion(out: dict, target: Tensor, lmbda: float) -> RDLoss:
+    """``lmbda * 255**2 * MSE + bpp``, the loss of the reference training script, with
+    bpp per pixel of the batch (N * H * W)."""
+    n, _, h, w = target.shape
+    bpp = bits_per_pixel(out["likelihoods"], n * h * w)
+    mse = torch.mean((out["x_hat"] - target) ** 2)
+    return RDLoss(lmbda * 255**2 * mse + bpp, float(bpp.detach()), float(mse.detach()))

@@ -1,0 +1,150 @@
+"""tcm train: exact resume, data guards, the lite preset, and train -> import -> code."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from service.errors import ConfigError
+from service.model.config import PRESETS, preset
+from service.model.tcm import TCM
+from service.store import ModelStore
+from service.training.data import load_sources, random_batch
+from service.training.trainer import CHECKPOINT, Trainer, TrainConfig
+
+from conftest import SHARED
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory) -> Path:
+    """Two sources of smooth noisy 'photos' (one too small to crop, which is skipped)."""
+    root = tmp_path_factory.mktemp("train_data")
+    rng = np.random.default_rng(0)
+    for src, sizes in {"a": [(300, 280), (100, 100)], "b": [(260, 320)]}.items():
+        (root / src).mkdir()
+        for i, (h, w) in enumerate(sizes):
+            yy, xx = np.mgrid[0:h, 0:w]
+            px = np.stack([xx % 256, yy % 256, (xx * yy) % 256], -1) + rng.integers(0, 30, (h, w, 3))
+            Image.fromarray(np.clip(px, 0, 255).astype(np.uint8)).save(root / src / f"{i}.png")
+    return root
+
+
+def tiny_config(photo_dir: Path, steps: int) -> TrainConfig:
+    return TrainConfig(arch=preset("lite").to_dict(), lmbda=0.013, data=[str(photo_dir)], steps=steps, batch_size=1, seed=7)
+
+
+def test_lite_preset_keeps_official_identities_and_is_small():
+    # Extended width fields at their defaults change nothing: official hashes are stable.
+    assert PRESETS["official-small"].config_hash().hex() == "45322ab8bd8e2978"
+    assert "swatten_dim" not in PRESETS["official-large"].canonical_json()
+    lite = TCM(preset("lite"))
+    assert sum(p.numel() for p in lite.parameters()) < 6_000_000
+    # Same structure as the official class: 5 slices with SWAtten and LRP, both window kinds.
+    assert len(lite.atten_mean) == len(lite.lrp_transforms) == 5
+    shifted = [m.shifted for m in lite.g_a.modules() if hasattr(m, "shifted")]
+    assert True in shifted and False in shifted
+
+
+def test_data_loading_guards(photo_dir, tmp_path):
+    sources = load_sources([photo_dir], 256)
+    assert [s.name for s in sources] == ["a", "b"] and [len(s.images) for s in sources] == [1, 1]
+    batch = random_batch(sources, 3, 256, torch.Generator().manual_seed(0))
+    assert batch.shape == (3, 3, 256, 256) and 0 <= batch.min() and batch.max() <= 1
+    with pytest.raises(ConfigError, match="at least 256"):
+        load_sources([photo_dir], 128)
+    kodak = tmp_path / "kodak"
+    kodak.mkdir()
+    with pytest.raises(ConfigError, match="Kodak is the test set"):
+        load_sources([kodak], 256)
+    with pytest.raises(ConfigError, match="no training image"):
+        load_sources([photo_dir], 512)
+
+
+def test_stopped_and_resumed_run_equals_uninterrupted(photo_dir, tmp_path):
+    torch.set_num_threads(1)  # the same kernels in both runs
+    straight = Trainer(tiny_config(photo_dir, 3), tmp_path / "straight", torch.device("cpu"))
+    straight.start()
+    straight.run(checkpoint_every=100, log_every=1)
+
+    first = Trainer(tiny_config(photo_dir, 2), tmp_path / "split", torch.device("cpu"))
+    first.start()
+    first.run(checkpoint_every=100, log_every=1)
+    second = Trainer(tiny_config(photo_dir, 3), tmp_path / "split", torch.device("cpu"))  # --steps raised
+    assert "resumed" in second.start() and second.step == 2
+    second.run(checkpoint_every=100, log_every=1)
+
+    a, b = straight.model.state_dict(), second.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log = [json.loads(line) for line in (tmp_path / "split" / "train.log").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
+
+
+def test_resume_refuses_a_different_run(photo_dir, tmp_path):
+    t = Trainer(tiny_config(photo_dir, 1), tmp_path, torch.device("cpu"))
+    t.start()
+    t.run(checkpoint_every=100)
+    other = tiny_config(photo_dir, 2)
+    other.lmbda = 0.05
+    with pytest.raises(ConfigError, match="lmbda=0.013"):
+        Trainer(other, tmp_path, torch.device("cpu")).start()
+
+
+def test_train_import_half_and_code(photo_dir, tmp_path):
+    """The CLI end to end: train 2 steps, import in float16 (training record and lambda
+    come along), then a Kodak crop round-trips through compress/decompress."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "service.cli.main"]
+    r = subprocess.run(cmd + ["train", str(photo_dir), "--out", str(run), "--lambda", "0.02", "--steps", "2",
+                              "--batch-size", "1", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (run / CHECKPOINT).is_file()
+    store = tmp_path / "store"
+    r = subprocess.run(cmd + ["models", "import", str(run / CHECKPOINT), "-q", "2", "--half", "--store", str(store)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    entry = ModelStore(store).entry(2)
+    assert entry.preset == "lite" and entry.lmbda == 0.02
+    assert entry.training["steps_done"] == 2 and entry.training["data"] == [str(photo_dir)]
+    saved = torch.load(store / entry.file, weights_only=True)
+    assert saved["g_a.0.conv1.weight"].dtype == torch.float16
+    assert saved["gaussian_conditional.scale_table"].dtype == torch.float32
+    # The tables were built from the float16-rounded weights: rebuilding them at load
+    # gives the same buffers.
+    from service.codec.engine import prepare_entropy_tables
+
+    model = ModelStore(store).load_model(entry)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "cdf" in k or "offset" in k}
+    prepare_entropy_tables(model)
+    for k, v in before.items():
+        assert torch.equal(v, model.state_dict()[k]), k
+
+    img = Image.open(SHARED / "data" / "kodak" / "kodim01.png").crop((0, 0, 200, 136))
+    img.save(tmp_path / "crop.png")
+    r = subprocess.run(cmd + ["compress", str(tmp_path / "crop.png"), "-o", str(tmp_path / "c.tcm"), "--store", str(store)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(cmd + ["decompress", str(tmp_path / "c.tcm"), "-o", str(tmp_path / "c.png"), "--store", str(store)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "c.png").size == (200, 136)
+
+
+def test_train_cli_errors_are_one_line(photo_dir, tmp_path):
+    cmd = [sys.executable, "-m", "service.cli.main", "train"]
+    for args, needle in [
+        ([str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--lambda", "0.01", "--steps", "1"], "not found"),
+        ([str(photo_dir), "--out", str(tmp_path / "o"), "--lambda", "0.01", "--steps", "1", "--crop", "128"], "at least 256"),
+        ([str(photo_dir), "--out", str(tmp_path / "o"), "--lambda", "-1", "--steps", "1"], "lambda"),
+        ([str(photo_dir), "--out", str(tmp_path / "o"), "--lambda", "0.01", "--steps", "1", "--preset", "nope"], "unknown preset"),
+    ]:
+        r = subprocess.run(cmd + args, capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and needle in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
