@@ -59,8 +59,8 @@ class TrainConfig:
     init: str | None = None  # weights a fine-tune started from
     max_side: int = 1024
 
-    #: Fields that may change when a run is resumed (extending it, or adjusting its end).
-    RESUMABLE_CHANGES = ("steps", "lr_drops")
+    #: Fields that may change when a run is resumed (extending it, or adjusting its schedule).
+    RESUMABLE_CHANGES = ("steps", "lr", "lr_drops")
 
     def lr_at(self, step: int) -> float:
         return self.lr * 0.1 ** sum(step >= d for d in self.lr_drops)
