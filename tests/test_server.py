@@ -143,7 +143,9 @@ def test_parallel_mixed_requests_equal_sequential(server, service_images):
 
     def one(item):
         kind, n, q = item
-        with TcmClient(server.url) as c:
+        # A generous client timeout: this checks correctness under concurrency, and a busy
+        # CI machine may queue 24 requests on 2 cores for minutes.
+        with TcmClient(server.url, timeout=600) as c:
             return c.compress(service_images[n], quality=q) if kind == "c" else c.decompress(blobs[(n, q)])
 
     with ThreadPoolExecutor(24) as ex:
