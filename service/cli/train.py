@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .argtypes import positive_int
+
 
 def _lambda(text: str) -> float:
     try:
@@ -13,16 +15,6 @@ def _lambda(text: str) -> float:
         raise argparse.ArgumentTypeError(f"lambda must be a number, got {text!r}") from None
     if not 0 < v < 10:
         raise argparse.ArgumentTypeError(f"lambda must be in (0, 10), got {v}")
-    return v
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
     return v
 
 
@@ -39,24 +31,24 @@ def add_parsers(sub) -> None:
     arch.add_argument("--preset", default=None, help="architecture preset (default: lite)")
     arch.add_argument("--arch-json", metavar="FILE", help="TCM constructor arguments as a JSON file")
     t.add_argument("--lambda", dest="lmbda", type=_lambda, required=True, help="rate-distortion trade-off, e.g. 0.013")
-    t.add_argument("--steps", type=_positive, required=True, help="train until this many steps in total")
-    t.add_argument("--batch-size", type=_positive, default=8)
-    t.add_argument("--crop", type=_positive, default=256, help="square crop size (at least 256)")
+    t.add_argument("--steps", type=positive_int, required=True, help="train until this many steps in total")
+    t.add_argument("--batch-size", type=positive_int, default=8)
+    t.add_argument("--crop", type=positive_int, default=256, help="square crop size (at least 256)")
     t.add_argument("--lr", type=float, default=1e-4, help="learning rate of the network (default 1e-4)")
     t.add_argument("--aux-lr", type=float, default=1e-3, help="learning rate of the quantiles (default 1e-3)")
-    t.add_argument("--lr-drop", type=_positive, action="append", default=[], metavar="STEP",
+    t.add_argument("--lr-drop", type=positive_int, action="append", default=[], metavar="STEP",
                    help="divide the learning rate by 10 from this step on (repeatable)")
     t.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (0 disables; default 1.0)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init", metavar="CHECKPOINT", help="start from these weights (fine-tuning to another lambda)")
-    t.add_argument("--max-side", type=_positive, default=1024, help="downscale photos whose short side exceeds this")
-    t.add_argument("--checkpoint-every", type=_positive, default=50)
-    t.add_argument("--log-every", type=_positive, default=10)
+    t.add_argument("--max-side", type=positive_int, default=1024, help="downscale photos whose short side exceeds this")
+    t.add_argument("--checkpoint-every", type=positive_int, default=50)
+    t.add_argument("--log-every", type=positive_int, default=10)
     t.add_argument("--val", metavar="DIR", help="images to report forward-pass bpp/PSNR on (never trained on)")
-    t.add_argument("--val-count", type=_positive, default=6)
+    t.add_argument("--val-count", type=positive_int, default=6)
     t.add_argument("--val-every", type=int, default=0, help="validate every this many steps (0: never)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    t.add_argument("--threads", type=_positive, help="CPU threads for torch (default: torch's choice)")
+    t.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     t.set_defaults(handler=cmd_train)
 
 

@@ -1,0 +1,11 @@
+"""``tcm eval``: rate-distortion evaluation of our models against classic codecs.
+
+Modules, one concept each:
+
+* :mod:`.metrics` -- PSNR and MS-SSIM on 8-bit images (numpy only);
+* :mod:`.bdrate` -- Bjontegaard delta rate/PSNR with PCHIP interpolation (numpy only);
+* :mod:`.baselines` -- JPEG 4:2:0/4:4:4, WebP and AVIF through Pillow;
+* :mod:`.published` -- the official TCM rate-distortion points (``rd-published.json``);
+* :mod:`.runner` -- real coding of a dataset by every codec and setting, and the averages;
+* :mod:`.report` -- CSV, JSON, the text table and the plot.
+"""
