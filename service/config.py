@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     max_batch_delay_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch may wait to fill up")
     max_queue: int = Field(64, ge=1, description="requests waiting for a device; more are refused with 429")
     coder_threads: int = Field(2, ge=1, le=256, description="CPU threads for range coding")
+    backend: str = Field(
+        "torch", description="torch (exact reference arithmetic) or onnx (ONNX Runtime, faster; docs/performance.md)"
+    )
+    onnx_dir: Optional[str] = Field(
+        None, description="where the onnx backend keeps its exported graphs (default: the model store directory)"
+    )
     max_body_bytes: int = Field(50 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image (width x height) accepted (413 above)")
     request_timeout_s: float = Field(60.0, gt=0, description="per-request deadline; 504 past it")
@@ -88,6 +94,14 @@ class Settings(BaseSettings):
             elif not (p.startswith("cuda:") and p[5:].isdigit()):
                 raise ValueError(f"unknown device {p!r} (use auto, cpu, cuda or a list like cuda:0,cuda:1)")
         return ",".join(parts)
+
+    @field_validator("backend")
+    @classmethod
+    def _check_backend(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v not in ("torch", "onnx"):
+            raise ValueError("backend must be torch or onnx")
+        return v
 
     @field_validator("log_level")
     @classmethod

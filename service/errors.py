@@ -55,6 +55,16 @@ class ModelNotFoundError(TcmError):
     code = "model_not_found"
 
 
+class BackendMismatchError(ModelNotFoundError):
+    """The blob's entropy parameters were computed by a backend this decoder does not run.
+
+    Backends (PyTorch or ONNX Runtime, CPU or CUDA) differ in the last bits of the entropy
+    parameters; decoding with another one can read the wrong symbols, so it is refused.
+    """
+
+    code = "backend_mismatch"
+
+
 class CheckpointError(TcmError):
     """A checkpoint file cannot be read or does not match the architecture."""
 

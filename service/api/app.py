@@ -57,6 +57,71 @@ _ERROR_SCHEMA = {
 }
 
 
+_RETRY_AFTER = {
+    "Retry-After": {"description": "seconds to wait before retrying", "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+}
+_HEADER_INT = {"type": "string", "pattern": "^[0-9]+$"}
+
+_MODELS_SCHEMA = {
+    "type": "object",
+    "required": ["default_quality", "qualities", "devices", "max_batch_size", "ready", "models"],
+    "properties": {
+        "default_quality": {"type": "integer"},
+        "qualities": {"type": "array", "items": {"type": "integer"}},
+        "devices": {"type": "array", "items": {"type": "string"}},
+        "max_batch_size": {"type": "integer"},
+        "ready": {"type": "boolean"},
+        "models": {"type": "array", "items": {
+            "type": "object",
+            "required": ["quality", "default", "config", "config_hash", "weights_sha256", "weights_hash", "devices", "loaded"],
+            "properties": {
+                "quality": {"type": "integer"},
+                "default": {"type": "boolean"},
+                "preset": {"type": ["string", "null"]},
+                "config": {"type": "object"},
+                "config_hash": {"type": "string"},
+                "lambda": {"type": ["number", "null"]},
+                "metric": {"type": "string"},
+                "weights_sha256": {"type": "string"},
+                "weights_hash": {"type": "string"},
+                "source": {"type": "string"},
+                "devices": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["device", "state", "loaded"],
+                    "properties": {
+                        "device": {"type": "string"},
+                        "state": {"type": "string", "enum": ["pending", "loading", "warming", "ready", "failed"]},
+                        "loaded": {"type": "boolean"},
+                        "load_seconds": {"type": ["number", "null"]},
+                        "warmup_seconds": {"type": ["number", "null"]},
+                        "error": {"type": ["string", "null"]},
+                    },
+                }},
+                "loaded": {"type": "boolean"},
+            },
+        }},
+    },
+}
+
+
+def _json_doc(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _served_qualities_in_schema(schema: dict[str, Any], qualities: list[int]) -> dict[str, Any]:
+    """Narrow ``quality`` from 1..255 to the levels this service actually serves, so that the
+    published schema says which values succeed (any other is a 422)."""
+    for param in schema["paths"]["/compress"]["post"].get("parameters", []):
+        if param.get("name") == "quality":
+            param["schema"] = {
+                "anyOf": [{"type": "integer", "enum": list(qualities)}, {"type": "null"}],
+                "description": param["schema"].get("description", ""),
+                "title": "Quality",
+            }
+    return schema
+
+
 def _errors_doc(*codes: int) -> dict[int, dict[str, Any]]:
     text = {
         400: "malformed image or blob, or a malformed request",
@@ -67,7 +132,11 @@ def _errors_doc(*codes: int) -> dict[int, dict[str, Any]]:
         503: "not ready (loading) or shutting down: retry after Retry-After seconds",
         504: "the request did not finish within the deadline",
     }
-    return {c: {"description": text[c], "content": {"application/json": {"schema": _ERROR_SCHEMA}}} for c in codes}
+    doc = {c: {"description": text[c], "content": {"application/json": {"schema": _ERROR_SCHEMA}}} for c in codes}
+    for c in (429, 503):
+        if c in doc:
+            doc[c]["headers"] = _RETRY_AFTER
+    return doc
 
 
 def _body_doc(raw_types: tuple[str, ...], what: str) -> dict[str, Any]:
@@ -218,7 +287,13 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
         summary="Compress an image to a .tcm blob",
         responses={
             200: {"content": {TCM_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
-                  "description": "the .tcm blob; headers X-TCM-Quality, X-TCM-Bpp, X-TCM-Width, X-TCM-Height"},
+                  "description": "the .tcm blob; headers X-TCM-Quality, X-TCM-Bpp, X-TCM-Width, X-TCM-Height",
+                  "headers": {
+                      "X-TCM-Quality": {"required": True, "schema": _HEADER_INT},
+                      "X-TCM-Bpp": {"required": True, "schema": {"type": "string", "pattern": r"^[0-9]+\.[0-9]+$"}},
+                      "X-TCM-Width": {"required": True, "schema": _HEADER_INT},
+                      "X-TCM-Height": {"required": True, "schema": _HEADER_INT},
+                  }},
             **_errors_doc(400, 413, 415, 422, 429, 503, 504),
         },
         openapi_extra=_body_doc(IMAGE_TYPES + RAW_IMAGE_OK, "PNG, JPEG, WebP, BMP or TIFF image"),
@@ -261,7 +336,12 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
         summary="Decompress a .tcm blob to a PNG (grayscale stays grayscale)",
         responses={
             200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-                  "description": "the PNG; headers X-TCM-Quality, X-TCM-Width, X-TCM-Height"},
+                  "description": "the PNG; headers X-TCM-Quality, X-TCM-Width, X-TCM-Height",
+                  "headers": {
+                      "X-TCM-Quality": {"required": True, "schema": _HEADER_INT},
+                      "X-TCM-Width": {"required": True, "schema": _HEADER_INT},
+                      "X-TCM-Height": {"required": True, "schema": _HEADER_INT},
+                  }},
             **_errors_doc(400, 413, 415, 422, 429, 503, 504),
         },
         openapi_extra=_body_doc(RAW_BLOB_OK, ".tcm blob"),
@@ -289,7 +369,11 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
             },
         )
 
-    @app.get("/v1/models", summary="Served quality levels and their state")
+    @app.get(
+        "/v1/models",
+        summary="Served quality levels and their state",
+        responses={200: _json_doc("served quality levels, their identity and per-device state", _MODELS_SCHEMA)},
+    )
     async def models() -> dict[str, Any]:
         return {
             "default_quality": pool.default_quality,
@@ -300,21 +384,51 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
             "models": pool.models_info(),
         }
 
-    @app.get("/healthz", summary="Liveness: the process and its workers are alive")
+    @app.get(
+        "/healthz",
+        summary="Liveness: the process and its workers are alive",
+        responses={
+            200: _json_doc("alive", {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}),
+            503: _json_doc("a worker failed to load its models, or keeps dying", _ERROR_SCHEMA),
+        },
+    )
     async def healthz():
         problem = pool.alive_problem()
         if problem:
             return error_response(503, "unhealthy", problem)
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: every model loaded and warmed up")
+    @app.get(
+        "/readyz",
+        summary="Readiness: every model loaded and warmed up",
+        responses={
+            200: _json_doc("ready", {"type": "object", "required": ["status", "models_loaded"], "properties": {
+                "status": {"const": "ready"}, "models_loaded": {"type": "integer"}}}),
+            503: {**_json_doc("not ready: loading, failed, replacing a worker, or shutting down", _ERROR_SCHEMA),
+                  "headers": _RETRY_AFTER},
+        },
+    )
     async def readyz():
         if pool.ready:
             return {"status": "ready", "models_loaded": sum(len(w.slots) for w in pool.workers)}
         return error_response(503, "not_ready", pool.not_ready_reason() or "not ready", {"Retry-After": "2"})
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"description": "Prometheus text exposition format",
+                         "content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics_endpoint() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _served_qualities_in_schema(generate_openapi(), pool.qualities)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -11,6 +11,7 @@ Names follow Prometheus conventions (seconds, bytes, ``_total``)::
     tcm_bits_per_pixel{quality}                   histogram rate of every compressed image
     tcm_request_bytes_total{endpoint,direction}   counter   body bytes in / out
     tcm_models_loaded                             gauge     (quality, device) pairs loaded and warmed
+    tcm_worker_restarts_total{device}             counter   device workers that died and were replaced
     tcm_device_memory_bytes{device,kind}          gauge     allocated | reserved, CUDA devices only
 """
 from __future__ import annotations
@@ -80,6 +81,9 @@ class Metrics:
             "tcm_request_bytes", "Request and response body bytes", ["endpoint", "direction"], registry=r
         )
         self.loaded = Gauge("tcm_models_loaded", "Models loaded and warmed up (quality x device)", registry=r)
+        self.restarts = Counter(
+            "tcm_worker_restarts", "Device workers that died and were replaced", ["device"], registry=r
+        )
         for stage in ("queue", "transform", "entropy_coding", "image_io"):
             self.stages.labels(stage)  # expose every stage from the start
 
@@ -102,3 +106,6 @@ class Metrics:
 
     def models_loaded(self, count: int) -> None:
         self.loaded.set(count)
+
+    def worker_restarted(self, device: str) -> None:
+        self.restarts.labels(device).inc()

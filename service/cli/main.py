@@ -19,7 +19,7 @@ from ..errors import TcmError
 
 #: Modules under service/cli/ that define further subcommands. Each has ``add_parsers(sub)``,
 #: and every parser it adds sets ``handler`` (via ``set_defaults``) to a function of ``args``.
-EXTENSIONS = ("serve", "train")
+EXTENSIONS = ("serve", "train", "evaluate", "onnx")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 EXIT_ERROR = 1
@@ -52,11 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     def store_opt(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--store", help="model store directory (default: $TCM_MODEL_STORE, else the bundled model_store/)")
 
+    def backend_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--backend", choices=("torch", "onnx"), default=os.environ.get("TCM_BACKEND", "torch").strip().lower() or "torch",
+            help="run the networks with PyTorch (exact reference arithmetic) or ONNX Runtime (faster; graphs are "
+            "exported on first use, see tcm export-onnx); a blob decodes with the backend that encoded it "
+            "(default: $TCM_BACKEND, else torch)",
+        )
+
     c = sub.add_parser("compress", help="compress images to .tcm files")
     c.add_argument("inputs", nargs="+", metavar="IN", help="image files or directories of images")
     c.add_argument("-o", "--output", help="output file (one input) or directory (default: next to each input)")
     c.add_argument("-q", "--quality", type=_quality, help="quality level in the store (default: the highest available)")
     c.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    backend_opt(c)
     c.add_argument("--drop-alpha", action="store_true", help="discard an alpha channel instead of refusing the image")
     c.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels than this")
     c.add_argument("--force", action="store_true", help="overwrite existing output files")
@@ -66,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("inputs", nargs="+", metavar="IN", help=".tcm files or directories of them")
     d.add_argument("-o", "--output", help="output file (one input) or directory (default: next to each input)")
     d.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    backend_opt(d)
     d.add_argument("--force", action="store_true", help="overwrite existing output files")
     store_opt(d)
 
@@ -180,7 +190,7 @@ def cmd_compress(args) -> int:
     quality = args.quality if args.quality is not None else entries[-1].quality
     device = resolve_device(args.device)
     t0 = time.perf_counter()
-    lm = load_model(store, quality, device)
+    lm = load_model(store, quality, device, args.backend, os.environ.get("TCM_ONNX_DIR") or None)
     load_s = time.perf_counter() - t0
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     progress = _Progress(len(files))
@@ -197,7 +207,7 @@ def cmd_compress(args) -> int:
         progress.step(src.name)
     elapsed = time.perf_counter() - t1
     print(
-        f"compressed {len(files)} image(s) at q{quality} on {device}: {total_bits / max(total_pixels, 1):.4f} bpp "
+        f"compressed {len(files)} image(s) at q{quality} on {device} ({lm.backend}): {total_bits / max(total_pixels, 1):.4f} bpp "
         f"(container included), {elapsed:.2f} s ({elapsed / len(files):.2f} s/image, model load {load_s:.2f} s)"
     )
     return 0
@@ -209,7 +219,7 @@ def cmd_decompress(args) -> int:
 
     files = _expand(args.inputs, {".tcm"})
     outs = _output_paths(files, args.output, ".png", args.force)
-    resolve = store_resolver(_open_store(args), resolve_device(args.device))
+    resolve = store_resolver(_open_store(args), resolve_device(args.device), args.backend, os.environ.get("TCM_ONNX_DIR") or None)
     progress = _Progress(len(files))
     t0 = time.perf_counter()
     for src, dst in zip(files, outs):

@@ -15,16 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import TcmError
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+from .argtypes import positive_int
 
 
 def add_parsers(sub) -> None:
@@ -43,15 +34,17 @@ def add_parsers(sub) -> None:
     s.add_argument("--qualities", help="quality levels to serve, e.g. 2,3 (default: every level in the store)")
     s.add_argument("--default-quality", type=_quality, help="quality when a request names none (default: the highest)")
     s.add_argument("--devices", help="auto, cpu, cuda, or a list like cuda:0,cuda:1 (default auto)")
-    s.add_argument("--max-batch-size", type=_positive_int, help="largest batch (default 1 on CPU, 8 on CUDA)")
+    s.add_argument("--max-batch-size", type=positive_int, help="largest batch (default 1 on CPU, 8 on CUDA)")
     s.add_argument("--max-batch-delay-ms", type=float, help="how long a batch may wait to fill (default 5)")
-    s.add_argument("--max-queue", type=_positive_int, help="requests waiting for a device before 429 (default 64)")
-    s.add_argument("--coder-threads", type=_positive_int, help="range-coding threads (default 2)")
-    s.add_argument("--max-body-bytes", type=_positive_int, help="largest request body (default 50 MiB)")
-    s.add_argument("--max-pixels", type=_positive_int, help="largest image, width x height (default 40000000)")
+    s.add_argument("--max-queue", type=positive_int, help="requests waiting for a device before 429 (default 64)")
+    s.add_argument("--coder-threads", type=positive_int, help="range-coding threads (default 2)")
+    s.add_argument("--max-body-bytes", type=positive_int, help="largest request body (default 50 MiB)")
+    s.add_argument("--max-pixels", type=positive_int, help="largest image, width x height (default 40000000)")
     s.add_argument("--request-timeout-s", type=float, help="per-request deadline, 504 past it (default 60)")
     s.add_argument("--shutdown-grace-s", type=float, help="time in-flight requests get on SIGTERM (default 30)")
     s.add_argument("--log-level", help="critical, error, warning, info (default) or debug")
+    s.add_argument("--backend", help="torch (default, exact arithmetic) or onnx (ONNX Runtime, faster: docs/performance.md)")
+    s.add_argument("--onnx-dir", help="where the onnx backend keeps exported graphs (default: the store directory)")
     s.set_defaults(handler=cmd_serve)
 
     r = sub.add_parser("remote", help="compress / decompress through a running service")
@@ -78,6 +71,7 @@ def add_parsers(sub) -> None:
 SETTINGS_FLAGS = (
     "host", "port", "store", "qualities", "default_quality", "devices", "max_batch_size", "max_batch_delay_ms",
     "max_queue", "coder_threads", "max_body_bytes", "max_pixels", "request_timeout_s", "shutdown_grace_s", "log_level",
+    "backend", "onnx_dir",
 )
 
 
@@ -93,6 +87,7 @@ def cmd_serve(args) -> int:
     settings = load_settings(**{k: getattr(args, k, None) for k in SETTINGS_FLAGS})
     configure_logging(settings.log_level)
     app = create_app(settings)  # ConfigError (no models, unknown quality/device) -> exit 1 here
+    app.state.pool.verify_models()  # a missing/corrupt/mismatched weights file -> exit 1 before listening
     config = uvicorn.Config(
         app,
         host=settings.host,

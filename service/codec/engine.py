@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import BitstreamError, DriftError
+from ..errors import BackendMismatchError, BitstreamError, DriftError, FormatError
 from ..model.tcm import TCM
+from .backends import Stages, TorchStages
 from .rans import EntropyTable, RansDecoder, encode
 from .tables import bottleneck_table, build_indexes, default_scale_table, gaussian_table
 
@@ -51,6 +52,9 @@ class CodedImage:
     z_string: bytes
     y_string: bytes
     symbols_crc32: int
+    #: Backend that computed the entropy parameters (the header's ``backend``). Decoding
+    #: uses the same one or refuses; ``None`` means the engine's own backend.
+    backend: str | None = None
 
 
 def symbols_crc32(*arrays: np.ndarray) -> int:
@@ -58,6 +62,16 @@ def symbols_crc32(*arrays: np.ndarray) -> int:
     for a in arrays:
         crc = zlib.crc32(np.ascontiguousarray(a, dtype="<i4").data, crc)
     return crc
+
+
+def backend_mismatch_message(wanted: str, have: tuple[str, ...]) -> str:
+    """One line: which backend a blob needs, which this decoder has, and how to get it."""
+    kind, _, device = wanted.partition("-")
+    return (
+        f"the blob's entropy parameters were computed with {wanted}, but this decoder computes them with "
+        f"{' or '.join(have)}, which may differ in the last bits and decode wrongly: decode it with "
+        f"--backend {kind} --device {device} (service: TCM_BACKEND={kind}, TCM_DEVICES={device})"
+    )
 
 
 def _to_numpy_i32(t: Tensor) -> np.ndarray:
@@ -113,17 +127,46 @@ class Engine:
     Construct once per model and device; it is stateless per request, so one engine may
     serve consecutive batches (but not concurrent calls from several threads at once on the
     same device: the caller serialises device work).
+
+    ``stages`` runs the networks (default: the model itself on ``device``, the exact path;
+    see :mod:`service.codec.backends`). Its ``name`` is what the engine's strings record as
+    the backend of their entropy parameters. ``decode_paths`` are further stages this
+    engine can decode with, for strings whose entropy parameters another backend computed
+    (e.g. an ONNX engine also decodes ``torch-cpu`` strings with the model itself).
     """
 
-    def __init__(self, model: TCM, device: torch.device) -> None:
+    def __init__(self, model: TCM, device: torch.device, stages: Stages | None = None, decode_paths: tuple[Stages, ...] = ()) -> None:
         self.model = model.eval().to(device)
         self.device = device
         self.cfg = model.cfg
+        self.stages: Stages = stages if stages is not None else TorchStages(self.model, device)
+        self._decode_paths: dict[str, Stages] = {s.name: s for s in (*decode_paths, self.stages)}
         self.z_table, self.y_table, scale_table = prepare_entropy_tables(self.model)
         self.scale_table = scale_table.to(device)
         medians = self.model.entropy_bottleneck.medians().detach()
         self.z_medians = medians.reshape(1, -1, 1, 1).to(device)
         self.z_channels = medians.shape[0]
+
+    # -- backends ------------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """What computes this engine's entropy parameters (recorded in every header)."""
+        return self.stages.name
+
+    @property
+    def decodable_backends(self) -> tuple[str, ...]:
+        return tuple(self._decode_paths)
+
+    def entropy_path(self, backend: str | None) -> Stages:
+        """The stages that recompute entropy parameters exactly as ``backend`` did, or
+        :class:`BackendMismatchError`: other stages differ in the last bits, which can move
+        a table index and make the range decoder read the wrong symbols."""
+        if backend is None:
+            return self.stages
+        path = self._decode_paths.get(backend)
+        if path is None:
+            raise BackendMismatchError(backend_mismatch_message(backend, tuple(self._decode_paths)))
+        return path
 
     # -- compress ---------------------------------------------------------------------------
     # Batching policy: only the analysis (g_a) and synthesis (g_s) transforms run on the
@@ -137,11 +180,11 @@ class Engine:
     def analyse(self, x: Tensor) -> list[ImageSymbols]:
         """Padded batch (B, 3, H, W) in [0, 1] -> per-image symbols and indexes."""
         self._check_padded(x)
-        y = self.model.g_a(x.to(self.device))
+        y = self.stages.g_a(x.to(self.device))
         return [self._analyse_latent(y[k : k + 1]) for k in range(y.shape[0])]
 
     def _analyse_latent(self, y: Tensor) -> ImageSymbols:
-        m = self.model
+        m = self.stages
         z = m.h_a(y)
         z_sym = torch.round(z - self.z_medians).to(torch.int32)
         z_hat = z_sym.to(z.dtype) + self.z_medians
@@ -166,7 +209,7 @@ class Engine:
         """Range-code one image's symbols (CPU only; releases the GIL)."""
         z_string = encode(s.z_symbols, self.z_indexes(s.z_symbols.size // self.z_channels), self.z_table)
         y_string = encode(s.y_symbols, s.y_indexes, self.y_table)
-        return CodedImage(z_string, y_string, s.checksum())
+        return CodedImage(z_string, y_string, s.checksum(), self.backend)
 
     def compress(self, x: Tensor) -> list[CodedImage]:
         return [self.encode_symbols(s) for s in self.analyse(x)]
@@ -179,12 +222,14 @@ class Engine:
         Raises :class:`BitstreamError` for undecodable strings and :class:`DriftError` when
         the decoded symbols do not match the encoder's checksum.
         """
-        y_hat = torch.cat([self._decode_latent(c, z_shape) for c in coded])
-        return self.model.g_s(y_hat).clamp_(0, 1)
+        self._check_z_shape(z_shape)
+        paths = [self.entropy_path(c.backend) for c in coded]  # refuse before any work
+        y_hat = torch.cat([self._decode_latent(c, z_shape, p) for c, p in zip(coded, paths)])
+        return self.stages.g_s(y_hat).clamp_(0, 1)
 
-    def _decode_latent(self, c: CodedImage, z_shape: tuple[int, int]) -> Tensor:
-        """One image's strings -> y_hat (1, 320, yH, yW), checking the symbol checksum."""
-        m = self.model
+    def _decode_latent(self, c: CodedImage, z_shape: tuple[int, int], m: Stages) -> Tensor:
+        """One image's strings -> y_hat (1, M, yH, yW) with the entropy-parameter stages
+        ``m``, checking the symbol checksum."""
         zh, zw = z_shape
         z_syms = self._decode_z(c.z_string, self.z_indexes(zh * zw))
         z_hat = torch.from_numpy(z_syms).reshape(1, self.z_channels, zh, zw).to(self.device, torch.float32)
@@ -218,6 +263,20 @@ class Engine:
         syms = dec.decode(z_idx, self.z_table)
         dec.check_finished()
         return syms
+
+    @staticmethod
+    def _check_z_shape(z_shape: tuple[int, int]) -> None:
+        """Refuse (FormatError) a header geometry this codec never writes and the networks
+        cannot run on: the padded size must be what :meth:`_check_padded` allows (z even
+        and at least 4), or the window attention fails on the odd shape. Such a header can
+        pass every container rule (found by tests/test_fuzz.py: a CRC-valid blob whose
+        z_shape is another factorisation of the same symbol count crashed the decoder)."""
+        zh, zw = z_shape
+        if zh % 2 or zw % 2 or zh < 4 or zw < 4:
+            raise FormatError(
+                f"invalid header: padded size {64 * zh}x{64 * zw} (z_shape {zh}x{zw}) is not one this codec "
+                "produces (multiples of 128, at least 256)"
+            )
 
     @staticmethod
     def _check_padded(x: Tensor) -> None:

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import ImageTooLargeError, ModelNotFoundError
+from ..errors import ConfigError, ImageTooLargeError, ModelNotFoundError
 from ..imageio import DecodedImage
 from ..store import ModelEntry, ModelStore
+from ..tuning import tune_malloc
+from .backends import BACKEND_KINDS, OnnxStages, TorchStages
 from .container import TcmFile, TcmHeader, pack, unpack
 from .engine import CodedImage, Engine, ImageSymbols
 from .padding import crop, pad, padding_for, pixels_to_tensor, tensor_to_pixels
@@ -75,10 +77,36 @@ class LoadedModel:
         )
 
 
-def load_model(store: ModelStore, quality: int, device: torch.device) -> LoadedModel:
+def load_model(
+    store: ModelStore, quality: int, device: torch.device, backend: str = "torch", onnx_dir: str | os.PathLike | None = None
+) -> LoadedModel:
+    """Load a store entry on ``device`` with its networks run by ``backend`` (``torch`` or
+    ``onnx``; see :mod:`service.codec.backends`). ``onnx_dir`` holds the exported graphs
+    (default: the store directory, next to the checkpoint); missing graphs are exported."""
+    if backend not in BACKEND_KINDS:
+        raise ConfigError(f"unknown backend {backend!r} (use {' or '.join(BACKEND_KINDS)})")
+    tune_malloc()  # reuse freed buffers instead of re-faulting them per layer (service/tuning.py)
     entry = store.entry(quality)
     model = store.load_model(entry)
-    return LoadedModel(entry, Engine(model, device), backend_name(device))
+    if backend == "torch":
+        engine = Engine(model, device)
+    else:
+        engine = _onnx_engine(model, entry, store, device, onnx_dir)
+    return LoadedModel(entry, engine, engine.backend)
+
+
+def _onnx_engine(model, entry: ModelEntry, store: ModelStore, device: torch.device, onnx_dir) -> Engine:
+    """An engine whose stages run as ONNX graphs on ``device``; the glue (rounding, table
+    look-ups) and, for blobs that need it, the torch-cpu entropy path run on the CPU."""
+    from .onnx_graphs import ensure_graphs, open_sessions
+
+    graphs, _ = ensure_graphs(model, entry, onnx_dir or store.root)
+    graphs.verify()
+    sessions, name = open_sessions(graphs, device)
+    cfg = model.cfg
+    stages = OnnxStages(sessions, cfg.num_slices, [cfg.support_count(i) for i in range(cfg.num_slices)], name)
+    cpu = torch.device("cpu")
+    return Engine(model, cpu, stages=stages, decode_paths=(TorchStages(model, cpu),))
 
 
 @dataclass
@@ -149,14 +177,16 @@ class Decompressed:
 Resolver = Callable[[TcmHeader], LoadedModel]
 
 
-def store_resolver(store: ModelStore, device: torch.device) -> Resolver:
-    """Loads (and caches) the model a blob names, refusing identity mismatches."""
+def store_resolver(
+    store: ModelStore, device: torch.device, backend: str = "torch", onnx_dir: str | os.PathLike | None = None
+) -> Resolver:
+    """Loads (and caches) the model a blob names, refusing identity and backend mismatches."""
     cache: dict[int, LoadedModel] = {}
 
     def resolve(header: TcmHeader) -> LoadedModel:
         lm = cache.get(header.quality)
         if lm is None:
-            lm = cache[header.quality] = load_model(store, header.quality, device)
+            lm = cache[header.quality] = load_model(store, header.quality, device, backend, onnx_dir)
         check_identity(lm, header)
         return lm
 
@@ -164,12 +194,20 @@ def store_resolver(store: ModelStore, device: torch.device) -> Resolver:
 
 
 def check_identity(lm: LoadedModel, header: TcmHeader) -> None:
+    """Refuse a blob made by other weights, or whose entropy parameters were computed by a
+    backend ``lm`` cannot reproduce (:class:`~service.errors.BackendMismatchError`)."""
     if not lm.matches(header):
         raise ModelNotFoundError(
             f"blob was made by model q{header.quality} config {header.config_hash.hex()} weights "
             f"{header.weights_hash.hex()}, but the store's q{lm.entry.quality} is config "
             f"{lm.config_hash.hex()} weights {lm.weights_hash.hex()}"
         )
+    lm.engine.entropy_path(header.backend)
+
+
+def coded_image(f: TcmFile) -> CodedImage:
+    """The engine's view of a container: strings, checksum and the entropy-parameter backend."""
+    return CodedImage(f.z_string, f.y_string, f.header.symbols_crc32, f.header.backend)
 
 
 def decompress_blob(blob: bytes, resolve: Resolver, max_pixels: int = DEFAULT_MAX_DECODE_PIXELS) -> Decompressed:
@@ -180,8 +218,7 @@ def decompress_blob(blob: bytes, resolve: Resolver, max_pixels: int = DEFAULT_MA
     if pw * ph > max_pixels:
         raise ImageTooLargeError(f"blob decodes to {pw}x{ph} padded pixels, over the limit of {max_pixels}")
     lm = resolve(h)
-    coded = CodedImage(f.z_string, f.y_string, h.symbols_crc32)
-    x = lm.engine.decompress([coded], h.z_shape)[0]
+    x = lm.engine.decompress([coded_image(f)], h.z_shape)[0]
     return Decompressed(tensor_to_pixels(crop(x, h.pad), h.mode), h.mode, h)
 
 

@@ -9,6 +9,8 @@ an innocent reordering can move a value across a rounding boundary and change th
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -155,6 +157,20 @@ def shifted_window_mask(hw: int, ww: int, p: int, device: torch.device) -> Tenso
     return mask.view(1, 1, hw * ww, p * p, p * p)
 
 
+@lru_cache(maxsize=32)
+def _cached_shifted_window_mask(hw: int, ww: int, p: int, device: torch.device) -> Tensor:
+    return shifted_window_mask(hw, ww, p, device)
+
+
+def window_mask(hw: int, ww: int, p: int, device: torch.device) -> Tensor:
+    """:func:`shifted_window_mask`, built once per grid size at inference. While tracing
+    for ONNX export it is always built, so that the graph computes it from the input's
+    shape instead of embedding one size's mask as a constant."""
+    if torch.jit.is_tracing():
+        return shifted_window_mask(hw, ww, p, device)
+    return _cached_shifted_window_mask(hw, ww, p, device)
+
+
 def relative_position_index(p: int) -> Tensor:
     """(p*p, p*p, 2) offsets into the (2p-1, 2p-1) relative-position bias table."""
     coords = torch.stack(torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij"), dim=-1).reshape(-1, 2)
@@ -181,10 +197,18 @@ class WMSA(nn.Module):
         nn.init.trunc_normal_(self.relative_position_params, std=0.02)
         self.linear = nn.Linear(input_dim, output_dim)
         self.register_buffer("_rel_index", relative_position_index(window_size), persistent=False)
+        self._rel_cache: tuple[tuple, Tensor] | None = None
 
     def relative_embedding(self) -> Tensor:
-        idx = self._rel_index
-        return self.relative_position_params[:, idx[:, :, 0], idx[:, :, 1]]
+        """(heads, p*p, p*p) bias gathered from the table. At inference it is gathered once
+        per version of the parameter (the same values, so bit-identical results)."""
+        params, idx = self.relative_position_params, self._rel_index
+        if torch.is_grad_enabled() or torch.jit.is_tracing():
+            return params[:, idx[:, :, 0], idx[:, :, 1]]
+        key = (params._version, params.data_ptr(), params.device)
+        if self._rel_cache is None or self._rel_cache[0] != key:
+            self._rel_cache = (key, params[:, idx[:, :, 0], idx[:, :, 1]])
+        return self._rel_cache[1]
 
     def forward(self, x: Tensor) -> Tensor:  # x: (B, H, W, C)
         p = self.window_size
@@ -195,10 +219,12 @@ class WMSA(nn.Module):
         b, nw, np_, _ = qkv.shape
         qkv = qkv.view(b, nw, np_, 3 * self.n_heads, self.head_dim).permute(3, 0, 1, 2, 4)
         q, k, v = qkv.chunk(3, dim=0)
-        sim = torch.einsum("hbwpc,hbwqc->hbwpq", q, k) * self.scale
-        sim = sim + self.relative_embedding()[:, None, None]
+        # In place on the (large) similarity tensor: the same arithmetic as the reference's
+        # out-of-place ops, without allocating two more buffers of its size.
+        sim = torch.einsum("hbwpc,hbwqc->hbwpq", q, k).mul_(self.scale)
+        sim.add_(self.relative_embedding()[:, None, None])
         if self.shifted:
-            sim = sim.masked_fill_(shifted_window_mask(hw, ww, p, sim.device), float("-inf"))
+            sim = sim.masked_fill_(window_mask(hw, ww, p, sim.device), float("-inf"))
         probs = F.softmax(sim, dim=-1)
         out = torch.einsum("hbwij,hbwjc->hbwic", probs, v)
         out = out.permute(1, 2, 3, 0, 4).reshape(b, nw, np_, self.n_heads * self.head_dim)

@@ -66,6 +66,12 @@ class ShuttingDownError(RetryableError):
     code = "shutting_down"
 
 
+class WorkerDiedError(RetryableError):
+    """The device worker running this request died (it is being replaced): retry (HTTP 503)."""
+
+    code = "worker_failed"
+
+
 class DeadlineExceededError(ServiceError):
     """The request did not finish within ``request_timeout_s`` (HTTP 504)."""
 

@@ -19,6 +19,13 @@
   padded size may share one batched synthesis transform (``g_s``); the entropy-parameter
   path runs per image. A batch that fails (e.g. one corrupt stream) is redone one blob at
   a time, so a bad blob fails only its own request.
+* Worker death: a fault that leaves the worker itself suspect (its thread is being torn
+  down -- SystemExit, KeyboardInterrupt, an injected kill -- or the device reports an error
+  state) ends the worker. The requests it held get a clean 503 ``worker_failed`` with
+  ``Retry-After``; queued requests stay queued. A supervisor thread replaces a dead worker
+  with a fresh one that reloads and re-warms its models (readiness is 503 meanwhile), at
+  most :data:`MAX_RESTARTS` times per :data:`RESTART_WINDOW_S`; past that the pool reports
+  itself failed (liveness 503) so that the orchestrator restarts the process.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,7 +61,7 @@ from ..errors import ConfigError, ImageTooLargeError, ModelNotFoundError, TcmErr
 from ..imageio import DecodedImage
 from ..store import ModelEntry, ModelStore
 from .batcher import Batcher, Job
-from .errors import BadParameterError, InternalError, NotReadyError, ShuttingDownError
+from .errors import BadParameterError, InternalError, NotReadyError, ShuttingDownError, WorkerDiedError
 
 log = logging.getLogger("tcm.runtime")
 
@@ -61,6 +69,13 @@ log = logging.getLogger("tcm.runtime")
 #: image at a time (docs/codec.md: 0.57x), while GPUs gain from it.
 DEFAULT_BATCH_CPU = 1
 DEFAULT_BATCH_CUDA = 8
+
+#: A worker that dies is replaced at most this many times per window; a worker that keeps
+#: dying is a process-level problem (liveness turns 503, the orchestrator restarts us).
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 300.0
+#: How often the supervisor looks for dead workers (a dying worker also wakes it at once).
+SUPERVISE_INTERVAL_S = 0.5
 
 
 class Observer(Protocol):
@@ -70,6 +85,7 @@ class Observer(Protocol):
     def batch(self, kind: str, size: int) -> None: ...
     def queue_depth(self, depth: int) -> None: ...
     def models_loaded(self, count: int) -> None: ...
+    def worker_restarted(self, device: str) -> None: ...
 
 
 class NullObserver:
@@ -83,6 +99,9 @@ class NullObserver:
         pass
 
     def models_loaded(self, count: int) -> None:
+        pass
+
+    def worker_restarted(self, device: str) -> None:
         pass
 
 
@@ -147,15 +166,32 @@ def _as_service_error(exc: BaseException) -> BaseException:
     return InternalError(f"internal error: {type(exc).__name__}")
 
 
+def _is_fatal(exc: BaseException) -> bool:
+    """True for a failure of the worker rather than of its requests: the thread is being
+    torn down (any BaseException that is not an Exception: SystemExit, KeyboardInterrupt,
+    an injected kill) or the device is in an error state (a CUDA error poisons the context
+    for every later request). Such a worker must die and be replaced, not carry on."""
+    if not isinstance(exc, Exception):
+        return True
+    text = str(exc)
+    return type(exc).__name__ == "AcceleratorError" or "CUDA error" in text or "device-side assert" in text
+
+
 class Worker(threading.Thread):
     """Owns one device: loads and warms its models, then runs batches until drained."""
 
-    def __init__(self, pool: "WorkerPool", device: torch.device, entries: Sequence[ModelEntry]) -> None:
-        super().__init__(name=f"tcm-worker-{device}", daemon=True)
+    def __init__(
+        self, pool: "WorkerPool", device: torch.device, entries: Sequence[ModelEntry], generation: int = 0
+    ) -> None:
+        super().__init__(name=f"tcm-worker-{device}" + (f"-r{generation}" if generation else ""), daemon=True)
         self.pool = pool
         self.device = device
+        self.entries = list(entries)
+        self.generation = generation  # 0 for the first worker of a device, n for its n-th replacement
         self.slots = {e.quality: ModelSlot(e, device) for e in entries}
-        self.failed: str | None = None
+        self.failed: str | None = None  # loading failed: not replaced (it would fail again)
+        self.died: str | None = None  # died while serving: the supervisor replaces it
+        self.current: list[Job] = []  # the jobs this worker holds (settled with 503 if it dies)
 
     # -- start-up ------------------------------------------------------------------------
     def _load(self) -> None:
@@ -165,7 +201,9 @@ class Worker(threading.Thread):
                 return
             slot.state = "loading"
             t0 = time.monotonic()
-            slot.model = load_model(self.pool.store, slot.entry.quality, self.device)
+            slot.model = load_model(
+                self.pool.store, slot.entry.quality, self.device, self.pool.settings.backend, self.pool.settings.onnx_dir
+            )
             slot.load_s = time.monotonic() - t0
             slot.state = "warming"
             t0 = time.monotonic()
@@ -196,11 +234,18 @@ class Worker(threading.Thread):
             self.failed = f"loading models on {self.device} failed: {msg}"
             log.error(self.failed)
             return
+        try:
+            self._serve()
+        except BaseException as exc:  # noqa: BLE001 - a dead worker is reported and replaced
+            self._die(exc)
+
+    def _serve(self) -> None:
         batcher = self.pool.batcher
         while True:
             jobs = batcher.take(self.pool._stop)
             if jobs is None:
                 return
+            self.current = jobs
             for job in jobs:
                 self.pool.observer.stage("queue", job.timings.get("queue", 0.0))
             try:
@@ -208,10 +253,31 @@ class Worker(threading.Thread):
                     self._compress(jobs)
                 else:
                     self._decompress(jobs)
-            except BaseException as exc:  # noqa: BLE001 - never let one batch kill the worker
+            except BaseException as exc:  # noqa: BLE001 - one bad batch must not kill the worker
+                if _is_fatal(exc):
+                    raise
                 err = _as_service_error(exc)
                 for job in jobs:
                     job.settle(error=err)
+            self.current = []
+
+    def _die(self, exc: BaseException) -> None:
+        """Fail the jobs in hand with a retryable 503 and tell the pool (which replaces us)."""
+        self.died = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        log.error(
+            "device worker died; replacing it",
+            exc_info=exc,
+            extra={"fields": {"device": str(self.device), "generation": self.generation, "jobs": len(self.current)}},
+        )
+        err = WorkerDiedError(
+            f"the worker on {self.device} failed while running this request ({self.died}); it is being "
+            "replaced: retry",
+            retry_after=self.pool.retry_after(),
+        )
+        for job in self.current:
+            job.settle(error=err)
+        self.current = []
+        self.pool._worker_died(self)
 
     # -- work ------------------------------------------------------------------------------
     def _model(self, quality: int) -> LoadedModel:
@@ -227,6 +293,8 @@ class Worker(threading.Thread):
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         except BaseException as exc:  # noqa: BLE001
+            if _is_fatal(exc):
+                raise
             if len(jobs) > 1:  # find the culprit: the others must not fail with it
                 for job in jobs:
                     self._compress([job])
@@ -238,6 +306,7 @@ class Worker(threading.Thread):
         obs.stage("transform", dt)
         obs.batch("compress", len(jobs))
         self.pool._note_device_time(dt / len(jobs))
+        self.current = []  # from here on the coder threads own these jobs
         for job, sym in zip(jobs, symbols):
             job.timings["transform"] = dt
             job.batch_size = len(jobs)
@@ -254,6 +323,8 @@ class Worker(threading.Thread):
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         except BaseException as exc:  # noqa: BLE001
+            if _is_fatal(exc):
+                raise
             if len(jobs) > 1:
                 for job in jobs:
                     self._decompress([job])
@@ -286,7 +357,7 @@ def decompress_batch(lm: LoadedModel, blobs: Sequence[bytes]) -> list[Decompress
     shapes = {f.header.z_shape for f in files}
     if len(shapes) != 1:
         raise ValueError("a decompression batch must share one padded size")
-    coded = [CodedImage(f.z_string, f.y_string, f.header.symbols_crc32) for f in files]
+    coded = [CodedImage(f.z_string, f.y_string, f.header.symbols_crc32, f.header.backend) for f in files]
     x = lm.engine.decompress(coded, files[0].header.z_shape)
     return [
         Decompressed(tensor_to_pixels(crop(x[i], f.header.pad), f.header.mode), f.header.mode, f.header)
@@ -333,6 +404,11 @@ class WorkerPool:
         self._loaded = 0
         self._device_s_per_job = 0.25  # EWMA, seeds the Retry-After estimate
         self._started = False
+        self._wake = threading.Event()  # a worker died: the supervisor looks at once
+        self._supervisor = threading.Thread(target=self._supervise, name="tcm-supervisor", daemon=True)
+        self._restarts: dict[str, deque[float]] = {}  # device -> monotonic times of recent replacements
+        self.restarts_total = 0
+        self._gave_up: str | None = None
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -341,6 +417,14 @@ class WorkerPool:
             self._started = True
             for w in self.workers:
                 w.start()
+            self._supervisor.start()
+
+    def verify_models(self) -> None:
+        """Check every served weights file (present, SHA-256, fits its architecture) before
+        serving: :class:`~service.errors.StoreError` names the file and the mismatch."""
+        from .preflight import verify_entries
+
+        verify_entries(self.store, self.entries)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         end = None if timeout is None else time.monotonic() + timeout
@@ -355,9 +439,12 @@ class WorkerPool:
         stop. Returns True when everything finished in time."""
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         end = time.monotonic() + grace
-        self.batcher.close()
+        with self._lock:  # no worker is replaced after this point
+            self.batcher.close()
+            workers = list(self.workers)
+        self._wake.set()
         clean = True
-        for w in self.workers:
+        for w in workers:
             if w.is_alive():
                 w.join(max(0.0, end - time.monotonic()))
                 clean = clean and not w.is_alive()
@@ -370,13 +457,62 @@ class WorkerPool:
             self._loaded += 1
             self.observer.models_loaded(self._loaded)
 
+    # -- dead workers ----------------------------------------------------------------------------
+    def _worker_died(self, worker: Worker) -> None:
+        """Called by a dying worker (after it failed its jobs): its models no longer count."""
+        with self._lock:
+            self._loaded -= sum(1 for s in worker.slots.values() if s.state == "ready")
+            self.observer.models_loaded(self._loaded)
+        self._wake.set()
+
+    def _supervise(self) -> None:
+        """Replace workers that died while serving, until shutdown."""
+        while not self._stop.is_set() and not self.batcher.closed:
+            self._wake.wait(SUPERVISE_INTERVAL_S)
+            self._wake.clear()
+            for i, w in enumerate(list(self.workers)):
+                if w.ident is not None and not w.is_alive() and not w.failed:
+                    self._replace(i, w)
+
+    def _replace(self, index: int, dead: Worker) -> None:
+        device = str(dead.device)
+        now = time.monotonic()
+        with self._lock:
+            if self.batcher.closed or self._stop.is_set() or self.workers[index] is not dead:
+                return
+            recent = self._restarts.setdefault(device, deque())
+            while recent and now - recent[0] > RESTART_WINDOW_S:
+                recent.popleft()
+            if len(recent) >= MAX_RESTARTS:
+                if self._gave_up is None:
+                    self._gave_up = (
+                        f"the worker for {device} died {len(recent) + 1} times within {RESTART_WINDOW_S:g} s "
+                        f"(last: {dead.died or 'thread ended'}); not replacing it again"
+                    )
+                    log.error(self._gave_up)
+                return
+            recent.append(now)
+            self.restarts_total += 1
+            new = Worker(self, dead.device, dead.entries, generation=dead.generation + 1)
+            self.workers[index] = new
+            new.start()
+        if not dead.died:  # the thread ended without passing through Worker._die
+            dead.died = "the worker thread ended unexpectedly"
+            self._worker_died(dead)
+        err = WorkerDiedError(f"the worker on {device} died ({dead.died}); it is being replaced: retry", retry_after=2)
+        for job in dead.current:  # normally already settled by Worker._die; settle is idempotent
+            job.settle(error=err)
+        self.observer.worker_restarted(device)
+        log.warning("worker replaced", extra={"fields": {"device": device, "generation": new.generation,
+                                                         "cause": dead.died}})
+
     # -- state -----------------------------------------------------------------------------------
     @property
     def failed(self) -> str | None:
         for w in self.workers:
             if w.failed:
                 return w.failed
-        return None
+        return self._gave_up
 
     @property
     def ready(self) -> bool:
@@ -396,21 +532,22 @@ class WorkerPool:
             return self.failed
         for w in self.workers:
             if not w.is_alive():
-                return f"worker for {w.device} is not running"
-        pending = [(w.device, s) for w in self.workers for s in w.slots.values() if s.state != "ready"]
+                return f"worker for {w.device} is not running ({w.died})" if w.died else f"worker for {w.device} is not running"
+        pending = [(w, s) for w in self.workers for s in w.slots.values() if s.state != "ready"]
         if pending:
             total = sum(len(w.slots) for w in self.workers)
-            dev, slot = pending[0]
-            return f"{slot.state} model q{slot.entry.quality} on {dev} ({total - len(pending)}/{total} models ready)"
+            w, slot = pending[0]
+            why = f"; replacing a worker that died (restart {w.generation})" if w.generation else ""
+            return f"{slot.state} model q{slot.entry.quality} on {w.device} ({total - len(pending)}/{total} models ready{why})"
         return None
 
     def alive_problem(self) -> str | None:
         """Liveness: None while every worker thread runs (or finished loading cleanly)."""
         if self.failed:
             return self.failed
-        if self._started and not self.batcher.closed:
+        if self._started and not self.batcher.closed and not self._supervisor.is_alive():
             dead = [str(w.device) for w in self.workers if not w.is_alive()]
-            if dead:
+            if dead:  # only while nothing replaces them: a replacement in progress is not a liveness failure
                 return f"worker thread(s) for {', '.join(dead)} died"
         return None
 

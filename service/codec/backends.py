@@ -1,0 +1,120 @@
+"""Who runs the network stages: PyTorch, or exported ONNX graphs on ONNX Runtime.
+
+The codec engine never calls the model directly; it calls a :class:`Stages` object that
+runs the six stages TCM coding needs (``g_a``, ``h_a``, the hyper-synthesis, a slice's
+entropy parameters, a slice's latent residual prediction, ``g_s``). Two implementations:
+
+* :class:`TorchStages` -- the model's own methods: the exact path, on which the
+  conformance kit's strings are reproduced byte for byte;
+* :class:`OnnxStages` -- the same stages as ONNX graphs (:mod:`service.codec.onnx_graphs`)
+  on onnxruntime (CPU provider, or the CUDA provider from ``onnxruntime-gpu``). About 1.5-2x
+  faster on this project's CPU (docs/performance.md); numerically within ~1e-6 of PyTorch.
+
+Why the name matters: the decoder recomputes the entropy parameters (hyper-synthesis, slice
+networks) and must get the *same* table indexes as the encoder. Two backends differ in the
+last bits, so a blob records in its header which backend computed its entropy parameters
+(``Stages.name``, e.g. ``torch-cpu`` or ``onnx-cpu``) and is decoded with that same backend
+or refused (:class:`~service.errors.BackendMismatchError`). ``g_a`` and ``g_s`` do not feed
+the decoder's entropy parameters, so they may run on any backend.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..model.tcm import TCM, SliceParams
+
+if TYPE_CHECKING:  # onnxruntime is imported only by the ONNX backend
+    import onnxruntime
+
+#: Values of ``--backend`` / ``TCM_BACKEND``.
+BACKEND_KINDS = ("torch", "onnx")
+
+
+class Stages(Protocol):
+    """The network stages of TCM coding, on one backend and device."""
+
+    #: What the .tcm header records when these stages computed the entropy parameters
+    #: (one of :data:`service.codec.container.BACKENDS`).
+    name: str
+
+    def g_a(self, x: Tensor) -> Tensor: ...
+    def h_a(self, y: Tensor) -> Tensor: ...
+    def hyper_synthesis(self, z_hat: Tensor) -> tuple[Tensor, Tensor]: ...
+    def slice_params(self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor]) -> SliceParams: ...
+    def refine(self, i: int, mean_support: Tensor, y_hat_slice: Tensor) -> Tensor: ...
+    def g_s(self, y_hat: Tensor) -> Tensor: ...
+
+
+class TorchStages:
+    """The model's own methods (looked up at call time, so tests can spy on them)."""
+
+    def __init__(self, model: TCM, device: torch.device) -> None:
+        self.model = model
+        self.name = f"torch-{device.type}"
+
+    def g_a(self, x: Tensor) -> Tensor:
+        return self.model.g_a(x)
+
+    def h_a(self, y: Tensor) -> Tensor:
+        return self.model.h_a(y)
+
+    def hyper_synthesis(self, z_hat: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.hyper_synthesis(z_hat)
+
+    def slice_params(self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor]) -> SliceParams:
+        return self.model.slice_params(i, latent_means, latent_scales, decoded)
+
+    def refine(self, i: int, mean_support: Tensor, y_hat_slice: Tensor) -> Tensor:
+        return self.model.refine(i, mean_support, y_hat_slice)
+
+    def g_s(self, y_hat: Tensor) -> Tensor:
+        return self.model.g_s(y_hat)
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).contiguous().numpy()
+
+
+class OnnxStages:
+    """The stages as onnxruntime sessions (one per graph), with torch tensors in and out.
+
+    ``sessions`` maps graph names (:func:`service.codec.onnx_graphs.graph_names`) to
+    sessions. Outputs are CPU float32 tensors sharing memory with onnxruntime's arrays.
+    """
+
+    def __init__(self, sessions: dict[str, "onnxruntime.InferenceSession"], num_slices: int, support_counts: Sequence[int], name: str) -> None:
+        self.sessions = sessions
+        self.num_slices = num_slices
+        self.support_counts = tuple(support_counts)
+        self.name = name
+        self._inputs = {k: [i.name for i in s.get_inputs()] for k, s in sessions.items()}
+
+    def _run(self, graph: str, *tensors: Tensor) -> list[Tensor]:
+        feeds = dict(zip(self._inputs[graph], (_np(t) for t in tensors)))
+        return [torch.from_numpy(a) for a in self.sessions[graph].run(None, feeds)]
+
+    def g_a(self, x: Tensor) -> Tensor:
+        return self._run("g_a", x)[0]
+
+    def h_a(self, y: Tensor) -> Tensor:
+        return self._run("h_a", y)[0]
+
+    def hyper_synthesis(self, z_hat: Tensor) -> tuple[Tensor, Tensor]:
+        means, scales = self._run("hyper_s", z_hat)
+        return means, scales
+
+    def slice_params(self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor]) -> SliceParams:
+        support = decoded[: self.support_counts[i]]
+        mu, scale, mean_support = self._run(f"slice{i}", latent_means, latent_scales, *support)
+        return SliceParams(mu, scale, mean_support)
+
+    def refine(self, i: int, mean_support: Tensor, y_hat_slice: Tensor) -> Tensor:
+        return self._run(f"lrp{i}", mean_support, y_hat_slice)[0]
+
+    def g_s(self, y_hat: Tensor) -> Tensor:
+        return self._run("g_s", y_hat)[0]
