@@ -103,9 +103,16 @@ def test_train_import_half_and_code(photo_dir, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "service.cli.main"]
     r = subprocess.run(cmd + ["train", str(photo_dir), "--out", str(run), "--lambda", "0.02", "--steps", "2",
-                              "--batch-size", "1", "--threads", "1"], capture_output=True, text=True, timeout=300)
+                              "--batch-size", "1", "--threads", "1", "--val", str(SHARED / "data" / "kodak"), "--val-count", "1",
+                              "--val-every", "1"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (run / CHECKPOINT).is_file()
+    # The run's curve: lambda read from its checkpoint, one row per validation, and a plot.
+    r = subprocess.run(cmd + ["train-curve", str(run), "--plot", str(tmp_path / "curve.png")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "RD cost (lambda 0.02)" in r.stdout and [ln.split("|")[1].strip() for ln in r.stdout.splitlines()[2:4]] == ["1", "2"]
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     store = tmp_path / "store"
     r = subprocess.run(cmd + ["models", "import", str(run / CHECKPOINT), "-q", "2", "--half", "--store", str(store)],
                        capture_output=True, text=True, timeout=300)
@@ -148,3 +155,34 @@ def test_train_cli_errors_are_one_line(photo_dir, tmp_path):
         r = subprocess.run(cmd + args, capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and needle in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_training_curve_reads_resumed_logs_and_moves_psnr_along_the_tangent(tmp_path):
+    from service.training import curve
+
+    log = tmp_path / "train.log"
+    recs = [
+        {"step": 10, "loss": 5.0, "bpp": 0.5, "mse": 0.004, "psnr": 24.0, "s_per_step": 1.0},
+        {"step": 20, "val": {"bpp": 0.30, "psnr": 24.0, "images": 4}},
+        # a resumed run re-logs step 20: the later record wins
+        {"step": 20, "val": {"bpp": 0.50, "psnr": 25.0, "images": 4}},
+        {"step": 30, "val": {"bpp": 0.40, "psnr": 26.0, "images": 4}},
+    ]
+    log.write_text("\n".join(json.dumps(r) for r in recs) + "\n\n")
+    train, val = curve.read_log(tmp_path)
+    assert [t.step for t in train] == [10] and [(v.step, v.bpp) for v in val] == [(20, 0.5), (30, 0.4)]
+    v = val[0]
+    lmbda = 0.013
+    # The tangent: d(lambda*255^2*MSE + bpp) = 0 along it, to first order.
+    eps = 1e-4
+    moved = 10 ** (-v.psnr_at(v.bpp + eps, lmbda) / 10)
+    assert abs(lmbda * 255**2 * (moved - v.mse) + eps) < 1e-6
+    assert val[1].psnr_at(0.4, lmbda) == pytest.approx(26.0)
+    table = curve.markdown_table(val, lmbda, 0.4)
+    assert "| 30 | 0.400 | 26.00 |" in table
+    assert abs(val[1].rd_cost(lmbda) - (lmbda * 255**2 * 10 ** (-2.6) + 0.4)) < 1e-12
+    log.write_text('{"step": "x"}\n')
+    with pytest.raises(ConfigError, match="train.log:1"):
+        curve.read_log(log)
+    with pytest.raises(ConfigError, match="cannot read"):
+        curve.read_log(tmp_path / "nope")

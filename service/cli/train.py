@@ -51,6 +51,21 @@ def add_parsers(sub) -> None:
     t.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     t.set_defaults(handler=cmd_train)
 
+    c = sub.add_parser(
+        "train-curve",
+        help="a training run's held-out curve (bpp, PSNR, RD cost, PSNR at a fixed rate) against steps",
+        description="Read RUN/train.log and print the validation curve as a Markdown table; "
+        "--plot draws it with the smoothed training loss.",
+    )
+    c.add_argument("run", metavar="RUN", help="the --out directory of tcm train (or its train.log)")
+    c.add_argument("--lambda", dest="lmbda", type=_lambda,
+                   help="the run's lambda (default: read from RUN/checkpoint.pt)")
+    c.add_argument("--at-bpp", type=float, default=0.4, help="rate to move PSNR to along the RD tangent (default 0.4)")
+    c.add_argument("--every", type=positive_int, default=1, help="print every N-th validation record (and the last)")
+    c.add_argument("--plot", metavar="OUT.png", help="also draw the curve (needs matplotlib)")
+    c.add_argument("--title", default=None, help="plot title (default: the run directory)")
+    c.set_defaults(handler=cmd_train_curve)
+
 
 def _arch(args) -> dict:
     from ..errors import ConfigError
@@ -107,3 +122,34 @@ def cmd_train(args) -> int:
     )
     print(f"\ntcm train: step {step}/{cfg.steps}, checkpoint {Path(args.out) / 'checkpoint.pt'}", flush=True)
     return 0 if step >= cfg.steps else 3
+
+
+def _run_lambda(run: Path) -> float:
+    """The lambda a run trained with, from its checkpoint's training record."""
+    import torch
+
+    from ..errors import ConfigError
+    from ..training.trainer import CHECKPOINT
+
+    ckpt = (run if run.is_dir() else run.parent) / CHECKPOINT
+    try:
+        return float(torch.load(ckpt, map_location="cpu", weights_only=True)["training"]["lmbda"])
+    except (OSError, KeyError, TypeError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"cannot read the run's lambda from {ckpt} ({type(exc).__name__}): pass --lambda") from None
+
+
+def cmd_train_curve(args) -> int:
+    from ..errors import ConfigError
+    from ..training import curve
+
+    run = Path(args.run)
+    train, val = curve.read_log(run)
+    if not val:
+        raise ConfigError(f"{args.run}: the log has no validation records (train with --val and --val-every)")
+    lmbda = args.lmbda if args.lmbda is not None else _run_lambda(run)
+    print(curve.markdown_table(val, lmbda, args.at_bpp, args.every), end="")
+    if args.plot:
+        title = args.title or f"{run.resolve().name if run.is_dir() else run.resolve().parent.name} (lambda {lmbda:g})"
+        curve.plot(train, val, lmbda, args.at_bpp, args.plot, title)
+        print(f"plot: {args.plot}")
+    return 0
