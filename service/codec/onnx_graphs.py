@@ -20,7 +20,6 @@ graphs; stale graphs of that quality are removed when the new ones are written.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -34,7 +33,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, StoreError
 from ..model.tcm import TCM
-from ..store import ModelEntry
+from ..store import ModelEntry, sha256_file as _sha256
 
 #: Bump when the exported graphs change (stage split, opset, wrappers): old caches are rebuilt.
 GRAPH_FORMAT = 1
@@ -176,14 +175,6 @@ class GraphSet:
         own = {self.path(n) for n in self.names} | {self.index_path}
         found = list(self.directory.glob(f"{quality}-*-g*-*.onnx")) + list(self.directory.glob(f"{quality}-*-g*.json"))
         return [p for p in found if p not in own]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_graphs(model: TCM, entry: ModelEntry, directory: str | os.PathLike) -> GraphSet:
