@@ -280,6 +280,40 @@ def test_429_when_the_queue_is_full_and_others_unaffected(app, service_images, m
     assert len({r.content for r in done}) == 1
 
 
+def test_a_refused_request_is_not_decoded_and_bad_input_frees_its_place(app, service_images, monkeypatch):
+    """The queue place is taken before the body is decoded: a request past the bound gets
+    429 without its image being decoded, and a request that fails on its input gives its
+    place back."""
+    import service.api.app as app_module
+
+    pool = app.state.pool
+    monkeypatch.setattr(pool.batcher, "max_queue", 1)
+    gate = _Gate(pool, monkeypatch)
+    png = service_images["gray64"]
+    decoded = []
+    original = app_module.decode_image
+    monkeypatch.setattr(app_module, "decode_image", lambda data, **kw: decoded.append(1) or original(data, **kw))
+
+    async def scenario(c):
+        first = asyncio.create_task(c.post("/compress", content=png))
+        await _wait_for(gate.entered.is_set)  # the worker holds the first request
+        bad = await c.post("/compress", content=b"not an image", headers={"content-type": "image/png"})
+        assert pool.batcher.reserved == 0 and pool.batcher.depth == 0
+        queued = asyncio.create_task(c.post("/compress", content=png))
+        await _wait_for(lambda: pool.batcher.depth == 1)
+        n_decoded = len(decoded)
+        rejected = await c.post("/compress", content=png)
+        assert len(decoded) == n_decoded  # refused before decoding
+        gate.release.set()
+        return bad, rejected, await asyncio.gather(first, queued)
+
+    bad, rejected, done = run(app, scenario)
+    assert_error(bad, 400, "bad_image")
+    assert_error(rejected, 429, "queue_full")
+    assert [r.status_code for r in done] == [200, 200]
+    assert (pool.batcher.depth, pool.batcher.reserved) == (0, 0)
+
+
 def test_504_past_the_deadline_and_the_service_recovers(app, service_images, monkeypatch):
     pool = app.state.pool
     gate = _Gate(pool, monkeypatch)

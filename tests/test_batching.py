@@ -205,3 +205,55 @@ def test_unbatched_pool_gives_the_same_bytes(service_store, local_models):
             assert j.batch_size == 1
     finally:
         pool.shutdown(10)
+
+
+# -- queue places (Batcher.reserve) ---------------------------------------------------------
+def _job(quality: int = 1) -> "Job":
+    from service.runtime.batcher import Job
+
+    return Job("compress", quality, (256, 256), None, time.monotonic() + 60)
+
+
+def test_reserved_places_count_against_the_queue_bound():
+    from service.runtime.batcher import Batcher
+    from service.runtime.errors import QueueFullError
+
+    b = Batcher(max_queue=2, max_batch_size=4, max_batch_delay_s=0.0)
+    first = b.reserve()
+    b.put(_job())  # a job without a reservation takes the second place
+    assert (b.depth, b.reserved) == (1, 1)
+    with pytest.raises(QueueFullError):
+        b.reserve()
+    with pytest.raises(QueueFullError):
+        b.put(_job())
+    b.put(_job(), slot=first)  # the reserved place becomes a waiting job
+    assert (b.depth, b.reserved) == (2, 0) and not first.held
+    first.release()  # consumed: releasing again changes nothing
+    assert (b.depth, b.reserved) == (2, 0)
+
+
+def test_a_released_place_is_free_again_and_release_is_idempotent():
+    from service.runtime.batcher import Batcher
+
+    b = Batcher(max_queue=1, max_batch_size=4, max_batch_delay_s=0.0)
+    with b.reserve() as slot:  # e.g. the request's image turned out to be malformed
+        assert b.reserved == 1
+    assert b.reserved == 0 and not slot.held
+    slot.release()
+    assert b.reserved == 0
+    b.put(_job(), slot=b.reserve())
+    assert (b.depth, b.reserved) == (1, 0)
+
+
+def test_a_closed_batcher_refuses_reservations_and_reserved_jobs():
+    from service.runtime.batcher import Batcher
+    from service.runtime.errors import ShuttingDownError
+
+    b = Batcher(max_queue=4, max_batch_size=4, max_batch_delay_s=0.0)
+    slot = b.reserve()
+    b.close()
+    with pytest.raises(ShuttingDownError):
+        b.reserve()
+    with pytest.raises(ShuttingDownError):
+        b.put(_job(), slot=slot)
+    assert (b.depth, b.reserved) == (0, 0)

@@ -36,7 +36,6 @@ from ..runtime.batcher import Job
 from ..runtime.errors import (
     BadRequestError,
     DeadlineExceededError,
-    QueueFullError,
     RequestTooLargeError,
     UnsupportedMediaTypeError,
 )
@@ -230,15 +229,6 @@ async def _await_job(pool: WorkerPool, job: Job, ctx: RequestContext):
             ctx.batch_size = job.batch_size
 
 
-def _precheck(pool: WorkerPool) -> None:
-    """Refuse early (before reading the body) when the request could not be queued anyway."""
-    pool.admit()
-    if pool.batcher.depth >= pool.batcher.max_queue:
-        raise QueueFullError(
-            f"the queue is full ({pool.batcher.depth} requests waiting); retry later", retry_after=pool.retry_after()
-        )
-
-
 def create_app(settings: Settings | None = None, pool: WorkerPool | None = None) -> FastAPI:
     """Build the app. Raises :class:`~service.errors.ConfigError` for a bad configuration
     (store without models, unknown quality or device) before anything is served."""
@@ -306,17 +296,19 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
         ctx = ctx_of(request)
         q = pool.check_quality(quality)
         ctx.quality = q
-        _precheck(pool)
-        data = await _payload(request, RAW_IMAGE_OK, "image/", settings.max_body_bytes, "the image")
-        deadline = ctx.start + settings.request_timeout_s
-        t0 = time.monotonic()
-        image = await in_io_thread(
-            decode_image, data, max_pixels=settings.max_pixels, max_bytes=settings.max_body_bytes, drop_alpha=drop_alpha
-        )
-        io_s = time.monotonic() - t0
-        ctx.timings["image_io"] = io_s
-        metrics.stage("image_io", io_s)
-        job = pool.submit_compress(image, q, deadline)
+        # The queue place is taken before the body is read and decoded, so a burst past the
+        # queue's capacity is refused (429) without spending a core on each refused image.
+        with pool.reserve() as slot:
+            data = await _payload(request, RAW_IMAGE_OK, "image/", settings.max_body_bytes, "the image")
+            deadline = ctx.start + settings.request_timeout_s
+            t0 = time.monotonic()
+            image = await in_io_thread(
+                decode_image, data, max_pixels=settings.max_pixels, max_bytes=settings.max_body_bytes, drop_alpha=drop_alpha
+            )
+            io_s = time.monotonic() - t0
+            ctx.timings["image_io"] = io_s
+            metrics.stage("image_io", io_s)
+            job = pool.submit_compress(image, q, deadline, slot)
         result = await _await_job(pool, job, ctx)
         metrics.bpp.labels(str(q)).observe(result.bpp)
         return Response(
@@ -348,11 +340,11 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
     )
     async def decompress(request: Request) -> Response:
         ctx = ctx_of(request)
-        _precheck(pool)
-        data = await _payload(request, RAW_BLOB_OK, None, settings.max_body_bytes, "the .tcm blob")
-        header = (await in_io_thread(unpack, data)).header  # FormatError -> 400 before any queueing
-        ctx.quality = header.quality if header.quality in pool.qualities else None
-        job = pool.submit_decompress(data, header, ctx.start + settings.request_timeout_s)
+        with pool.reserve() as slot:  # a queue place before the body is read (see compress)
+            data = await _payload(request, RAW_BLOB_OK, None, settings.max_body_bytes, "the .tcm blob")
+            header = (await in_io_thread(unpack, data)).header  # FormatError -> 400 before any queueing
+            ctx.quality = header.quality if header.quality in pool.qualities else None
+            job = pool.submit_decompress(data, header, ctx.start + settings.request_timeout_s, slot)
         out = await _await_job(pool, job, ctx)
         t0 = time.monotonic()
         png = await in_io_thread(encode_png, out.pixels)

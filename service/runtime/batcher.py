@@ -7,9 +7,11 @@ longest, as soon as that group holds ``max_batch_size`` jobs or its oldest job h
 ``max_batch_delay`` seconds, whichever comes first. So a lone request waits at most the
 delay, a busy service fills batches without waiting, and no group starves (oldest first).
 
-The queue is bounded: :meth:`Batcher.put` refuses a job when ``max_queue`` jobs are already
-waiting (jobs a worker has taken no longer count). Cancelled jobs (their client gave up or
-their deadline passed) leave the queue at once.
+The queue is bounded: ``max_queue`` counts the jobs waiting plus the slots reserved by
+requests still reading or decoding their input (:meth:`Batcher.reserve`); jobs a worker has
+taken no longer count. Reserving before the expensive input work is what makes a refusal
+under a burst cheap: the 429 comes before the upload is decoded, not after. Cancelled jobs
+(their client gave up or their deadline passed) leave the queue at once.
 """
 from __future__ import annotations
 
@@ -60,6 +62,36 @@ class Job:
         return self.future.done()
 
 
+class Slot:
+    """A place in the queue held by a request that is still preparing its job.
+
+    :meth:`Batcher.put` consumes it; :meth:`release` gives it back (idempotent), so a
+    request that fails on bad input never leaks a slot."""
+
+    def __init__(self, batcher: "Batcher") -> None:
+        self._batcher: "Batcher | None" = batcher
+
+    @property
+    def held(self) -> bool:
+        return self._batcher is not None
+
+    def release(self) -> None:
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher._unreserve()
+
+    def _consume(self) -> bool:
+        """Hand the place to a job: True if it was still held."""
+        held, self._batcher = self._batcher is not None, None
+        return held
+
+    def __enter__(self) -> "Slot":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Batcher:
     """Thread-safe grouping queue shared by all device workers."""
 
@@ -76,19 +108,42 @@ class Batcher:
         self._cond = threading.Condition()
         self._groups: "OrderedDict[tuple, deque[Job]]" = OrderedDict()
         self._depth = 0
+        self._reserved = 0
         self._closed = False
         self._on_depth = on_depth or (lambda n: None)
 
     # -- producers -----------------------------------------------------------------------
-    def put(self, job: Job, retry_after: Callable[[int], int] = lambda depth: 1) -> None:
+    def _refuse_if_full(self, retry_after: Callable[[int], int]) -> None:
+        # Called with the lock held.
+        if self._closed:
+            raise ShuttingDownError("the service is shutting down", retry_after=1)
+        occupied = self._depth + self._reserved
+        if occupied >= self.max_queue:
+            raise QueueFullError(
+                f"the queue is full ({self._depth} requests waiting, {self._reserved} being prepared); retry later",
+                retry_after=retry_after(occupied),
+            )
+
+    def reserve(self, retry_after: Callable[[int], int] = lambda depth: 1) -> Slot:
+        """Hold a place for a job that is not built yet; raises 429/503 errors like :meth:`put`."""
         with self._cond:
-            if self._closed:
-                raise ShuttingDownError("the service is shutting down", retry_after=1)
-            if self._depth >= self.max_queue:
-                raise QueueFullError(
-                    f"the queue is full ({self._depth} requests waiting); retry later",
-                    retry_after=retry_after(self._depth),
-                )
+            self._refuse_if_full(retry_after)
+            self._reserved += 1
+            return Slot(self)
+
+    def _unreserve(self) -> None:
+        with self._cond:
+            self._reserved -= 1
+
+    def put(self, job: Job, retry_after: Callable[[int], int] = lambda depth: 1, slot: Slot | None = None) -> None:
+        """Queue ``job``: in the place ``slot`` holds, else in a free one (or raise)."""
+        with self._cond:
+            if slot is not None and slot._consume():
+                self._reserved -= 1
+                if self._closed:
+                    raise ShuttingDownError("the service is shutting down", retry_after=1)
+            else:
+                self._refuse_if_full(retry_after)
             job.enqueued = time.monotonic()
             self._groups.setdefault(job.key, deque()).append(job)
             self._depth += 1
@@ -113,7 +168,13 @@ class Batcher:
 
     @property
     def depth(self) -> int:
+        """Jobs waiting for a worker (the ``tcm_queue_depth`` gauge)."""
         return self._depth
+
+    @property
+    def reserved(self) -> int:
+        """Places held by requests still reading or decoding their input."""
+        return self._reserved
 
     # -- consumers ---------------------------------------------------------------------------
     def take(self, stop: threading.Event | None = None) -> list[Job] | None:

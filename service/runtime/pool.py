@@ -60,7 +60,7 @@ from ..config import Settings
 from ..errors import ConfigError, ImageTooLargeError, ModelNotFoundError, TcmError
 from ..imageio import DecodedImage
 from ..store import ModelEntry, ModelStore
-from .batcher import Batcher, Job
+from .batcher import Batcher, Job, Slot
 from .errors import BadParameterError, InternalError, NotReadyError, ShuttingDownError, WorkerDiedError
 
 log = logging.getLogger("tcm.runtime")
@@ -595,11 +595,16 @@ class WorkerPool:
         if not self.ready:
             raise NotReadyError(f"not ready: {self.not_ready_reason()}", retry_after=2)
 
-    def submit_compress(self, image: DecodedImage, quality: int, deadline: float) -> Job:
-        """Queue one image; ``job.future`` resolves to a :class:`Compressed`."""
+    def reserve(self) -> Slot:
+        """Hold a queue place before reading and decoding a request's input (429 if none)."""
+        self.admit()
+        return self.batcher.reserve(self.retry_after)
+
+    def submit_compress(self, image: DecodedImage, quality: int, deadline: float, slot: Slot | None = None) -> Job:
+        """Queue one image (in ``slot`` if given); ``job.future`` resolves to a :class:`Compressed`."""
         self.admit()
         job = Job("compress", quality, (padded_size(image.height), padded_size(image.width)), image, deadline)
-        self.batcher.put(job, self.retry_after)
+        self.batcher.put(job, self.retry_after, slot)
         return job
 
     def check_header(self, header) -> None:
@@ -621,13 +626,14 @@ class WorkerPool:
                 f"blob decodes to {pw}x{ph} padded pixels, over the limit of {self.settings.max_pixels}"
             )
 
-    def submit_decompress(self, blob: bytes, header, deadline: float) -> Job:
-        """Queue one blob (its header from ``unpack``); resolves to :class:`Decompressed`."""
+    def submit_decompress(self, blob: bytes, header, deadline: float, slot: Slot | None = None) -> Job:
+        """Queue one blob (its header from ``unpack``; in ``slot`` if given); resolves to
+        :class:`Decompressed`."""
         self.check_header(header)
         self.admit()
         pw, ph = header.padded_size
         job = Job("decompress", header.quality, (ph, pw), blob, deadline)
-        self.batcher.put(job, self.retry_after)
+        self.batcher.put(job, self.retry_after, slot)
         return job
 
     def cancel(self, job: Job) -> None:
