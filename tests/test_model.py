@@ -200,3 +200,20 @@ def test_non_tensor_entries_refused(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         read_state_dict(tmp_path / "nope.pth")
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_window_attention_training_path_equals_inference_path(shifted):
+    """Training runs attention out of place (cheaper backward), inference in place; both
+    must compute the same function, or a model would be trained for one net and run another."""
+    from service.model.layers import WMSA
+
+    torch.manual_seed(0)
+    attn = WMSA(32, 32, head_dim=8, window_size=8, shifted=shifted)
+    x = torch.randn(2, 16, 24, 32)
+    trained = attn(x)
+    with torch.no_grad():
+        inferred = attn(x)
+    assert torch.equal(trained.detach(), inferred)
+    trained.sum().backward()
+    assert attn.relative_position_params.grad is not None
