@@ -314,6 +314,35 @@ def test_a_refused_request_is_not_decoded_and_bad_input_frees_its_place(app, ser
     assert (pool.batcher.depth, pool.batcher.reserved) == (0, 0)
 
 
+@pytest.mark.parametrize("route", ["/compress", "/decompress"])
+def test_a_slow_upload_gets_408_and_gives_its_queue_place_back(app, service_images, monkeypatch, route):
+    """A request holds a queue place while its body arrives; a client that trickles its
+    body must not hold it past the request deadline (else a few slow clients could keep
+    everyone else at 429)."""
+    pool = app.state.pool
+    monkeypatch.setattr(app.state.settings, "request_timeout_s", 0.5)
+    monkeypatch.setattr(pool.batcher, "max_queue", 1)
+    png = service_images["gray64"]
+
+    async def trickle():
+        yield png[:10]
+        await asyncio.sleep(2.0)
+        yield png[10:]
+
+    async def scenario(c):
+        slow = asyncio.create_task(c.post(route, content=trickle()))
+        await _wait_for(lambda: pool.batcher.reserved == 1)
+        blocked = await c.post("/compress", content=png)  # the slow client holds the only place
+        return blocked, await slow
+
+    blocked, slow = run(app, scenario)
+    assert_error(blocked, 429, "queue_full")
+    assert_error(slow, 408, "request_timeout")
+    assert (pool.batcher.depth, pool.batcher.reserved) == (0, 0)
+    monkeypatch.undo()
+    assert post(app, "/compress", png).status_code == 200
+
+
 def test_504_past_the_deadline_and_the_service_recovers(app, service_images, monkeypatch):
     pool = app.state.pool
     gate = _Gate(pool, monkeypatch)
@@ -446,6 +475,8 @@ def test_metrics_scrape_and_parse(app, service_images):
         ("tcm_stage_duration_seconds", "histogram"),
         ("tcm_batch_size", "histogram"),
         ("tcm_queue_depth", "gauge"),
+        ("tcm_queue_reserved", "gauge"),
+        ("tcm_queue_capacity", "gauge"),
         ("tcm_bits_per_pixel", "histogram"),
         ("tcm_models_loaded", "gauge"),
         ("tcm_requests_in_flight", "gauge"),
@@ -458,6 +489,8 @@ def test_metrics_scrape_and_parse(app, service_images):
     bpp_count = [s.value for s in fams["tcm_bits_per_pixel"].samples if s.name.endswith("_count") and s.labels["quality"] == "2"]
     assert bpp_count and bpp_count[0] >= 1
     assert "tcm_device_memory_bytes" not in fams  # CPU only
+    assert fams["tcm_queue_reserved"].samples[0].value == 0.0  # every request gave its place back
+    assert fams["tcm_queue_capacity"].samples[0].value == app.state.settings.max_queue
     # each app has its own registry
     other = create_app(load_settings(store=app.state.settings.store, devices="cpu"))
     assert "tcm_requests_total{" not in other.state.metrics.render().decode()

@@ -36,6 +36,7 @@ from ..runtime.batcher import Job
 from ..runtime.errors import (
     BadRequestError,
     DeadlineExceededError,
+    RequestTimeoutError,
     RequestTooLargeError,
     UnsupportedMediaTypeError,
 )
@@ -124,6 +125,7 @@ def _served_qualities_in_schema(schema: dict[str, Any], qualities: list[int]) ->
 def _errors_doc(*codes: int) -> dict[int, dict[str, Any]]:
     text = {
         400: "malformed image or blob, or a malformed request",
+        408: "the request body did not arrive within the request deadline (slow upload)",
         413: "body, image or decoded size over the limit",
         415: "unsupported media type or image format",
         422: "bad parameter, or a quality / model this service does not serve",
@@ -211,6 +213,15 @@ async def _payload(request: Request, raw_ok: tuple[str, ...], raw_prefix: str | 
     )
 
 
+async def _payload_by(deadline: float, request: Request, *args: Any) -> bytes:
+    """:func:`_payload`, refused (408) if the body has not arrived by ``deadline``: the
+    request holds a queue place while it reads, and a slow client must not keep it."""
+    try:
+        return await asyncio.wait_for(_payload(request, *args), timeout=max(0.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        raise RequestTimeoutError("the request body did not arrive within the request deadline") from None
+
+
 async def _await_job(pool: WorkerPool, job: Job, ctx: RequestContext):
     fut = asyncio.wrap_future(job.future)
     try:
@@ -240,6 +251,7 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
         pool.observer = metrics
         pool.batcher._on_depth = metrics.queue_depth
     metrics.watch_devices(pool.devices)
+    metrics.watch_queue(pool.batcher)
     # Image decoding and PNG encoding run off the event loop on a bounded pool, so that many
     # simultaneous uploads cannot decode more images at once than there are cores to do it.
     image_io = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="tcm-image-io")
@@ -284,7 +296,7 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
                       "X-TCM-Width": {"required": True, "schema": _HEADER_INT},
                       "X-TCM-Height": {"required": True, "schema": _HEADER_INT},
                   }},
-            **_errors_doc(400, 413, 415, 422, 429, 503, 504),
+            **_errors_doc(400, 408, 413, 415, 422, 429, 503, 504),
         },
         openapi_extra=_body_doc(IMAGE_TYPES + RAW_IMAGE_OK, "PNG, JPEG, WebP, BMP or TIFF image"),
     )
@@ -299,8 +311,8 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
         # The queue place is taken before the body is read and decoded, so a burst past the
         # queue's capacity is refused (429) without spending a core on each refused image.
         with pool.reserve() as slot:
-            data = await _payload(request, RAW_IMAGE_OK, "image/", settings.max_body_bytes, "the image")
             deadline = ctx.start + settings.request_timeout_s
+            data = await _payload_by(deadline, request, RAW_IMAGE_OK, "image/", settings.max_body_bytes, "the image")
             t0 = time.monotonic()
             image = await in_io_thread(
                 decode_image, data, max_pixels=settings.max_pixels, max_bytes=settings.max_body_bytes, drop_alpha=drop_alpha
@@ -334,17 +346,18 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
                       "X-TCM-Width": {"required": True, "schema": _HEADER_INT},
                       "X-TCM-Height": {"required": True, "schema": _HEADER_INT},
                   }},
-            **_errors_doc(400, 413, 415, 422, 429, 503, 504),
+            **_errors_doc(400, 408, 413, 415, 422, 429, 503, 504),
         },
         openapi_extra=_body_doc(RAW_BLOB_OK, ".tcm blob"),
     )
     async def decompress(request: Request) -> Response:
         ctx = ctx_of(request)
         with pool.reserve() as slot:  # a queue place before the body is read (see compress)
-            data = await _payload(request, RAW_BLOB_OK, None, settings.max_body_bytes, "the .tcm blob")
+            deadline = ctx.start + settings.request_timeout_s
+            data = await _payload_by(deadline, request, RAW_BLOB_OK, None, settings.max_body_bytes, "the .tcm blob")
             header = (await in_io_thread(unpack, data)).header  # FormatError -> 400 before any queueing
             ctx.quality = header.quality if header.quality in pool.qualities else None
-            job = pool.submit_decompress(data, header, ctx.start + settings.request_timeout_s, slot)
+            job = pool.submit_decompress(data, header, deadline, slot)
         out = await _await_job(pool, job, ctx)
         t0 = time.monotonic()
         png = await in_io_thread(encode_png, out.pixels)

@@ -32,6 +32,7 @@ from ..runtime.errors import (
     InternalError,
     NotReadyError,
     QueueFullError,
+    RequestTimeoutError,
     RequestTooLargeError,
     RetryableError,
     ServiceError,
@@ -50,6 +51,7 @@ STATUS: dict[type[BaseException], int] = {
     RequestTooLargeError: 413,
     UnsupportedImageFormatError: 415,  # GIF, PDF, HEIF, ...
     UnsupportedMediaTypeError: 415,  # Content-Type the endpoint does not take
+    RequestTimeoutError: 408,  # the body did not arrive in time (slow upload)
     BadParameterError: 422,
     ModelNotFoundError: 422,  # quality not served / blob from a model this service lacks
     # the service's state

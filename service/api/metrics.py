@@ -7,6 +7,8 @@ Names follow Prometheus conventions (seconds, bytes, ``_total``)::
     tcm_stage_duration_seconds{stage}             histogram queue | transform | entropy_coding | image_io
     tcm_batch_size{kind}                          histogram images per device batch (compress | decompress)
     tcm_queue_depth                               gauge     requests waiting for a device
+    tcm_queue_reserved                            gauge     queue places held by requests still reading their input
+    tcm_queue_capacity                            gauge     max_queue (429 once depth + reserved reach it)
     tcm_requests_in_flight{endpoint}              gauge     codec requests being handled
     tcm_bits_per_pixel{quality}                   histogram rate of every compressed image
     tcm_request_bytes_total{endpoint,direction}   counter   body bytes in / out
@@ -72,6 +74,10 @@ class Metrics:
             "tcm_batch_size", "Images per device batch", ["kind"], buckets=BATCH_BUCKETS, registry=r
         )
         self.queue = Gauge("tcm_queue_depth", "Requests waiting for a device", registry=r)
+        self.reserved = Gauge(
+            "tcm_queue_reserved", "Queue places held by requests still reading or decoding their input", registry=r
+        )
+        self.capacity = Gauge("tcm_queue_capacity", "Queue places in all (max_queue)", registry=r)
         self.in_flight = Gauge("tcm_requests_in_flight", "Codec requests being handled", ["endpoint"], registry=r)
         self.bpp = Histogram(
             "tcm_bits_per_pixel", "Bits per pixel of compressed images (streams only, as the paper counts)",
@@ -86,6 +92,12 @@ class Metrics:
         )
         for stage in ("queue", "transform", "entropy_coding", "image_io"):
             self.stages.labels(stage)  # expose every stage from the start
+
+    def watch_queue(self, batcher) -> None:
+        """Reserved places and capacity are read from the batcher at scrape time: a 429
+        comes when depth + reserved reach capacity, which depth alone does not show."""
+        self.reserved.set_function(lambda: batcher.reserved)
+        self.capacity.set_function(lambda: batcher.max_queue)
 
     def watch_devices(self, devices: Sequence) -> None:
         if any(getattr(d, "type", None) == "cuda" for d in devices):

@@ -72,6 +72,15 @@ class WorkerDiedError(RetryableError):
     code = "worker_failed"
 
 
+class RequestTimeoutError(ServiceError):
+    """The client did not finish sending its body within ``request_timeout_s`` (HTTP 408).
+
+    The request holds a queue place while its body arrives, so a slow upload must not
+    keep it for ever: past the deadline the place is given back and the request refused."""
+
+    code = "request_timeout"
+
+
 class DeadlineExceededError(ServiceError):
     """The request did not finish within ``request_timeout_s`` (HTTP 504)."""
 
