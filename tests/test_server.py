@@ -130,25 +130,25 @@ def test_round_trip_with_the_client(server, service_images, tmp_path):
 
 
 def test_parallel_mixed_requests_equal_sequential(server, service_images):
-    """24 parallel requests (compress at two qualities and three padded sizes, and
+    """32 parallel requests (compress at two qualities and three padded sizes, and
     decompress), all correct and byte-equal to the same requests made one at a time."""
     names = ["rgb200x136", "gray64", "rgb300x260", "rgb140x260"]
     with TcmClient(server.url) as c:
         blobs = {(n, q): c.compress(service_images[n], quality=q) for n in names for q in (2, 3)}
         pngs = {k: c.decompress(b) for k, b in blobs.items()}
     work = []
-    for i in range(24):
+    for i in range(32):
         n, q = names[i % 4], (2, 3)[(i // 4) % 2]
         work.append(("c", n, q) if i % 3 else ("d", n, q))
 
     def one(item):
         kind, n, q = item
         # A generous client timeout: this checks correctness under concurrency, and a busy
-        # CI machine may queue 24 requests on 2 cores for minutes.
+        # CI machine may queue 32 requests on 2 cores for minutes.
         with TcmClient(server.url, timeout=600) as c:
             return c.compress(service_images[n], quality=q) if kind == "c" else c.decompress(blobs[(n, q)])
 
-    with ThreadPoolExecutor(24) as ex:
+    with ThreadPoolExecutor(32) as ex:
         results = list(ex.map(one, work))
     for (kind, n, q), got in zip(work, results):
         assert got == (blobs[(n, q)] if kind == "c" else pngs[(n, q)]), (kind, n, q)
