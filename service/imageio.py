@@ -76,6 +76,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from service.files import new_file_mode
 from service.errors import ImageError, ImageTooLargeError, UnsupportedImageFormatError
 
 __all__ = [
@@ -524,18 +525,6 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _new_file_mode() -> int:
-    """0o666 minus the process umask, read without os.umask() (which is process-global)."""
-    umask = 0o022
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    umask = int(line.split()[1], 8)
-                    break
-    return 0o666 & ~umask
-
-
 def write_png(path: str | os.PathLike, pixels: np.ndarray) -> None:
     """Atomically write ``pixels`` as a PNG: encode first, write a temp file in the target
     directory, fsync, then ``os.replace``. A reader sees the old file or the complete new
@@ -560,7 +549,7 @@ def write_png(path: str | os.PathLike, pixels: np.ndarray) -> None:
             f.flush()
             os.fsync(f.fileno())
         with contextlib.suppress(OSError):
-            os.chmod(tmp, existing_mode if existing_mode is not None else _new_file_mode())
+            os.chmod(tmp, existing_mode if existing_mode is not None else new_file_mode())
         os.replace(tmp, target)
         tmp = None
     except OSError as exc:

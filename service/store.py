@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from .files import new_file_mode
 from .errors import CheckpointError, ConfigError, ModelNotFoundError, StoreError
 from .model.checkpoint import load_into, read_state_dict
 from .model.config import PRESETS, TCMConfig
@@ -155,6 +156,7 @@ def sha256_file(path: Path) -> str:
 
 def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, new_file_mode())  # mkstemp makes it 0o600
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

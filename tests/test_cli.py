@@ -261,3 +261,18 @@ def test_real_entry_point_subprocess(tmp_path, kit_store):
     assert proc.returncode == 0 and "compress" in proc.stdout
     proc = subprocess.run([*TCM, "frobnicate"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def test_imported_store_files_are_readable_by_others(capsys, tmp_path):
+    """Store files are written to a temporary name and renamed; they must get the usual
+    0o666-minus-umask mode, not mkstemp's 0o600, or a store imported by one user (or an
+    image build step) could not be served by another."""
+    store = tmp_path / "store"
+    old = os.umask(0o022)
+    try:
+        code, _, err = run_cli(capsys, "models", "import", str(KIT_CHECKPOINT), "-q", "2", "--preset", "conformance-small", "--store", str(store))
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    modes = {p.name: p.stat().st_mode & 0o777 for p in store.iterdir()}
+    assert modes and all(m == 0o644 for m in modes.values()), modes

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, StoreError
+from ..files import new_file_mode
 from ..model.tcm import TCM
 from ..store import ModelEntry, sha256_file as _sha256
 
@@ -113,6 +114,7 @@ def export_graph(spec: _GraphSpec, path: Path) -> None:
     names = list(spec.inputs) + spec.outputs
     dynamic = {n: {0: "batch", 2: "height", 3: "width"} for n in names}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, new_file_mode())  # mkstemp makes it 0o600
     os.close(fd)
     try:
         with torch.no_grad(), warnings.catch_warnings():
