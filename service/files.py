@@ -9,15 +9,17 @@ def new_file_mode() -> int:
 
     ``tempfile.mkstemp`` creates its file 0o600, so a file written to a temporary name and
     renamed into place would otherwise be unreadable to everyone else: a model store
-    imported by one user and served by another, or a ``tcm compress`` output. The umask is
-    read from /proc where it can be (``os.umask`` can only be read by setting it, which
-    races with other threads creating files); 0o022 is assumed elsewhere.
+    imported by one user and served by another, or a decoded PNG. The umask is read from
+    /proc where it can be (``os.umask`` can only be read by setting it, which is
+    process-global and races with other threads creating files); 0o022 is assumed elsewhere.
     """
+    umask = 0o022
     try:
-        with open("/proc/self/status") as f:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except OSError:
+                    umask = int(line.split()[1], 8)
+                    break
+    except (OSError, ValueError, IndexError):
         pass
-    return 0o644
+    return 0o666 & ~umask
