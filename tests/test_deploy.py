@@ -311,6 +311,19 @@ def test_dockerfile_pins_torch_before_the_package():
     assert "gcc" in build_runs and "pip wheel" in build_runs
 
 
+def test_gpu_image_ends_with_onnxruntime_gpu_only():
+    """The service's wheel depends on the CPU onnxruntime, which ships the same module as
+    onnxruntime-gpu: the GPU stage must remove it after the wheel and install the GPU build
+    after that, or the two overwrite each other's files."""
+    runs = " && ".join(v for k, v in parse_dockerfile()["venv-gpu"].instructions if k == "RUN")
+    steps = [c.strip() for c in runs.split("&&")]
+    wheel = next(i for i, c in enumerate(steps) if "/wheels/" in c)
+    removal = next(i for i, c in enumerate(steps) if re.fullmatch(r"pip uninstall -y onnxruntime", c))
+    gpu = next(i for i, c in enumerate(steps) if "pip install" in c and "onnxruntime-gpu" in c)
+    assert wheel < removal < gpu, steps
+    assert any("CUDAExecutionProvider" in c for c in steps[gpu:]), "the build should prove the CUDA provider is there"
+
+
 def _dockerignore_excludes(patterns: list[tuple[bool, re.Pattern]], rel: str) -> bool:
     """Docker's rule: the last pattern matching the path or one of its parents decides."""
     parts = rel.split("/")
