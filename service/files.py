@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 
 def new_file_mode() -> int:
@@ -23,3 +25,11 @@ def new_file_mode() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0o666 & ~umask
+
+
+def temp_beside(path: Path) -> tuple[int, str]:
+    """``(fd, name)`` of a new hidden temporary file in ``path``'s directory, to be renamed
+    over ``path`` once complete, with the mode a plain ``open()`` would have given it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, new_file_mode())
+    return fd, tmp

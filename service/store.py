@@ -18,14 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .files import new_file_mode
+from .files import temp_beside
 from .errors import CheckpointError, ConfigError, ModelNotFoundError, StoreError
 from .model.checkpoint import load_into, read_state_dict
 from .model.config import PRESETS, TCMConfig
@@ -155,8 +154,7 @@ def sha256_file(path: Path) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, new_file_mode())  # mkstemp makes it 0o600
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, StoreError
-from ..files import new_file_mode
+from ..files import temp_beside
 from ..model.tcm import TCM
 from ..store import ModelEntry, sha256_file as _sha256
 
@@ -113,8 +112,7 @@ def export_graph(spec: _GraphSpec, path: Path) -> None:
     """Trace one stage and write it to ``path`` atomically (all axes but channels dynamic)."""
     names = list(spec.inputs) + spec.outputs
     dynamic = {n: {0: "batch", 2: "height", 3: "width"} for n in names}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, new_file_mode())  # mkstemp makes it 0o600
+    fd, tmp = temp_beside(path)
     os.close(fd)
     try:
         with torch.no_grad(), warnings.catch_warnings():
