@@ -97,6 +97,38 @@ def test_resume_refuses_a_different_run(photo_dir, tmp_path):
         Trainer(other, tmp_path, torch.device("cpu")).start()
 
 
+def test_a_fine_tune_from_a_file_with_entropy_tables_resumes_exactly(photo_dir, tmp_path):
+    """Store files carry the coder's CDF tables; a run started from one (--init) must
+    resume (the tables' buffers are sized from the checkpoint) and stay exact."""
+    from service.codec.engine import prepare_entropy_tables
+
+    torch.set_num_threads(1)
+    torch.manual_seed(3)
+    base = TCM(preset("lite")).eval()
+    prepare_entropy_tables(base)
+    assert base.gaussian_conditional.scale_table.numel() > 0
+    init = tmp_path / "init.pt"
+    torch.save(base.state_dict(), init)
+
+    def config(steps: int) -> TrainConfig:
+        cfg = tiny_config(photo_dir, steps)
+        cfg.init = str(init)
+        return cfg
+
+    straight = Trainer(config(2), tmp_path / "straight", torch.device("cpu"))
+    assert "fine-tuning" in straight.start()
+    straight.run(checkpoint_every=100)
+    first = Trainer(config(1), tmp_path / "split", torch.device("cpu"))
+    first.start()
+    first.run(checkpoint_every=100)
+    second = Trainer(config(2), tmp_path / "split", torch.device("cpu"))
+    assert "resumed" in second.start() and second.step == 1
+    second.run(checkpoint_every=100)
+    a, b = straight.model.state_dict(), second.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_train_import_half_and_code(photo_dir, tmp_path):
     """The CLI end to end: train 2 steps, import in float16 (training record and lambda
     come along), then a Kodak crop round-trips through compress/decompress."""

@@ -123,7 +123,7 @@ class Trainer:
                     f"{self.out_dir / CHECKPOINT} was trained with {name}={getattr(old, name)!r}, not "
                     f"{getattr(self.cfg, name)!r}: use another --out, or the same settings to resume"
                 )
-        self.model.load_state_dict(ckpt["state_dict"])
+        load_into(self.model, ckpt["state_dict"])  # sizes the CDF tables a fine-tune's init may carry
         self.opt.load_state_dict(ckpt["optimizer"])
         self.aux_opt.load_state_dict(ckpt["aux_optimizer"])
         self.step = int(ckpt["step"])
