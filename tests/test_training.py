@@ -129,6 +129,39 @@ def test_a_fine_tune_from_a_file_with_entropy_tables_resumes_exactly(photo_dir, 
         assert torch.equal(a[k], b[k]), k
 
 
+def test_bf16_precision_runs_only_the_transforms_in_bfloat16(photo_dir, tmp_path):
+    """--precision bf16: g_a/g_s compute in bfloat16 during training steps; the entropy
+    model, the weights and the held-out validation stay float32. It may be switched on
+    when a run resumes; anything else is refused."""
+    fp32 = Trainer(tiny_config(photo_dir, 1), tmp_path, torch.device("cpu"))
+    fp32.start()
+    fp32.run(checkpoint_every=100)
+    cfg = tiny_config(photo_dir, 2)
+    cfg.precision = "bf16"
+    t = Trainer(cfg, tmp_path, torch.device("cpu"))
+    assert "resumed" in t.start()
+    seen: dict[str, list[torch.dtype]] = {"g_a": [], "h_a": [], "g_s": []}
+    for name in seen:
+        getattr(t.model, name)[0].register_forward_hook(lambda _m, _i, out, n=name: seen[n].append(out.dtype))
+
+    def validate(model: TCM) -> dict:
+        model(torch.rand(1, 3, 256, 256))
+        return {"psnr": 0.0}
+
+    t.run(checkpoint_every=100, validate=validate, validate_every=1)
+    # step 2 trained (bf16), then validation ran (float32)
+    assert seen["g_a"] == [torch.bfloat16, torch.float32] and seen["g_s"] == [torch.bfloat16, torch.float32]
+    assert seen["h_a"] == [torch.float32, torch.float32]
+    assert all(p.dtype == torch.float32 for p in t.model.parameters())
+    assert t.model.transform_autocast is torch.bfloat16
+    log = [json.loads(line) for line in (tmp_path / "train.log").read_text().splitlines()]
+    assert np.isfinite(log[-2]["loss"]) and log[-1]["val"] == {"psnr": 0.0}
+    bad = tiny_config(photo_dir, 3)
+    bad.precision = "fp16"
+    with pytest.raises(ConfigError, match="unknown precision 'fp16'"):
+        Trainer(bad, tmp_path / "other", torch.device("cpu"))
+
+
 def test_train_import_half_and_code(photo_dir, tmp_path):
     """The CLI end to end: train 2 steps, import in float16 (training record and lambda
     come along), then a Kodak crop round-trips through compress/decompress."""

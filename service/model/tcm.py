@@ -75,6 +75,10 @@ class TCM(nn.Module):
         self.cc_scale_transforms = nn.ModuleList(slice_transform(wd, sc, hidden) for wd in support_width)
         self.lrp_transforms = nn.ModuleList(slice_transform(wd + sc, sc, hidden) for wd in support_width)
         self.gaussian_conditional = GaussianConditional()
+        #: Training option: run g_a/g_s in ``forward`` under autocast to this dtype (e.g.
+        #: bfloat16). They are most of a training step's time and tolerate it; the entropy
+        #: model always runs in float32. The coding paths never use it.
+        self.transform_autocast: torch.dtype | None = None
 
     # -- stages ---------------------------------------------------------------------------
     def hyper_synthesis(self, z_hat: Tensor) -> tuple[Tensor, Tensor]:
@@ -102,11 +106,18 @@ class TCM(nn.Module):
         lrp = self.lrp_transforms[i](torch.cat([mean_support, y_hat_slice], dim=1))
         return y_hat_slice + 0.5 * torch.tanh(lrp)
 
+    def _transform(self, net: nn.Module, x: Tensor) -> Tensor:
+        """``net(x)``, under ``transform_autocast`` when set (the result is float32 again)."""
+        if self.transform_autocast is None:
+            return net(x)
+        with torch.autocast(x.device.type, dtype=self.transform_autocast):
+            return net(x).float()
+
     # -- the reference forward pass (training and evaluation) --------------------------------
     def forward(self, x: Tensor) -> dict:
         """Same outputs as the official ``TCM.forward``: x_hat (not clamped), likelihoods
         of y and z, and the entropy parameters."""
-        y = self.g_a(x)
+        y = self._transform(self.g_a, x)
         z = self.h_a(y)
         _, z_likelihoods = self.entropy_bottleneck(z)
         medians = self.entropy_bottleneck.medians().reshape(1, -1, 1, 1)
@@ -124,7 +135,7 @@ class TCM(nn.Module):
             likelihoods.append(lik)
             mus.append(p.mu)
             scales.append(p.scale)
-        x_hat = self.g_s(torch.cat(decoded, dim=1))
+        x_hat = self._transform(self.g_s, torch.cat(decoded, dim=1))
         return {
             "x_hat": x_hat,
             "likelihoods": {"y": torch.cat(likelihoods, dim=1), "z": z_likelihoods},

@@ -58,9 +58,15 @@ class TrainConfig:
     seed: int = 0
     init: str | None = None  # weights a fine-tune started from
     max_side: int = 1024
+    #: "fp32", or "bf16": the analysis/synthesis transforms run under bfloat16 autocast
+    #: (measured ~1.45x faster steps on this CPU for the lite preset; the entropy model and
+    #: validation stay float32).
+    precision: str = "fp32"
 
-    #: Fields that may change when a run is resumed (extending it, or adjusting its schedule).
-    RESUMABLE_CHANGES = ("steps", "lr", "lr_drops")
+    #: Fields that may change when a run is resumed (extending it, adjusting its schedule,
+    #: or switching precision: the weights and optimiser state are float32 either way).
+    RESUMABLE_CHANGES = ("steps", "lr", "lr_drops", "precision")
+    PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
     def lr_at(self, step: int) -> float:
         return self.lr * 0.1 ** sum(step >= d for d in self.lr_drops)
@@ -88,6 +94,9 @@ class Trainer:
         self.device = device
         torch.manual_seed(cfg.seed)  # initial weights; a resumed run replaces them anyway
         self.model = TCM(TCMConfig.from_dict(cfg.arch)).to(device).train()
+        if cfg.precision not in TrainConfig.PRECISIONS:
+            raise ConfigError(f"unknown precision {cfg.precision!r} (known: {', '.join(TrainConfig.PRECISIONS)})")
+        self.model.transform_autocast = TrainConfig.PRECISIONS[cfg.precision]
         main, aux = split_parameters(self.model)
         self.opt = torch.optim.Adam(main, lr=cfg.lr)
         self.aux_opt = torch.optim.Adam(aux, lr=cfg.aux_lr)
@@ -202,10 +211,12 @@ class Trainer:
 
     def _validate(self, validate: Callable[[TCM], dict]) -> dict:
         self.model.eval()
+        autocast, self.model.transform_autocast = self.model.transform_autocast, None  # comparable across runs
         try:
             with torch.no_grad():
                 return validate(self.model)
         finally:
+            self.model.transform_autocast = autocast
             self.model.train()
 
     def log(self, record: dict) -> None:
