@@ -251,3 +251,31 @@ def test_training_curve_reads_resumed_logs_and_moves_psnr_along_the_tangent(tmp_
         curve.read_log(log)
     with pytest.raises(ConfigError, match="cannot read"):
         curve.read_log(tmp_path / "nope")
+
+
+def test_training_curve_chains_runs_that_continue_each_other(tmp_path):
+    """`tcm train-curve A B`: B started from A's final weights, so B's steps count on from
+    A's last step; one lambda for the whole curve, or a one-line error."""
+    from service.training import curve
+
+    first = ([curve.TrainPoint(10, 5.0, 0.5, 24.0, 1.0), curve.TrainPoint(2018, 4.0, 0.4, 24.5, 1.0)],
+             [curve.ValPoint(2000, 0.38, 24.5, 4)])
+    second = ([curve.TrainPoint(10, 3.9, 0.4, 24.9, 1.0)], [curve.ValPoint(250, 0.37, 24.9, 4)])
+    train, val = curve.chain([first, second])
+    assert [t.step for t in train] == [10, 2018, 2028] and [v.step for v in val] == [2000, 2268]
+    assert val[1].psnr == 24.9 and train[2].loss == 3.9
+
+    cmd = [sys.executable, "-m", "service.cli.main", "train-curve"]
+    for name, lmbda, recs in [("a", 0.013, [{"step": 100, "val": {"bpp": 0.4, "psnr": 24.0, "images": 4}}]),
+                              ("b", 0.013, [{"step": 50, "val": {"bpp": 0.4, "psnr": 25.0, "images": 4}}]),
+                              ("c", 0.08, [{"step": 50, "val": {"bpp": 0.8, "psnr": 26.0, "images": 4}}])]:
+        run = tmp_path / name
+        run.mkdir()
+        (run / "train.log").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        torch.save({"training": {"lmbda": lmbda}}, run / CHECKPOINT)
+    r = subprocess.run(cmd + [str(tmp_path / "a"), str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "| 100 | 0.400 | 24.00 |" in r.stdout and "| 150 | 0.400 | 25.00 |" in r.stdout
+    r = subprocess.run(cmd + [str(tmp_path / "a"), str(tmp_path / "c")], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "different lambdas (0.013, 0.08)" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

@@ -60,7 +60,9 @@ def add_parsers(sub) -> None:
         description="Read RUN/train.log and print the validation curve as a Markdown table; "
         "--plot draws it with the smoothed training loss.",
     )
-    c.add_argument("run", metavar="RUN", help="the --out directory of tcm train (or its train.log)")
+    c.add_argument("run", metavar="RUN", nargs="+",
+                   help="the --out directory of tcm train (or its train.log); several runs that continue each "
+                   "other (each started with --init from the previous one's final weights) make one curve")
     c.add_argument("--lambda", dest="lmbda", type=_lambda,
                    help="the run's lambda (default: read from RUN/checkpoint.pt)")
     c.add_argument("--at-bpp", type=float, default=0.4, help="rate to move PSNR to along the RD tangent (default 0.4)")
@@ -145,14 +147,21 @@ def cmd_train_curve(args) -> int:
     from ..errors import ConfigError
     from ..training import curve
 
-    run = Path(args.run)
-    train, val = curve.read_log(run)
+    runs = [Path(r) for r in args.run]
+    train, val = curve.chain([curve.read_log(r) for r in runs])
     if not val:
-        raise ConfigError(f"{args.run}: the log has no validation records (train with --val and --val-every)")
-    lmbda = args.lmbda if args.lmbda is not None else _run_lambda(run)
+        raise ConfigError(f"{' '.join(args.run)}: no validation records (train with --val and --val-every)")
+    if args.lmbda is not None:
+        lmbda = args.lmbda
+    else:
+        lambdas = {_run_lambda(r) for r in runs}
+        if len(lambdas) > 1:
+            raise ConfigError(f"the runs were trained with different lambdas ({', '.join(map(str, sorted(lambdas)))}): "
+                              "one curve needs one lambda (pass --lambda to force one)")
+        lmbda = lambdas.pop()
     print(curve.markdown_table(val, lmbda, args.at_bpp, args.every), end="")
     if args.plot:
-        title = args.title or f"{run.resolve().name if run.is_dir() else run.resolve().parent.name} (lambda {lmbda:g})"
+        title = args.title or f"{' + '.join((r.resolve() if r.is_dir() else r.resolve().parent).name for r in runs)} (lambda {lmbda:g})"
         curve.plot(train, val, lmbda, args.at_bpp, args.plot, title)
         print(f"plot: {args.plot}")
     return 0

@@ -88,6 +88,20 @@ def read_log(path: str | os.PathLike) -> tuple[list[TrainPoint], list[ValPoint]]
     return [train[s] for s in sorted(train)], [val[s] for s in sorted(val)]
 
 
+def chain(logs: list[tuple[list[TrainPoint], list[ValPoint]]]) -> tuple[list[TrainPoint], list[ValPoint]]:
+    """One curve from runs that continue each other (each later run started with ``--init``
+    from the previous run's final weights): a later run's steps are shifted by the last
+    step the runs before it reached, so the x axis counts every step the weights have had."""
+    train: list[TrainPoint] = []
+    val: list[ValPoint] = []
+    offset = 0
+    for t, v in logs:
+        train += [TrainPoint(p.step + offset, p.loss, p.bpp, p.psnr, p.s_per_step) for p in t]
+        val += [ValPoint(p.step + offset, p.bpp, p.psnr, p.images) for p in v]
+        offset = max([p.step for p in train] + [p.step for p in val] + [offset])
+    return train, val
+
+
 def smoothed(points: list[TrainPoint], window: int) -> list[tuple[int, float, float, float]]:
     """(last step, mean loss, mean bpp, mean PSNR) over consecutive groups of ``window``
     records: single training records are too noisy to read (random crops)."""
