@@ -264,6 +264,9 @@ def test_training_curve_chains_runs_that_continue_each_other(tmp_path):
     train, val = curve.chain([first, second])
     assert [t.step for t in train] == [10, 2018, 2028] and [v.step for v in val] == [2000, 2268]
     assert val[1].psnr == 24.9 and train[2].loss == 3.9
+    # the checkpoint's step, when known, is where the next run began (logs are every N steps)
+    train, val = curve.chain([first, second], [2021, None])
+    assert [t.step for t in train] == [10, 2018, 2031] and [v.step for v in val] == [2000, 2271]
 
     cmd = [sys.executable, "-m", "service.cli.main", "train-curve"]
     for name, lmbda, recs in [("a", 0.013, [{"step": 100, "val": {"bpp": 0.4, "psnr": 24.0, "images": 4}}]),
@@ -272,7 +275,7 @@ def test_training_curve_chains_runs_that_continue_each_other(tmp_path):
         run = tmp_path / name
         run.mkdir()
         (run / "train.log").write_text("".join(json.dumps(r) + "\n" for r in recs))
-        torch.save({"training": {"lmbda": lmbda}}, run / CHECKPOINT)
+        torch.save({"training": {"lmbda": lmbda}, "step": 100 if name == "a" else 50}, run / CHECKPOINT)
     r = subprocess.run(cmd + [str(tmp_path / "a"), str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "| 100 | 0.400 | 24.00 |" in r.stdout and "| 150 | 0.400 | 25.00 |" in r.stdout

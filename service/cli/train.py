@@ -129,6 +129,19 @@ def cmd_train(args) -> int:
     return 0 if step >= cfg.steps else 3
 
 
+def _run_step(run: Path) -> int | None:
+    """The step a run's checkpoint reached (where a run continuing it started), if readable."""
+    import torch
+
+    from ..training.trainer import CHECKPOINT
+
+    ckpt = (run if run.is_dir() else run.parent) / CHECKPOINT
+    try:
+        return int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"])
+    except (OSError, KeyError, TypeError, RuntimeError, ValueError):
+        return None
+
+
 def _run_lambda(run: Path) -> float:
     """The lambda a run trained with, from its checkpoint's training record."""
     import torch
@@ -148,7 +161,7 @@ def cmd_train_curve(args) -> int:
     from ..training import curve
 
     runs = [Path(r) for r in args.run]
-    train, val = curve.chain([curve.read_log(r) for r in runs])
+    train, val = curve.chain([curve.read_log(r) for r in runs], [_run_step(r) for r in runs])
     if not val:
         raise ConfigError(f"{' '.join(args.run)}: no validation records (train with --val and --val-every)")
     if args.lmbda is not None:

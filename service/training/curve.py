@@ -88,17 +88,20 @@ def read_log(path: str | os.PathLike) -> tuple[list[TrainPoint], list[ValPoint]]
     return [train[s] for s in sorted(train)], [val[s] for s in sorted(val)]
 
 
-def chain(logs: list[tuple[list[TrainPoint], list[ValPoint]]]) -> tuple[list[TrainPoint], list[ValPoint]]:
+def chain(logs: list[tuple[list[TrainPoint], list[ValPoint]]],
+          ends: list[int | None] | None = None) -> tuple[list[TrainPoint], list[ValPoint]]:
     """One curve from runs that continue each other (each later run started with ``--init``
-    from the previous run's final weights): a later run's steps are shifted by the last
-    step the runs before it reached, so the x axis counts every step the weights have had."""
+    from the previous run's final weights): a later run's steps are shifted by the step
+    the runs before it ended at, so the x axis counts every step the weights have had.
+    ``ends[i]`` is run i's final step (its checkpoint's); without it, its last logged step."""
     train: list[TrainPoint] = []
     val: list[ValPoint] = []
     offset = 0
-    for t, v in logs:
+    for i, (t, v) in enumerate(logs):
         train += [TrainPoint(p.step + offset, p.loss, p.bpp, p.psnr, p.s_per_step) for p in t]
         val += [ValPoint(p.step + offset, p.bpp, p.psnr, p.images) for p in v]
-        offset = max([p.step for p in train] + [p.step for p in val] + [offset])
+        end = ends[i] if ends and ends[i] is not None else max([p.step for p in t] + [p.step for p in v] + [0])
+        offset += end
     return train, val
 
 
