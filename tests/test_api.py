@@ -491,6 +491,9 @@ def test_metrics_scrape_and_parse(app, service_images):
     assert "tcm_device_memory_bytes" not in fams  # CPU only
     assert fams["tcm_queue_reserved"].samples[0].value == 0.0  # every request gave its place back
     assert fams["tcm_queue_capacity"].samples[0].value == app.state.settings.max_queue
+    # the restart counter exists at 0 before any restart, so increase() sees the first one
+    restarts = {s.labels["device"]: s.value for s in fams["tcm_worker_restarts"].samples if s.name.endswith("_total")}
+    assert restarts == {"cpu": 0.0}
     # each app has its own registry
     other = create_app(load_settings(store=app.state.settings.store, devices="cpu"))
     assert "tcm_requests_total{" not in other.state.metrics.render().decode()

@@ -68,6 +68,9 @@ CONTRACT_METRICS = {
     "tcm_device_memory_bytes": "gauge",  # CUDA only
     "tcm_requests_in_flight": "gauge",
     "tcm_request_bytes_total": "counter",
+    "tcm_queue_reserved": "gauge",
+    "tcm_queue_capacity": "gauge",
+    "tcm_worker_restarts_total": "counter",
 }
 #: The service's settings (pydantic-settings, prefix TCM_) plus the CLI's store variable.
 CONTRACT_SETTINGS = (
@@ -703,6 +706,8 @@ def test_dashboard_covers_the_issue_and_is_well_formed():
         "bits per pixel": lambda e: "tcm_bits_per_pixel" in e,
         "errors": lambda e: 'code=~"5..' in e or 'code=~"4..|5..' in e,
         "GPU memory": lambda e: "tcm_device_memory_bytes" in e,
+        "worker restarts": lambda e: "tcm_worker_restarts_total" in e,
+        "why 429 comes below max_queue": lambda e: "tcm_queue_reserved" in e and "tcm_queue_capacity" in e,
     }
     for topic, ok in needs.items():
         assert any(ok(e) for e in exprs.values()), f"no panel shows {topic}"

@@ -100,6 +100,10 @@ class Metrics:
         self.capacity.set_function(lambda: batcher.max_queue)
 
     def watch_devices(self, devices: Sequence) -> None:
+        # Every device's restart counter exists from the start at 0: a series that appears
+        # only with the first restart makes increase()/rate() miss that restart.
+        for d in devices:
+            self.restarts.labels(str(d))
         if any(getattr(d, "type", None) == "cuda" for d in devices):
             self.registry.register(DeviceMemoryCollector(devices))
 
