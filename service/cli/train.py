@@ -129,31 +129,28 @@ def cmd_train(args) -> int:
     return 0 if step >= cfg.steps else 3
 
 
-def _run_step(run: Path) -> int | None:
-    """The step a run's checkpoint reached (where a run continuing it started), if readable."""
+def _run_end(run: Path) -> tuple[float | None, int | None, str]:
+    """(lambda, final step, why the lambda is unknown) from a run's checkpoint, loaded once:
+    it holds weights and both optimisers' state (tens of MB). The step is where a run
+    continuing this one began."""
     import torch
 
     from ..training.trainer import CHECKPOINT
 
     ckpt = (run if run.is_dir() else run.parent) / CHECKPOINT
     try:
-        return int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"])
-    except (OSError, KeyError, TypeError, RuntimeError, ValueError):
-        return None
-
-
-def _run_lambda(run: Path) -> float:
-    """The lambda a run trained with, from its checkpoint's training record."""
-    import torch
-
-    from ..errors import ConfigError
-    from ..training.trainer import CHECKPOINT
-
-    ckpt = (run if run.is_dir() else run.parent) / CHECKPOINT
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError) as exc:
+        return None, None, f"cannot read the run's lambda from {ckpt} ({type(exc).__name__}): pass --lambda"
+    record = state if isinstance(state, dict) else {}
     try:
-        return float(torch.load(ckpt, map_location="cpu", weights_only=True)["training"]["lmbda"])
-    except (OSError, KeyError, TypeError, RuntimeError, ValueError) as exc:
-        raise ConfigError(f"cannot read the run's lambda from {ckpt} ({type(exc).__name__}): pass --lambda") from None
+        step = int(record["step"])
+    except (KeyError, TypeError, ValueError):
+        step = None
+    try:
+        return float(record["training"]["lmbda"]), step, ""
+    except (KeyError, TypeError, ValueError) as exc:
+        return None, step, f"cannot read the run's lambda from {ckpt} ({type(exc).__name__}): pass --lambda"
 
 
 def cmd_train_curve(args) -> int:
@@ -161,13 +158,17 @@ def cmd_train_curve(args) -> int:
     from ..training import curve
 
     runs = [Path(r) for r in args.run]
-    train, val = curve.chain([curve.read_log(r) for r in runs], [_run_step(r) for r in runs])
+    ends = [_run_end(r) for r in runs]
+    train, val = curve.chain([curve.read_log(r) for r in runs], [step for _, step, _ in ends])
     if not val:
         raise ConfigError(f"{' '.join(args.run)}: no validation records (train with --val and --val-every)")
     if args.lmbda is not None:
         lmbda = args.lmbda
     else:
-        lambdas = {_run_lambda(r) for r in runs}
+        for run_lmbda, _, why in ends:
+            if run_lmbda is None:
+                raise ConfigError(why)
+        lambdas = {run_lmbda for run_lmbda, _, _ in ends}
         if len(lambdas) > 1:
             raise ConfigError(f"the runs were trained with different lambdas ({', '.join(map(str, sorted(lambdas)))}): "
                               "one curve needs one lambda (pass --lambda to force one)")

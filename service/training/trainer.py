@@ -59,7 +59,7 @@ class TrainConfig:
     init: str | None = None  # weights a fine-tune started from
     max_side: int = 1024
     #: "fp32", or "bf16": the analysis/synthesis transforms run under bfloat16 autocast
-    #: (measured ~1.45x faster steps on this CPU for the lite preset; the entropy model and
+    #: (1.42x faster steps on this CPU for the lite preset, docs/training.md; the entropy model and
     #: validation stay float32).
     precision: str = "fp32"
 
