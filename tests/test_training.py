@@ -220,6 +220,23 @@ def test_train_cli_errors_are_one_line(photo_dir, tmp_path):
         r = subprocess.run(cmd + args, capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and needle in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    # --out already holding something that is not a training checkpoint: refused, kept as is
+    for name, write, needle in [
+        ("junk", lambda p: p.write_bytes(b"not a checkpoint"), "(UnpicklingError)"),
+        ("empty", lambda p: p.write_bytes(b""), "is not a tcm train checkpoint"),
+        ("weights", lambda p: torch.save({"state_dict": {}}, p), "(no aux_optimizer, optimizer, rng, step, training)"),
+        ("record", lambda p: torch.save({k: {"bogus": 1} for k in ("state_dict", "optimizer", "aux_optimizer", "step",
+                                                                    "rng", "training")}, p), "training record"),
+    ]:
+        out = tmp_path / name
+        out.mkdir()
+        write(out / CHECKPOINT)
+        before = (out / CHECKPOINT).read_bytes()
+        r = subprocess.run(cmd + [str(photo_dir), "--out", str(out), "--lambda", "0.01", "--steps", "1"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and needle in r.stderr and "is not a tcm train checkpoint" in r.stderr, (name, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        assert (out / CHECKPOINT).read_bytes() == before
 
 
 def test_training_curve_reads_resumed_logs_and_moves_psnr_along_the_tangent(tmp_path):
@@ -281,4 +298,8 @@ def test_training_curve_chains_runs_that_continue_each_other(tmp_path):
     assert "| 100 | 0.400 | 24.00 |" in r.stdout and "| 150 | 0.400 | 25.00 |" in r.stdout
     r = subprocess.run(cmd + [str(tmp_path / "a"), str(tmp_path / "c")], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "different lambdas (0.013, 0.08)" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    (tmp_path / "b" / CHECKPOINT).write_bytes(b"not a checkpoint")  # unreadable: its lambda is unknown
+    r = subprocess.run(cmd + [str(tmp_path / "a"), str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "cannot read the run's lambda" in r.stderr and "pass --lambda" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

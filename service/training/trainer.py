@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..model.checkpoint import load_into, read_state_dict
 from ..model.config import TCMConfig
 from ..model.tcm import TCM
@@ -39,6 +39,8 @@ from .loss import rate_distortion
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train.log"
+#: What a checkpoint needs for an exact resume (see Trainer.state).
+RESUME_KEYS = frozenset({"state_dict", "optimizer", "aux_optimizer", "step", "rng", "training"})
 
 
 @dataclass
@@ -139,11 +141,31 @@ class Trainer:
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.gen.set_state(ckpt["rng"]["data"])
 
+    def _read_checkpoint(self, path: Path) -> dict:
+        """The run's checkpoint, or a one-line CheckpointError when the file is something else
+        (a foreign file, a truncated write from another tool, a plain state_dict)."""
+
+        def refuse(why: str) -> CheckpointError:
+            return CheckpointError(f"{path} is not a tcm train checkpoint ({why}): use another --out, or move it away")
+
+        try:
+            ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # torch raises many types for non-checkpoints; all mean the same
+            raise refuse(type(exc).__name__) from None
+        if not isinstance(ckpt, dict) or not RESUME_KEYS <= ckpt.keys():
+            have = set(ckpt) if isinstance(ckpt, dict) else set()
+            raise refuse(f"no {', '.join(sorted(RESUME_KEYS - have))}")
+        try:
+            TrainConfig(**ckpt["training"])
+        except TypeError as exc:
+            raise refuse(f"training record: {exc}") from None
+        return ckpt
+
     def start(self) -> str:
         """Resume from ``out_dir`` when it holds a checkpoint, else start (from ``init``)."""
         path = self.out_dir / CHECKPOINT
         if path.is_file():
-            self.restore(torch.load(path, map_location=self.device, weights_only=True))
+            self.restore(self._read_checkpoint(path))
             return f"resumed {path} at step {self.step}"
         if self.cfg.init:
             load_into(self.model, read_state_dict(self.cfg.init))
