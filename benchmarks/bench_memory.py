@@ -29,21 +29,19 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TCM_SHARED_DIR") or ROOT.parent / "shared")
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from benchmarks.bench_service import free_port, wait_ready  # noqa: E402
+from fuzzing import proc_status  # noqa: E402
 from service.client import TcmClient  # noqa: E402
 
 
 def peak_rss_gib(pid: int) -> float:
     """The process's resident high-water mark (VmHWM), GiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20
-    raise RuntimeError("no VmHWM in /proc status")
+    return proc_status(pid)["VmHWM"] / 2**20
 
 
-def test_images() -> list[tuple[str, bytes]]:
+def sample_images() -> list[tuple[str, bytes]]:
     """(label, PNG bytes): a Kodak image and the same image scaled 2x."""
     src = SHARED / "data" / "kodak" / "kodim01.png"
     if not src.exists():
@@ -109,7 +107,7 @@ def main() -> int:
 
     levels = sorted(e.quality for e in ModelStore(args.store).entries())
     sets = args.qualities or [str(levels[0]), ",".join(map(str, levels))]
-    images = test_images()
+    images = sample_images()
     print(f"store {args.store}, backend {args.backend}, CPU, batch 1; peak resident memory (VmHWM), GiB")
     print("| qualities | ready | " + " | ".join(f"+ {label} round trip" for label, _ in images) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in images) + " |")
