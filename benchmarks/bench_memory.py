@@ -103,9 +103,13 @@ def main() -> int:
                     help="quality sets to serve, one server each (default: the lowest level alone, then all)")
     ap.add_argument("--backend", default="torch", choices=("torch", "onnx"))
     args = ap.parse_args()
+    from service.errors import TcmError
     from service.store import ModelStore
 
-    levels = sorted(e.quality for e in ModelStore(args.store).entries())
+    try:
+        levels = sorted(e.quality for e in ModelStore(args.store).entries())
+    except TcmError as exc:
+        raise SystemExit(f"bench_memory: {exc}") from None
     sets = args.qualities or [str(levels[0]), ",".join(map(str, levels))]
     images = sample_images()
     print(f"store {args.store}, backend {args.backend}, CPU, batch 1; peak resident memory (VmHWM), GiB")
