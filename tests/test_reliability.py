@@ -139,7 +139,8 @@ def expected_blob(app, png) -> bytes:
 def test_worker_killed_mid_batch_is_replaced(app, png, expected_blob, monkeypatch):
     """Kill the worker thread while it runs a batch: that request gets 503 worker_failed
     with Retry-After, the queued one waits and then completes correctly, readiness is 503
-    while the replacement loads and 200 after, liveness stays 200 (the pool heals)."""
+    (saying why) from the death until the replacement has loaded and 200 after, liveness
+    stays 200 (the pool heals)."""
     pool = app.state.pool
     dead = pool.workers[0]
     gate = Gate(dead, monkeypatch)
@@ -151,6 +152,14 @@ def test_worker_killed_mid_batch_is_replaced(app, png, expected_blob, monkeypatc
         return real_load(*a, **k)
 
     monkeypatch.setattr(pool_module, "load_model", gated_load)
+    replace_gate = threading.Event()
+    real_replace = pool._replace
+
+    def gated_replace(*a, **k):  # hold the supervisor so the window between death and replacement can be observed
+        replace_gate.wait(60)
+        return real_replace(*a, **k)
+
+    monkeypatch.setattr(pool, "_replace", gated_replace)
     restarts_before = pool.restarts_total
 
     async def scenario(c):
@@ -160,6 +169,9 @@ def test_worker_killed_mid_batch_is_replaced(app, png, expected_blob, monkeypatc
         await asyncio.to_thread(_wait, lambda: pool.batcher.depth == 1)
         _kill_thread(dead)
         r_held = await held
+        await asyncio.to_thread(_wait, lambda: not dead.is_alive(), 30, "worker death")
+        dying = await c.get("/readyz")
+        replace_gate.set()
         await asyncio.to_thread(_wait, lambda: pool.workers[0] is not dead, 30, "replacement")
         during = {"readyz": await c.get("/readyz"), "healthz": await c.get("/healthz"),
                   "compress": await c.post("/compress", content=png)}
@@ -168,16 +180,19 @@ def test_worker_killed_mid_batch_is_replaced(app, png, expected_blob, monkeypatc
         await asyncio.to_thread(pool.wait_ready, 120)
         after = {"readyz": await c.get("/readyz"), "compress": await c.post("/compress", content=png),
                  "metrics": await c.get("/metrics")}
-        return r_held, during, r_queued, after
+        return r_held, dying, during, r_queued, after
 
     async def main():
         async with _client(app) as c:
             return await scenario(c)
 
-    r_held, during, r_queued, after = anyio.run(main)
+    r_held, dying, during, r_queued, after = anyio.run(main)
     assert r_held.status_code == 503, r_held.text
     assert r_held.json()["error"] == "worker_failed" and int(r_held.headers["retry-after"]) >= 1
     assert not dead.is_alive() and dead.died.startswith("SystemExit")
+    # between the death and the supervisor's replacement, and while the replacement loads: both say what is going on
+    assert dying.status_code == 503 and "died (SystemExit" in dying.json()["detail"], dying.text
+    assert "a replacement is starting" in dying.json()["detail"]
     assert during["readyz"].status_code == 503 and "replacing a worker that died" in during["readyz"].json()["detail"]
     assert during["healthz"].status_code == 200  # alive: a replacement is on its way
     assert during["compress"].status_code == 503 and during["compress"].json()["error"] == "not_ready"

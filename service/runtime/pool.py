@@ -494,8 +494,8 @@ class WorkerPool:
             recent.append(now)
             self.restarts_total += 1
             new = Worker(self, dead.device, dead.entries, generation=dead.generation + 1)
+            new.start()  # before publishing it: readiness must never see a replacement that is not yet running
             self.workers[index] = new
-            new.start()
         if not dead.died:  # the thread ended without passing through Worker._die
             dead.died = "the worker thread ended unexpectedly"
             self._worker_died(dead)
@@ -532,7 +532,9 @@ class WorkerPool:
             return self.failed
         for w in self.workers:
             if not w.is_alive():
-                return f"worker for {w.device} is not running ({w.died})" if w.died else f"worker for {w.device} is not running"
+                if w.died:  # the supervisor has been woken and replaces it (or gives up: self.failed above)
+                    return f"worker for {w.device} died ({w.died}); a replacement is starting"
+                return f"worker for {w.device} is not running"
         pending = [(w, s) for w in self.workers for s in w.slots.values() if s.state != "ready"]
         if pending:
             total = sum(len(w.slots) for w in self.workers)
