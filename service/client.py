@@ -114,27 +114,74 @@ def _compress_request(image: ImageInput, quality: int | None, drop_alpha: bool) 
     }
 
 
+_TCM_MAGIC = b"\x89TCM"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _not_tcm_serve(r: httpx.Response, why: str) -> RemoteError:
+    """A 2xx/3xx answer that is not what tcm-serve sends (a wrong --url, a proxy's page):
+    refused, so that nobody saves an HTML page as their decompressed image."""
+    exc = RemoteError(f"{r.request.method} {r.request.url}: the server did not answer like tcm-serve ({why})")
+    exc.status = r.status_code  # type: ignore[attr-defined]
+    exc.retry_after = None  # type: ignore[attr-defined]
+    return exc
+
+
 def _compress_result(r: httpx.Response) -> CompressResult:
-    return CompressResult(
-        blob=r.content,
-        quality=int(r.headers["x-tcm-quality"]),
-        bpp=float(r.headers["x-tcm-bpp"]),
-        width=int(r.headers["x-tcm-width"]),
-        height=int(r.headers["x-tcm-height"]),
-    )
+    if not r.content.startswith(_TCM_MAGIC):
+        raise _not_tcm_serve(r, f"the body is not a .tcm blob; content-type {r.headers.get('content-type', 'none')!r}")
+    try:
+        return CompressResult(
+            blob=r.content,
+            quality=int(r.headers["x-tcm-quality"]),
+            bpp=float(r.headers["x-tcm-bpp"]),
+            width=int(r.headers["x-tcm-width"]),
+            height=int(r.headers["x-tcm-height"]),
+        )
+    except KeyError as exc:
+        raise _not_tcm_serve(r, f"header {exc.args[0]!r} is missing") from None
+    except ValueError as exc:
+        raise _not_tcm_serve(r, f"bad X-TCM header: {exc}") from None
+
+
+def _png(r: httpx.Response) -> bytes:
+    if not r.content.startswith(_PNG_MAGIC):
+        raise _not_tcm_serve(r, f"the body is not a PNG; content-type {r.headers.get('content-type', 'none')!r}")
+    return r.content
+
+
+def _json(r: httpx.Response) -> dict[str, Any]:
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise _not_tcm_serve(r, "the body is not a JSON object")
+    return body
 
 
 def _check(r: httpx.Response) -> httpx.Response:
     if r.status_code >= 400:
         raise error_from_response(r)
+    if not 200 <= r.status_code < 300:  # redirects are not followed: a wrong scheme or path is an error
+        where = r.headers.get("location")
+        raise _not_tcm_serve(r, f"HTTP {r.status_code} {r.reason_phrase}" + (f", redirect to {where}" if where else ""))
     return r
+
+
+def _http_client(cls: type, base_url: str, **kw: Any) -> Any:
+    """An httpx client; a malformed URL is a one-line error, not httpx's InvalidURL."""
+    try:
+        return cls(base_url=base_url.rstrip("/"), **kw)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise core_errors.ConfigError(f"invalid service URL {base_url!r}: {exc}") from None
 
 
 class TcmClient:
     """Synchronous client. ``transport`` lets tests plug in e.g. ``httpx.MockTransport``."""
 
     def __init__(self, base_url: str, timeout: float = 120.0, transport: httpx.BaseTransport | None = None) -> None:
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport)
+        self._http = _http_client(httpx.Client, base_url, timeout=timeout, transport=transport)
 
     def __enter__(self) -> "TcmClient":
         return self
@@ -162,16 +209,16 @@ class TcmClient:
 
     def decompress(self, blob: bytes) -> bytes:
         """.tcm blob -> PNG bytes."""
-        return self._send("POST", "/decompress", content=bytes(blob), headers={"content-type": "application/x-tcm"}).content
+        return _png(self._send("POST", "/decompress", content=bytes(blob), headers={"content-type": "application/x-tcm"}))
 
     def models(self) -> dict[str, Any]:
-        return self._send("GET", "/v1/models").json()
+        return _json(self._send("GET", "/v1/models"))
 
     def health(self) -> dict[str, Any]:
-        return self._send("GET", "/healthz").json()
+        return _json(self._send("GET", "/healthz"))
 
     def ready(self) -> dict[str, Any]:
-        return self._send("GET", "/readyz").json()
+        return _json(self._send("GET", "/readyz"))
 
 
 class AsyncTcmClient:
@@ -180,7 +227,7 @@ class AsyncTcmClient:
     def __init__(
         self, base_url: str, timeout: float = 120.0, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport)
+        self._http = _http_client(httpx.AsyncClient, base_url, timeout=timeout, transport=transport)
 
     async def __aenter__(self) -> "AsyncTcmClient":
         return self
@@ -207,13 +254,13 @@ class AsyncTcmClient:
 
     async def decompress(self, blob: bytes) -> bytes:
         r = await self._send("POST", "/decompress", content=bytes(blob), headers={"content-type": "application/x-tcm"})
-        return r.content
+        return _png(r)
 
     async def models(self) -> dict[str, Any]:
-        return (await self._send("GET", "/v1/models")).json()
+        return _json(await self._send("GET", "/v1/models"))
 
     async def health(self) -> dict[str, Any]:
-        return (await self._send("GET", "/healthz")).json()
+        return _json(await self._send("GET", "/healthz"))
 
     async def ready(self) -> dict[str, Any]:
-        return (await self._send("GET", "/readyz")).json()
+        return _json(await self._send("GET", "/readyz"))

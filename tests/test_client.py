@@ -1,0 +1,82 @@
+"""The Python client against answers that are not tcm-serve's (a wrong --url, a proxy, a
+redirect): each is a one-line error, never a page saved as an image or a KeyError."""
+from __future__ import annotations
+
+import anyio
+import httpx
+import pytest
+
+from service.client import AsyncTcmClient, RemoteError, TcmClient
+from service.errors import ConfigError
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(16)
+TCM = b"\x89TCM" + bytes(16)
+TCM_HEADERS = {"x-tcm-quality": "3", "x-tcm-bpp": "0.5", "x-tcm-width": "4", "x-tcm-height": "4"}
+
+
+def _client(handler) -> TcmClient:
+    return TcmClient("http://tcm.test", transport=httpx.MockTransport(handler))
+
+
+def _redirect(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(301, headers={"location": "https://tcm.test/"}, text="<html>Moved Permanently</html>")
+
+
+def _web_page(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, headers={"content-type": "text/html"}, text="<html>some other app</html>")
+
+
+@pytest.mark.parametrize("handler, needle", [(_redirect, "HTTP 301 Moved Permanently, redirect to https://tcm.test/"),
+                                             (_web_page, "is not a PNG")])
+def test_decompress_refuses_a_body_that_is_not_a_png(handler, needle):
+    with _client(handler) as c, pytest.raises(RemoteError) as exc:
+        c.decompress(TCM)
+    assert needle in str(exc.value) and "did not answer like tcm-serve" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "response, needle",
+    [
+        (httpx.Response(200, content=b"<html>", headers=TCM_HEADERS), "is not a .tcm blob"),
+        (httpx.Response(200, content=TCM), "header 'x-tcm-quality' is missing"),
+        (httpx.Response(200, content=TCM, headers={**TCM_HEADERS, "x-tcm-bpp": "lots"}), "bad X-TCM header"),
+        (httpx.Response(302, headers={"location": "/login"}), "redirect to /login"),
+    ],
+)
+def test_compress_refuses_answers_without_a_blob_and_its_headers(response, needle):
+    with _client(lambda request: response) as c, pytest.raises(RemoteError) as exc:
+        c.compress_full(PNG)
+    assert needle in str(exc.value)
+
+
+def test_json_endpoints_refuse_a_non_json_body():
+    with _client(_web_page) as c, pytest.raises(RemoteError, match="not a JSON object"):
+        c.health()
+
+
+def test_a_good_answer_still_passes():
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/compress":
+            return httpx.Response(200, content=TCM, headers=TCM_HEADERS)
+        return httpx.Response(200, content=PNG, headers={"content-type": "image/png"})
+
+    with _client(handler) as c:
+        res = c.compress_full(PNG)
+        assert (res.blob, res.quality, res.bpp, res.width, res.height) == (TCM, 3, 0.5, 4, 4)
+        assert c.decompress(res.blob) == PNG
+
+
+def test_a_malformed_url_is_a_config_error():
+    with pytest.raises(ConfigError, match="invalid service URL"):
+        TcmClient("http://[::1")
+    with pytest.raises(ConfigError, match="invalid service URL"):
+        AsyncTcmClient("http://[::1")
+
+
+def test_async_client_checks_answers_too():
+    async def main():
+        async with AsyncTcmClient("http://tcm.test", transport=httpx.MockTransport(_redirect)) as c:
+            await c.decompress(TCM)
+
+    with pytest.raises(RemoteError, match="HTTP 301"):
+        anyio.run(main)
