@@ -82,6 +82,8 @@ class ModelEntry:
             if Path(file).name != file:
                 raise StoreError(f"manifest entry for quality {q}: file must be a plain file name, got {file!r}")
             lam = d.get("lambda")
+            if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 < lam < 10):
+                raise StoreError(f"manifest entry for quality {q} has an invalid lambda {lam!r} (a number in (0, 10))")
             return cls(
                 quality=q,
                 file=file,

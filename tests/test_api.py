@@ -191,10 +191,18 @@ def test_413_too_large(app, service_images, local_model):
     assert_error(run(app, chunked), 413, "too_large")
     # pixels: 500x420 = 210000 > MAX_PIXELS
     assert_error(post(app, "/compress", make_png(420, 500)), 413, "too_large")
-    # a blob that decodes to more padded pixels than allowed: 460x400 -> 512x512 padded
-    img = decode_image(make_png(400, 460))
+    # a blob that decodes to an image over the limit (made locally, where no limit applies)
+    img = decode_image(make_png(420, 500))
     blob = compress_images(local_model, [img])[0].blob
-    assert_error(post(app, "/decompress", blob), 413, "too_large")
+    body = assert_error(post(app, "/decompress", blob), 413, "too_large")
+    assert "500x420 image" in body["detail"], body
+    # the limit is on the image, like the encoder's: 460x400 pads to 512x512 (over the limit)
+    # but is accepted for compression, so its blob must decode
+    img = decode_image(make_png(400, 460))
+    r = post(app, "/compress", make_png(400, 460))
+    assert r.status_code == 200, r.text
+    r = post(app, "/decompress", r.content)
+    assert r.status_code == 200 and decode_image(r.content).pixels.shape == img.pixels.shape, r.text
     # multipart over the limit
     r = run(app, lambda c: c.post("/compress", files={"file": ("a.png", big, "image/png")}))
     assert_error(r, 413, "too_large")

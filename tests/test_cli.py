@@ -276,3 +276,73 @@ def test_imported_store_files_are_readable_by_others(capsys, tmp_path):
     assert code == 0, err
     modes = {p.name: p.stat().st_mode & 0o777 for p in store.iterdir()}
     assert modes and all(m == 0o644 for m in modes.values()), modes
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["compress", "x.png", "--max-pixels", "-1"], "argument --max-pixels"),
+        (["compress", "x.png", "--max-pixels", "0"], "argument --max-pixels"),  # 0 used to mean "the default"
+        (["decompress", "x.tcm", "--max-pixels", "many"], "argument --max-pixels"),
+        (["models", "import", "x.pth", "-q", "1", "--lambda", "nan"], "lambda must be in (0, 10)"),
+        (["models", "import", "x.pth", "-q", "1", "--lambda", "inf"], "lambda must be in (0, 10)"),
+        (["train", "d", "--out", "o", "--lambda", "nan", "--steps", "1"], "lambda must be in (0, 10)"),
+        (["train", "d", "--out", "o", "--lambda", "0.01", "--steps", "1", "--lr", "-1"], "argument --lr"),
+        (["train", "d", "--out", "o", "--lambda", "0.01", "--steps", "1", "--aux-lr", "nan"], "argument --aux-lr"),
+        (["train", "d", "--out", "o", "--lambda", "0.01", "--steps", "1", "--clip", "-1"], "argument --clip"),
+        (["train", "d", "--out", "o", "--lambda", "0.01", "--steps", "1", "--val-every", "-5"], "argument --val-every"),
+        (["train-curve", "run", "--at-bpp", "0"], "argument --at-bpp"),
+    ],
+)
+def test_bad_option_values_are_refused_before_any_work(capsys, argv, needle):
+    """NaN, infinities, negatives and zeros where they make no sense stop at the parser
+    (exit 2, one line), instead of a traceback deep inside torch or a manifest holding NaN."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert_one_line_error(2, capsys.readouterr().err, needle)
+
+
+def test_bad_values_found_at_run_time_are_one_line(capsys, kit_store, tmp_path):
+    ok = _save(tmp_path / "ok.png", np.zeros((8, 8, 3), np.uint8))
+    code, _, err = run_cli(capsys, "compress", str(ok), "--device", "cuda:abc", "--store", str(kit_store))
+    assert_one_line_error(code, err, "unknown device 'cuda:abc'")
+    # an architecture with a float width: refused before the store directory is created
+    arch = tmp_path / "arch.json"
+    arch.write_text(json.dumps({"N": 32.0}))
+    store = tmp_path / "new-store"
+    code, _, err = run_cli(capsys, "models", "import", str(KIT_CHECKPOINT), "-q", "1", "--arch-json", str(arch),
+                           "--store", str(store))
+    assert_one_line_error(code, err, "N must be an integer, got 32.0")
+    assert not store.exists()
+    # a checkpoint given to train-curve instead of its run directory
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save({"step": 1}, ckpt)
+    code, _, err = run_cli(capsys, "train-curve", str(ckpt))
+    assert_one_line_error(code, err, "is not a training log")
+    # a manifest edited by hand with a lambda that is not a number
+    bad = tmp_path / "bad-store"
+    shutil.copytree(kit_store, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["models"][0]["lambda"] = "abc"
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(capsys, "models", "list", "--store", str(bad))
+    assert_one_line_error(code, err, "invalid lambda 'abc'")
+
+
+def test_what_compresses_under_a_pixel_limit_decompresses_under_it(capsys, store_args, tmp_path):
+    """The limit is on the image (width x height) on both sides: 200x130 pads to 256x256,
+    over a limit of exactly 200*130, and must still decode under that limit."""
+    rng = np.random.default_rng(3)
+    src = _save(tmp_path / "img.png", rng.integers(0, 256, (130, 200, 3), dtype=np.uint8))
+    limit = str(200 * 130)
+    code, _, err = run_cli(capsys, "compress", str(src), "--max-pixels", limit, *store_args)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "decompress", str(tmp_path / "img.tcm"), "-o", str(tmp_path / "out.png"),
+                           "--max-pixels", limit, *store_args)
+    assert code == 0, err
+    assert np.asarray(Image.open(tmp_path / "out.png")).shape == (130, 200, 3)
+    code, _, err = run_cli(capsys, "decompress", str(tmp_path / "img.tcm"), "-o", str(tmp_path / "out2.png"),
+                           "--max-pixels", str(200 * 130 - 1), *store_args)
+    assert_one_line_error(code, err, "200x130 image (26,000 pixels), over the limit of 25,999 pixels")
+    assert not (tmp_path / "out2.png").exists()

@@ -54,7 +54,11 @@ def test_arch_json_example_from_issue_is_expressible():
         ({"config": [2, 2, 2]}, "6 non-negative"),
         ({"num_slices": 10, "max_support_slices": 3}, "max_support_slices"),
         ({"bogus": 1}, "unknown architecture field"),
-        ({"N": "wide"}, "invalid architecture"),
+        ({"N": "wide"}, "N must be an integer, got 'wide'"),
+        ({"N": 64.0}, "N must be an integer, got 64.0"),  # would reach torch as a float
+        ({"config": [2, 2, 2, 2, 2, 2.5]}, "config must be a list of integers"),  # was truncated to 2
+        ({"head_dim": 8}, "head_dim must be a list of integers"),
+        ({"drop_path_rate": float("nan")}, "drop_path_rate must be in"),
     ],
 )
 def test_invalid_configs_are_refused_with_reason(bad, needle):

@@ -16,6 +16,8 @@ from importlib import import_module
 from pathlib import Path
 
 from ..errors import TcmError
+from ..imageio import DEFAULT_MAX_PIXELS
+from .argtypes import positive_int, rd_lambda
 
 #: Modules under service/cli/ that define further subcommands. Each has ``add_parsers(sub)``,
 #: and every parser it adds sets ``handler`` (via ``set_defaults``) to a function of ``args``.
@@ -67,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     backend_opt(c)
     c.add_argument("--drop-alpha", action="store_true", help="discard an alpha channel instead of refusing the image")
-    c.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels than this")
+    c.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
     c.add_argument("--force", action="store_true", help="overwrite existing output files")
     store_opt(c)
 
@@ -76,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", help="output file (one input) or directory (default: next to each input)")
     d.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     backend_opt(d)
+    d.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse blobs that decode to images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
     d.add_argument("--force", action="store_true", help="overwrite existing output files")
     store_opt(d)
 
@@ -94,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     arch = mi.add_mutually_exclusive_group()
     arch.add_argument("--preset", help="architecture preset: official-small (default for official checkpoints), official-large, lite, conformance-small; a tcm train checkpoint names its own")
     arch.add_argument("--arch-json", metavar="FILE", help="TCM constructor arguments as a JSON file")
-    mi.add_argument("--lambda", dest="lmbda", type=float, help="rate-distortion lambda the model was trained with")
+    mi.add_argument("--lambda", dest="lmbda", type=rd_lambda, help="rate-distortion lambda the model was trained with")
     mi.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
     mi.add_argument("--source", help="where the weights came from (recorded in the manifest)")
     mi.add_argument("--replace", action="store_true", help="replace an existing entry for this quality")
@@ -179,7 +184,7 @@ def _open_store(args):
 # -- commands ---------------------------------------------------------------------------------
 def cmd_compress(args) -> int:
     from ..codec.pipeline import compress_images, load_model, resolve_device
-    from ..imageio import DEFAULT_MAX_PIXELS, read_image
+    from ..imageio import read_image
 
     files = _expand(args.inputs, IMAGE_SUFFIXES)
     outs = _output_paths(files, args.output, ".tcm", args.force)
@@ -192,7 +197,7 @@ def cmd_compress(args) -> int:
     t0 = time.perf_counter()
     lm = load_model(store, quality, device, args.backend, os.environ.get("TCM_ONNX_DIR") or None)
     load_s = time.perf_counter() - t0
-    max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
+    max_pixels = args.max_pixels
     progress = _Progress(len(files))
     total_bits = total_pixels = 0
     t1 = time.perf_counter()
@@ -228,7 +233,7 @@ def cmd_decompress(args) -> int:
         except OSError as exc:
             raise CliError(f"cannot read {src}: {exc.strerror or exc}") from None
         try:
-            out = decompress_blob(blob, resolve)
+            out = decompress_blob(blob, resolve, args.max_pixels)
         except TcmError as exc:
             raise type(exc)(f"{src}: {exc}") from None
         write_png(dst, out.pixels)

@@ -1,21 +1,10 @@
 """``tcm train``: train a TCM model on folders of images (resumes from --out)."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from .argtypes import positive_int
-
-
-def _lambda(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"lambda must be a number, got {text!r}") from None
-    if not 0 < v < 10:
-        raise argparse.ArgumentTypeError(f"lambda must be in (0, 10), got {v}")
-    return v
+from .argtypes import non_negative_float, non_negative_int, positive_float, positive_int, rd_lambda
 
 
 def add_parsers(sub) -> None:
@@ -30,15 +19,15 @@ def add_parsers(sub) -> None:
     arch = t.add_mutually_exclusive_group()
     arch.add_argument("--preset", default=None, help="architecture preset (default: lite)")
     arch.add_argument("--arch-json", metavar="FILE", help="TCM constructor arguments as a JSON file")
-    t.add_argument("--lambda", dest="lmbda", type=_lambda, required=True, help="rate-distortion trade-off, e.g. 0.013")
+    t.add_argument("--lambda", dest="lmbda", type=rd_lambda, required=True, help="rate-distortion trade-off, e.g. 0.013")
     t.add_argument("--steps", type=positive_int, required=True, help="train until this many steps in total")
     t.add_argument("--batch-size", type=positive_int, default=8)
     t.add_argument("--crop", type=positive_int, default=256, help="square crop size (at least 256)")
-    t.add_argument("--lr", type=float, default=1e-4, help="learning rate of the network (default 1e-4)")
-    t.add_argument("--aux-lr", type=float, default=1e-3, help="learning rate of the quantiles (default 1e-3)")
+    t.add_argument("--lr", type=positive_float, default=1e-4, help="learning rate of the network (default 1e-4)")
+    t.add_argument("--aux-lr", type=positive_float, default=1e-3, help="learning rate of the quantiles (default 1e-3)")
     t.add_argument("--lr-drop", type=positive_int, action="append", default=[], metavar="STEP",
                    help="divide the learning rate by 10 from this step on (repeatable)")
-    t.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (0 disables; default 1.0)")
+    t.add_argument("--clip", type=non_negative_float, default=1.0, help="gradient-norm clip (0 disables; default 1.0)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init", metavar="CHECKPOINT", help="start from these weights (fine-tuning to another lambda)")
     t.add_argument("--max-side", type=positive_int, default=1024, help="downscale photos whose short side exceeds this")
@@ -46,7 +35,7 @@ def add_parsers(sub) -> None:
     t.add_argument("--log-every", type=positive_int, default=10)
     t.add_argument("--val", metavar="DIR", help="images to report forward-pass bpp/PSNR on (never trained on)")
     t.add_argument("--val-count", type=positive_int, default=6)
-    t.add_argument("--val-every", type=int, default=0, help="validate every this many steps (0: never)")
+    t.add_argument("--val-every", type=non_negative_int, default=0, help="validate every this many steps (0: never)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: analysis/synthesis transforms under bfloat16 autocast, entropy model in float32 "
@@ -63,9 +52,9 @@ def add_parsers(sub) -> None:
     c.add_argument("run", metavar="RUN", nargs="+",
                    help="the --out directory of tcm train (or its train.log); several runs that continue each "
                    "other (each started with --init from the previous one's final weights) make one curve")
-    c.add_argument("--lambda", dest="lmbda", type=_lambda,
+    c.add_argument("--lambda", dest="lmbda", type=rd_lambda,
                    help="the run's lambda (default: read from RUN/checkpoint.pt)")
-    c.add_argument("--at-bpp", type=float, default=0.4, help="rate to move PSNR to along the RD tangent (default 0.4)")
+    c.add_argument("--at-bpp", type=positive_float, default=0.4, help="rate to move PSNR to along the RD tangent (default 0.4)")
     c.add_argument("--every", type=positive_int, default=1, help="print every N-th validation record (and the last)")
     c.add_argument("--plot", metavar="OUT.png", help="also draw the curve (needs matplotlib)")
     c.add_argument("--title", default=None, help="plot title (default: the run directory)")

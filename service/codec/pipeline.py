@@ -7,6 +7,7 @@ module knows about bytes.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, ImageTooLargeError, ModelNotFoundError
-from ..imageio import DecodedImage
+from ..imageio import DEFAULT_MAX_PIXELS, DecodedImage
 from ..store import ModelEntry, ModelStore
 from ..tuning import tune_malloc
 from .backends import BACKEND_KINDS, OnnxStages, TorchStages
@@ -22,8 +23,9 @@ from .container import TcmFile, TcmHeader, pack, unpack
 from .engine import CodedImage, Engine, ImageSymbols
 from .padding import crop, pad, padding_for, pixels_to_tensor, tensor_to_pixels
 
-#: Default cap on decoded pixels (width x height) for blobs, mirroring the image guard.
-DEFAULT_MAX_DECODE_PIXELS = 40_000_000
+#: Default cap on decoded pixels (width x height) for blobs: the image guard's, so what
+#: compresses under the default limit decodes under it.
+DEFAULT_MAX_DECODE_PIXELS = DEFAULT_MAX_PIXELS
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -32,6 +34,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec.startswith("cuda"):
+        if not re.fullmatch(r"cuda(:\d+)?", spec):
+            raise ModelNotFoundError(f"unknown device {spec!r} (use auto, cpu, cuda or cuda:N)")
         if not torch.cuda.is_available():
             raise ModelNotFoundError(f"device {spec!r} requested but CUDA is not available on this machine")
         dev = torch.device(spec)
@@ -210,13 +214,27 @@ def coded_image(f: TcmFile) -> CodedImage:
     return CodedImage(f.z_string, f.y_string, f.header.symbols_crc32, f.header.backend)
 
 
+def check_decode_size(header: TcmHeader, max_pixels: int) -> None:
+    """Refuse a blob whose image is over ``max_pixels``.
+
+    The limit applies to the image's own width x height, the same quantity the encoder's
+    image guard checks, so any image accepted for compression under a limit decodes under
+    that limit. Memory stays bounded: the container guarantees less than 128 pixels of
+    padding per dimension, so the coded tensor is at most (w + 127) x (h + 127).
+    """
+    n = header.width * header.height
+    if n > max_pixels:
+        raise ImageTooLargeError(
+            f"blob decodes to a {header.width}x{header.height} image ({n:,} pixels), "
+            f"over the limit of {max_pixels:,} pixels"
+        )
+
+
 def decompress_blob(blob: bytes, resolve: Resolver, max_pixels: int = DEFAULT_MAX_DECODE_PIXELS) -> Decompressed:
     """Validate, decode and crop one .tcm blob."""
     f = unpack(blob)
     h = f.header
-    pw, ph = h.padded_size
-    if pw * ph > max_pixels:
-        raise ImageTooLargeError(f"blob decodes to {pw}x{ph} padded pixels, over the limit of {max_pixels}")
+    check_decode_size(h, max_pixels)
     lm = resolve(h)
     x = lm.engine.decompress([coded_image(f)], h.z_shape)[0]
     return Decompressed(tensor_to_pixels(crop(x, h.pad), h.mode), h.mode, h)

@@ -49,9 +49,18 @@ class TCMConfig:
     hyper_head_dim: int = 32
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "config", tuple(int(v) for v in self.config))
-        object.__setattr__(self, "head_dim", tuple(int(v) for v in self.head_dim))
-        object.__setattr__(self, "slice_hidden", tuple(int(v) for v in self.slice_hidden))
+        # Types first: a width of 64.0 (or "64") from a JSON file would otherwise reach
+        # torch as a float and fail with a traceback, or be truncated silently (64.5 -> 64).
+        for name in _INT_FIELDS:
+            if not _is_int(getattr(self, name)):
+                raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        for name in _INT_LIST_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not all(_is_int(v) for v in value):
+                raise ConfigError(f"{name} must be a list of integers, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        if isinstance(self.drop_path_rate, bool) or not isinstance(self.drop_path_rate, (int, float)):
+            raise ConfigError(f"drop_path_rate must be a number, got {self.drop_path_rate!r}")
         self.validate()
 
     @property
@@ -138,6 +147,14 @@ class TCMConfig:
     def config_hash(self) -> bytes:
         """8-byte identity of the architecture, stored in every .tcm header."""
         return hashlib.sha256(self.canonical_json().encode()).digest()[:8]
+
+
+_INT_FIELDS = ("N", "M", "num_slices", "max_support_slices", "hyper_channels", "swatten_dim", "hyper_head_dim")
+_INT_LIST_FIELDS = ("config", "head_dim", "slice_hidden")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 #: The hard-coded widths of the official class, which the extended fields default to.

@@ -50,6 +50,7 @@ from ..codec.pipeline import (
     Decompressed,
     LoadedModel,
     analyse_images,
+    check_decode_size,
     check_identity,
     decompress_blob,
     load_model,
@@ -622,11 +623,7 @@ class WorkerPool:
                 f"{header.weights_hash.hex()}, but the served q{entry.quality} is config "
                 f"{entry.arch.config_hash().hex()} weights {entry.weights_hash.hex()}"
             )
-        pw, ph = header.padded_size
-        if pw * ph > self.settings.max_pixels:
-            raise ImageTooLargeError(
-                f"blob decodes to {pw}x{ph} padded pixels, over the limit of {self.settings.max_pixels}"
-            )
+        check_decode_size(header, self.settings.max_pixels)
 
     def submit_decompress(self, blob: bytes, header, deadline: float, slot: Slot | None = None) -> Job:
         """Queue one blob (its header from ``unpack``; in ``slot`` if given); resolves to

@@ -66,9 +66,11 @@ def read_log(path: str | os.PathLike) -> tuple[list[TrainPoint], list[ValPoint]]
     if p.is_dir():
         p = p / "train.log"
     try:
-        lines = p.read_text().splitlines()
+        lines = p.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"cannot read training log {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:  # e.g. RUN/checkpoint.pt given instead of RUN
+        raise ConfigError(f"{p} is not a training log (binary data; give the run directory or its train.log)") from None
     train: dict[int, TrainPoint] = {}
     val: dict[int, ValPoint] = {}
     for n, line in enumerate(lines, 1):
@@ -83,7 +85,7 @@ def read_log(path: str | os.PathLike) -> tuple[list[TrainPoint], list[ValPoint]]
             else:
                 train[step] = TrainPoint(step, float(rec["loss"]), float(rec["bpp"]), float(rec["psnr"]),
                                          float(rec.get("s_per_step", 0.0)))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:  # OverflowError: "step": Infinity
             raise ConfigError(f"{p}:{n}: not a train.log record ({exc})") from None
     return [train[s] for s in sorted(train)], [val[s] for s in sorted(val)]
 
