@@ -351,6 +351,48 @@ def test_a_slow_upload_gets_408_and_gives_its_queue_place_back(app, service_imag
     assert post(app, "/compress", png).status_code == 200
 
 
+@pytest.mark.parametrize("route", ["/compress", "/decompress"])
+def test_a_client_that_hangs_up_mid_upload_is_not_a_server_error(app, service_images, route, caplog):
+    """A disconnect while the body arrives is the client's doing: 499 client_closed in the
+    metrics, no 500, no "bug" log line, and the queue place is given back."""
+    pool = app.state.pool
+    head = service_images["gray64"][:20]
+    sent: list[dict] = []
+
+    async def main():
+        messages = iter([{"type": "http.request", "body": head, "more_body": True}, {"type": "http.disconnect"}])
+
+        async def receive():
+            return next(messages, {"type": "http.disconnect"})
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": route, "raw_path": route.encode(), "query_string": b"", "root_path": "",
+                 "headers": [(b"host", b"testserver"), (b"content-type", b"application/octet-stream")],
+                 "client": ("127.0.0.1", 5000), "server": ("testserver", 80)}
+        await app(scope, receive, send)
+
+    before = get(app, "/metrics").text
+    with caplog.at_level(logging.INFO):
+        anyio.run(main)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 499
+    body = json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+    assert body["error"] == "client_closed" and "disconnected after sending 20 bytes" in body["detail"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    after = get(app, "/metrics").text
+
+    def count(text: str, code: str) -> float:
+        return sum(s.value for f in text_string_to_metric_families(text) if f.name == "tcm_requests"
+                   for s in f.samples if s.name == "tcm_requests_total" and s.labels["endpoint"] == route
+                   and s.labels["code"] == code)
+
+    assert count(after, "499") == count(before, "499") + 1 and count(after, "500") == count(before, "500")
+    assert (pool.batcher.depth, pool.batcher.reserved) == (0, 0)
+
+
 def test_504_past_the_deadline_and_the_service_recovers(app, service_images, monkeypatch):
     pool = app.state.pool
     gate = _Gate(pool, monkeypatch)
@@ -427,7 +469,7 @@ def test_status_table_covers_the_hierarchy():
 
     for cls in subclasses(TcmError):
         status = status_for(cls.__new__(cls))
-        assert status in (400, 408, 413, 415, 422, 429, 500, 503, 504), cls
+        assert status in (400, 408, 413, 415, 422, 429, 499, 500, 503, 504), cls
     assert status_for(ImageTooLargeError("x")) == 413
     assert status_for(FormatError("x")) == 400
     assert STATUS[QueueFullError] == 429 and STATUS[NotReadyError] == 503
@@ -582,3 +624,8 @@ def test_bad_service_configuration_fails_at_start(service_store, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA"):
             create_app(load_settings(store=str(service_store), devices="cuda"))
+    # timeouts past what threading accepts: refused at start, not an OverflowError at shutdown
+    with pytest.raises(ConfigError, match="shutdown_grace_s"):
+        load_settings(store=str(service_store), shutdown_grace_s=1e10)
+    with pytest.raises(ConfigError, match="request_timeout_s"):
+        load_settings(store=str(service_store), request_timeout_s=1e12)

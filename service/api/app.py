@@ -28,6 +28,7 @@ import anyio
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from ..codec.container import unpack
 from ..config import Settings
@@ -35,6 +36,7 @@ from ..imageio import decode_image, encode_png
 from ..runtime.batcher import Job
 from ..runtime.errors import (
     BadRequestError,
+    ClientClosedError,
     DeadlineExceededError,
     RequestTimeoutError,
     RequestTooLargeError,
@@ -164,10 +166,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if n > limit:
             raise RequestTooLargeError(f"request body is {n:,} bytes, over the limit of {limit:,} bytes")
     buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            raise RequestTooLargeError(f"request body is over the limit of {limit:,} bytes")
+    try:
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) > limit:
+                raise RequestTooLargeError(f"request body is over the limit of {limit:,} bytes")
+    except ClientDisconnect:
+        raise ClientClosedError(f"the client disconnected after sending {len(buf):,} bytes of the body") from None
     return bytes(buf)
 
 

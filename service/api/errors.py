@@ -28,6 +28,7 @@ from ..errors import (
 from ..runtime.errors import (
     BadParameterError,
     BadRequestError,
+    ClientClosedError,
     DeadlineExceededError,
     InternalError,
     NotReadyError,
@@ -52,6 +53,7 @@ STATUS: dict[type[BaseException], int] = {
     UnsupportedImageFormatError: 415,  # GIF, PDF, HEIF, ...
     UnsupportedMediaTypeError: 415,  # Content-Type the endpoint does not take
     RequestTimeoutError: 408,  # the body did not arrive in time (slow upload)
+    ClientClosedError: 499,  # the client disconnected mid-upload (nobody reads the answer)
     BadParameterError: 422,
     ModelNotFoundError: 422,  # quality not served / blob from a model this service lacks
     # the service's state

@@ -72,6 +72,14 @@ class WorkerDiedError(RetryableError):
     code = "worker_failed"
 
 
+class ClientClosedError(ServiceError):
+    """The client went away before its request body had arrived (recorded as 499, nginx's
+    "client closed request"): not the service's failure, so neither a 5xx nor a logged bug.
+    Nobody receives the response."""
+
+    code = "client_closed"
+
+
 class RequestTimeoutError(ServiceError):
     """The client did not finish sending its body within ``request_timeout_s`` (HTTP 408).
 
