@@ -292,6 +292,56 @@ def test_a_worker_that_keeps_dying_fails_liveness(kit_store, png, monkeypatch):
         pool.shutdown(5)
 
 
+def test_shutdown_does_not_wait_for_models_nobody_will_use(service_store, monkeypatch):
+    """SIGTERM (or a failed bind) while the models load: the worker stops after the model in
+    hand instead of loading and warming the rest, so the exit is not held for the grace period."""
+    gate, calls = threading.Event(), []
+    real_load = pool_module.load_model
+
+    def gated_load(store, quality, *a, **k):
+        calls.append(quality)
+        gate.wait(60)
+        return real_load(store, quality, *a, **k)
+
+    monkeypatch.setattr(pool_module, "load_model", gated_load)
+    pool = create_app(load_settings(store=str(service_store), devices="cpu")).state.pool
+    assert len(pool.entries) >= 2
+    pool.start()
+    _wait(lambda: calls, 60, "first model load")
+    result: list[bool] = []
+    stopper = threading.Thread(target=lambda: result.append(pool.shutdown(120)))
+    stopper.start()
+    _wait(lambda: pool.batcher.closed, 30, "shutdown started")
+    gate.set()
+    stopper.join(150)
+    assert result == [True]
+    assert len(calls) == 1, calls  # the other level was never loaded
+
+
+def test_tcm_serve_exits_3_when_the_pool_gives_up(kit_store, tmp_path):
+    """A model that fails to load after the start-up check: /healthz turns 503 and the
+    process shuts down and exits 3, so that a restart policy acting on exits (docker compose,
+    systemd) restarts it instead of leaving a service that refuses every request."""
+    from test_server import free_port
+
+    script = (
+        "import sys\n"
+        "from service.runtime import pool\n"
+        "def broken(*a, **k):\n"
+        "    raise RuntimeError('injected load failure')\n"
+        "pool.load_model = broken\n"
+        "from service.cli.main import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
+    r = subprocess.run([sys.executable, "-c", script, "serve", "--host", "127.0.0.1", "--port", str(free_port()),
+                        "--store", str(kit_store), "--devices", "cpu"],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert "exiting with status 3" in r.stderr and "injected load failure" in r.stderr, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+
+
 # -- limits before work ------------------------------------------------------------------------------------------------
 def _raw_asgi(app, path: str, headers: list[tuple[bytes, bytes]], timeout: float = 30.0):
     """Call the app with a request whose body never arrives; returns (status, headers,

@@ -2,7 +2,9 @@
 
 ``tcm serve`` flags mirror :class:`~service.config.Settings` (each also a ``TCM_*``
 environment variable; a flag wins). SIGTERM or Ctrl-C: stop accepting connections, let
-in-flight requests finish within ``--shutdown-grace-s``, drain the workers, exit 0.
+in-flight requests finish within ``--shutdown-grace-s``, drain the workers, exit 0. If the
+worker pool gives up (a model fails to load, or a device's worker keeps dying) the service
+shuts down the same way and exits 3, so that any supervisor restarts it.
 
 ``tcm remote compress|decompress --url URL IN... [-o OUT] [-q Q]`` mirrors ``tcm compress``
 / ``tcm decompress`` against a running service.
@@ -10,7 +12,9 @@ in-flight requests finish within ``--shutdown-grace-s``, drain the workers, exit
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,6 +72,8 @@ def add_parsers(sub) -> None:
 
 
 # -- serve ------------------------------------------------------------------------------------
+#: Exit status of ``tcm serve`` when the worker pool gave up while serving.
+EXIT_UNHEALTHY = 3
 SETTINGS_FLAGS = (
     "host", "port", "store", "qualities", "default_quality", "devices", "max_batch_size", "max_batch_delay_ms",
     "max_queue", "coder_threads", "max_body_bytes", "max_pixels", "request_timeout_s", "shutdown_grace_s", "log_level",
@@ -105,10 +111,33 @@ def cmd_serve(args) -> int:
     received: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: received.append(signum))
+    gave_up: list[str] = []
+    _stop_when_pool_fails(server, app.state.pool, gave_up)
     server.run()
     if not server.started:
         return 1  # could not bind (uvicorn logged why) or the lifespan failed
-    return 0
+    return EXIT_UNHEALTHY if gave_up else 0
+
+
+def _stop_when_pool_fails(server, pool, gave_up: list[str], interval_s: float = 0.5) -> threading.Thread:
+    """Shut the server down (gracefully) once the pool has given up.
+
+    /healthz already answers 503 then, which is enough where a liveness probe restarts the
+    container (Kubernetes); but docker compose's restart policy and systemd act only on an
+    exit, and would leave a process that refuses every request running for ever."""
+    def watch() -> None:
+        while not server.should_exit:
+            reason = pool.failed
+            if reason:
+                gave_up.append(reason)
+                logging.getLogger("tcm.serve").error(f"exiting with status {EXIT_UNHEALTHY}: {reason}")
+                server.should_exit = True
+                return
+            time.sleep(interval_s)
+
+    t = threading.Thread(target=watch, name="tcm-pool-watch", daemon=True)
+    t.start()
+    return t
 
 
 # -- remote -----------------------------------------------------------------------------------

@@ -198,8 +198,8 @@ class Worker(threading.Thread):
     def _load(self) -> None:
         image = _warmup_image()
         for slot in self.slots.values():
-            if self.pool._stop.is_set():
-                return
+            if self.pool._stop.is_set() or self.pool._nothing_left_to_serve():
+                return  # shutting down: do not hold the exit for models nobody will use
             slot.state = "loading"
             t0 = time.monotonic()
             slot.model = load_model(
@@ -452,6 +452,12 @@ class WorkerPool:
         self._stop.set()  # workers still loading or past the grace period stop at the next batch
         self.coder.shutdown(wait=clean, cancel_futures=not clean)
         return clean
+
+    def _nothing_left_to_serve(self) -> bool:
+        """Closed with an empty queue: a worker still loading can stop (shutdown would
+        otherwise wait its whole grace period for it). Queued jobs (a replacement loading
+        while requests wait) keep it loading so that they are served."""
+        return self.batcher.closed and self.batcher.depth == 0
 
     def _model_ready(self) -> None:
         with self._lock:
