@@ -61,8 +61,12 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(50 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image (width x height) accepted (413 above)")
-    request_timeout_s: float = Field(60.0, gt=0, description="per-request deadline; 504 past it")
-    shutdown_grace_s: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish")
+    # Upper bounds: a timeout past threading.TIMEOUT_MAX (~292 years) passes "finite" and then
+    # raises OverflowError in Thread.join at shutdown; a day / an hour is already absurd here.
+    request_timeout_s: float = Field(60.0, gt=0, le=86_400, description="per-request deadline; 504 past it")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, le=3_600, description="on SIGTERM, how long in-flight requests may take to finish"
+    )
     log_level: str = Field("info", description="critical, error, warning, info or debug")
 
     @field_validator("qualities", mode="before")

@@ -412,6 +412,31 @@ def _seconds(text: str) -> float:
     return total
 
 
+def _memory_bytes(text: str) -> int:
+    """Compose ("12g", "512m") and Kubernetes ("10Gi", "512Mi") memory quantities."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?", str(text).strip().lower())
+    assert m, f"unparsed memory quantity {text!r}"
+    scale = {None: 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2)[0] if m.group(2) else None]
+    return int(float(m.group(1)) * scale)
+
+
+#: Peak memory per padded pixel of the largest supported model (official-large, docs/deploy.md
+#: "Sizing"); an uncompressed 16-bit RGBA image is 8 bytes per pixel.
+PEAK_BYTES_PER_PIXEL = 4 * 1024
+RAW_BYTES_PER_PIXEL = 8
+
+
+def assert_limits_fit(env: dict[str, str], memory_limit: str, where: str) -> None:
+    """The image-size and body-size limits agree with the memory limit: the service default
+    of 40 MP would need ~150 GiB for one image of the large model, and 64 queued 50 MiB bodies
+    3 GiB, so a deployment without its own limits is OOM-killed by ordinary input."""
+    assert "TCM_MAX_PIXELS" in env and "TCM_MAX_BODY_BYTES" in env, f"{where}: set both limits"
+    pixels, body = int(env["TCM_MAX_PIXELS"]), int(env["TCM_MAX_BODY_BYTES"])
+    assert pixels * PEAK_BYTES_PER_PIXEL <= _memory_bytes(memory_limit), (where, pixels, memory_limit)
+    # any encoding of the largest allowed image fits the body limit, and not much more does
+    assert RAW_BYTES_PER_PIXEL * pixels <= body <= 2 * RAW_BYTES_PER_PIXEL * pixels, (where, pixels, body)
+
+
 def test_compose_gpu_stack_is_valid_and_consistent_with_the_image():
     cfg = compose_config(COMPOSE)
     svc = cfg["services"]["tcm"]
@@ -429,7 +454,7 @@ def test_compose_gpu_stack_is_valid_and_consistent_with_the_image():
     assert any(v["target"] == env["TCM_MODEL_STORE"] and v["type"] == "volume" for v in svc["volumes"])
     published = {(p["host_ip"], int(p["target"])) for p in svc["ports"]}
     assert ("127.0.0.1", int(env["TCM_PORT"])) in published, "publish on loopback by default (no auth)"
-    assert "memory" in svc["deploy"]["resources"]["limits"]
+    assert_limits_fit({**env, **svc.get("environment", {})}, svc["deploy"]["resources"]["limits"]["memory"], "compose")
     # Prometheus scrapes the service by its compose name; Grafana gets its provisioning
     prom = cfg["services"]["prometheus"]
     mounts = {v["target"]: Path(v["source"]) for v in prom["volumes"] if v["type"] == "bind"}
@@ -459,6 +484,7 @@ def test_compose_cpu_override_drops_the_gpu():
     assert not svc["deploy"]["resources"].get("reservations", {}).get("devices")
     limits = svc["deploy"]["resources"]["limits"]
     assert float(limits["cpus"]) == float(svc["environment"]["OMP_NUM_THREADS"])
+    assert_limits_fit({**final_targets()["cpu"].image_env(), **svc["environment"]}, limits["memory"], "compose cpu")
     assert set(cfg["services"]) == {"tcm", "prometheus", "grafana"}
 
 
@@ -590,7 +616,7 @@ def test_overlays_differ_where_the_hardware_does():
     for env, tcm in ((genv, gpu_tcm), (cenv, cpu_tcm)):
         # torch's threads follow the cores the pod requests, not the node's core count
         assert int(env["OMP_NUM_THREADS"]) == int(str(tcm["resources"]["requests"]["cpu"]))
-        assert "memory" in tcm["resources"]["limits"]
+        assert_limits_fit(env, tcm["resources"]["limits"]["memory"], "kubernetes")
     for env in (genv, cenv):
         assert set(env) & set(CONTRACT_SETTINGS), env
         unknown = {k for k in env if k.startswith("TCM_")} - set(CONTRACT_SETTINGS)
@@ -632,6 +658,16 @@ def _all_promql() -> dict[str, str]:
     for i, r in enumerate(yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["custom"]):
         out[f"adapter rule {i}"] = r["metricsQuery"].replace("<<.Series>>", r["seriesQuery"].split("{")[0])
     return out
+
+
+def test_error_alert_counts_codec_requests_on_both_sides_of_the_ratio():
+    """Probes answer 503 while models load: counted above the line but not below it, they
+    fired the alert on an idle service (and x/0 = +Inf with no codec traffic)."""
+    alerts = yaml.safe_load((MONITORING / "prometheus" / "alerts.yml").read_text())
+    (expr,) = [r["expr"] for g in alerts["groups"] for r in g["rules"] if r.get("alert") == "TcmServeErrors"]
+    selectors = re.findall(r"tcm_requests_total\{([^}]*)\}", expr)
+    assert len(selectors) == 2, expr
+    assert all('endpoint=~"/compress|/decompress"' in sel for sel in selectors), selectors
 
 
 def test_every_query_uses_only_contract_metrics():
