@@ -45,7 +45,7 @@ def add_parsers(sub) -> None:
 
     c = sub.add_parser(
         "train-curve",
-        help="a training run's held-out curve (bpp, PSNR, RD cost, PSNR at a fixed rate) against steps",
+        help="a training run's validation curve (bpp, PSNR, RD cost, PSNR at a fixed rate) against steps",
         description="Read RUN/train.log and print the validation curve as a Markdown table; "
         "--plot draws it with the smoothed training loss.",
     )

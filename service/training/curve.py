@@ -1,7 +1,7 @@
 """What a training run has bought so far: its validation curve, read back from ``train.log``.
 
 The issue asks "what would more training buy?"; the honest answer is the trend of the
-held-out numbers against steps. Validation reports a forward-pass bpp and PSNR at whatever
+validation numbers against steps. Validation reports a forward-pass bpp and PSNR at whatever
 rate the model currently chooses, and that rate drifts while the network learns, so raw
 PSNR is not comparable between steps. Two derived columns make it comparable:
 
@@ -30,7 +30,7 @@ PEAK = 255.0
 
 @dataclass(frozen=True)
 class ValPoint:
-    """One validation record: forward-pass estimates on held-out images at ``step``."""
+    """One validation record: forward-pass estimates on the --val images at ``step``."""
 
     step: int
     bpp: float
@@ -149,11 +149,11 @@ def plot(train: list[TrainPoint], val: list[ValPoint], lmbda: float, at_bpp: flo
                  label=f"PSNR at {at_bpp:g} bpp (tangent)")
     ax_psnr.plot(steps, [v.psnr for v in val], ".--", color="grey", label="PSNR at its own rate")
     ax_psnr.set_xlabel("training step")
-    ax_psnr.set_ylabel("held-out PSNR (dB)")
+    ax_psnr.set_ylabel("validation PSNR (dB)")
     ax_psnr.grid(alpha=0.3)
     ax_bpp = ax_psnr.twinx()
     ax_bpp.plot(steps, [v.bpp for v in val], "s:", color="tab:blue", markersize=3, label="bpp")
-    ax_bpp.set_ylabel("held-out bpp", color="tab:blue")
+    ax_bpp.set_ylabel("validation bpp", color="tab:blue")
     lines = ax_psnr.get_legend_handles_labels()
     more = ax_bpp.get_legend_handles_labels()
     ax_psnr.legend(lines[0] + more[0], lines[1] + more[1], loc="lower right", fontsize=8)

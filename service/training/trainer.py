@@ -116,7 +116,7 @@ class Trainer:
             "aux_optimizer": self.aux_opt.state_dict(),
             "step": self.step,
             "epoch": self.step,  # the reference's field name, for tools that read it
-            "rng": {"torch": torch.get_rng_state(), "data": self.gen.get_state()},
+            "rng": self._rng_state(),
             "training": asdict(self.cfg),
         }
 
@@ -138,8 +138,20 @@ class Trainer:
         self.opt.load_state_dict(ckpt["optimizer"])
         self.aux_opt.load_state_dict(ckpt["aux_optimizer"])
         self.step = int(ckpt["step"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        self.gen.set_state(ckpt["rng"]["data"])
+        # .cpu(): the checkpoint is loaded with map_location=device, which moves these
+        # ByteTensors to the GPU on CUDA, and the generators take CPU state only.
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        self.gen.set_state(ckpt["rng"]["data"].cpu())
+        if self.device.type == "cuda" and "cuda" in ckpt["rng"]:  # from a run on CUDA
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), self.device)
+
+    def _rng_state(self) -> dict:
+        """Every random stream a step draws from: torch's CPU generator, the crop generator
+        and, on CUDA, the device's generator (the quantisation noise is drawn there)."""
+        rng = {"torch": torch.get_rng_state(), "data": self.gen.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
 
     def _read_checkpoint(self, path: Path) -> dict:
         """The run's checkpoint, or a one-line CheckpointError when the file is something else
