@@ -92,13 +92,17 @@ class CompressResult:
     height: int
 
 
-def _image_bytes(image: ImageInput) -> bytes:
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return bytes(image)
+def _input_bytes(data: ImageInput, what: str = "image") -> bytes:
+    """Bytes as given, or a path's contents: both methods take either."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    if not isinstance(data, (str, os.PathLike)):
+        raise TypeError(f"expected bytes or a file path for the {what}, got {type(data).__name__}")
     try:
-        return Path(image).read_bytes()
+        return Path(data).read_bytes()
     except OSError as exc:
-        raise core_errors.ImageError(f"cannot read image file {image}: {exc.strerror or exc}") from None
+        error = core_errors.ImageError if what == "image" else core_errors.FormatError
+        raise error(f"cannot read {what} file {data}: {exc.strerror or exc}") from None
 
 
 def _compress_request(image: ImageInput, quality: int | None, drop_alpha: bool) -> dict[str, Any]:
@@ -108,7 +112,7 @@ def _compress_request(image: ImageInput, quality: int | None, drop_alpha: bool) 
     if drop_alpha:
         params["drop_alpha"] = "true"
     return {
-        "content": _image_bytes(image),
+        "content": _input_bytes(image),
         "params": params,
         "headers": {"content-type": "application/octet-stream"},
     }
@@ -207,9 +211,10 @@ class TcmClient:
         """Image bytes or path -> .tcm blob."""
         return self.compress_full(image, quality, drop_alpha).blob
 
-    def decompress(self, blob: bytes) -> bytes:
-        """.tcm blob -> PNG bytes."""
-        return _png(self._send("POST", "/decompress", content=bytes(blob), headers={"content-type": "application/x-tcm"}))
+    def decompress(self, blob: ImageInput) -> bytes:
+        """.tcm blob (bytes or path) -> PNG bytes."""
+        content = _input_bytes(blob, ".tcm")
+        return _png(self._send("POST", "/decompress", content=content, headers={"content-type": "application/x-tcm"}))
 
     def models(self) -> dict[str, Any]:
         return _json(self._send("GET", "/v1/models"))
@@ -252,8 +257,9 @@ class AsyncTcmClient:
     async def compress(self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False) -> bytes:
         return (await self.compress_full(image, quality, drop_alpha)).blob
 
-    async def decompress(self, blob: bytes) -> bytes:
-        r = await self._send("POST", "/decompress", content=bytes(blob), headers={"content-type": "application/x-tcm"})
+    async def decompress(self, blob: ImageInput) -> bytes:
+        content = _input_bytes(blob, ".tcm")
+        r = await self._send("POST", "/decompress", content=content, headers={"content-type": "application/x-tcm"})
         return _png(r)
 
     async def models(self) -> dict[str, Any]:

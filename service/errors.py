@@ -100,3 +100,13 @@ class ImageTooLargeError(ImageError):
     """The image exceeds the configured pixel or byte limit."""
 
     code = "too_large"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True when ``exc`` is a failed allocation: Python's MemoryError, torch's CUDA
+    OutOfMemoryError, or the plain RuntimeError torch's CPU allocator raises ("can't
+    allocate memory"). Such a failure belongs to the request's size, not to a bug."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

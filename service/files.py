@@ -1,6 +1,7 @@
 """Small file-system helpers shared by everything that writes files atomically."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -33,3 +34,46 @@ def temp_beside(path: Path) -> tuple[int, str]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.fchmod(fd, new_file_mode())
     return fd, tmp
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the complete new one.
+
+    A new temporary file beside the target (created exclusively, so a planted symlink is
+    never followed), fsync, rename over the target, fsync the directory (best effort). An
+    existing file keeps its permission bits; a new one gets 0o666 minus the umask; a symlink
+    at ``path`` is replaced, not written through. The temporary file is removed on any
+    failure, and the OSError propagates with ``filename`` set to ``path``.
+    """
+    target = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(target))
+    base = os.path.basename(os.fsdecode(target)) or "file"
+    try:
+        existing_mode = os.stat(target).st_mode & 0o7777
+    except OSError:
+        existing_mode = None
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), existing_mode if existing_mode is not None else new_file_mode())
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        tmp = None
+    except OSError as exc:
+        if exc.filename is None or exc.filename == tmp:
+            exc.filename = target
+        raise
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    if hasattr(os, "O_DIRECTORY"):  # make the rename durable
+        with contextlib.suppress(OSError):
+            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)

@@ -63,12 +63,10 @@ Decisions worth knowing
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import re
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from typing import Callable
@@ -76,7 +74,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.files import new_file_mode
+from service.files import atomic_write
+from service.codec.geometry import check_image_size
 from service.errors import ImageError, ImageTooLargeError, UnsupportedImageFormatError
 
 __all__ = [
@@ -230,13 +229,11 @@ def _sniff_format(data: bytes) -> str:
 
 
 def _check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
+    """Width x height against ``max_pixels``, plus what the codec needs of the shape (sides
+    of at most 65535, a padded area bounded with the limit: :mod:`service.codec.geometry`)."""
     if width < 1 or height < 1:
         raise ImageError(f"image has an invalid size {width}x{height}")
-    n = width * height
-    if n > max_pixels:
-        raise ImageTooLargeError(
-            f"image is {width}x{height} ({n:,} pixels), over the limit of {max_pixels:,} pixels"
-        )
+    check_image_size(width, height, max_pixels)
 
 
 # ------------------------------------------------------------------------------------
@@ -533,35 +530,7 @@ def write_png(path: str | os.PathLike, pixels: np.ndarray) -> None:
     link itself is replaced. I/O failures raise ImageError naming the path (ValueError for
     bad pixels, before anything touches the disk)."""
     data = encode_png(pixels)
-    target = os.fspath(path)
-    name = os.fsdecode(target)
-    directory = os.path.dirname(os.path.abspath(target))
-    base = os.path.basename(name) or "image"
     try:
-        existing_mode = os.stat(target).st_mode & 0o7777
-    except OSError:
-        existing_mode = None
-    tmp: str | None = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        with contextlib.suppress(OSError):
-            os.chmod(tmp, existing_mode if existing_mode is not None else new_file_mode())
-        os.replace(tmp, target)
-        tmp = None
+        atomic_write(path, data)
     except OSError as exc:
-        raise ImageError(f"cannot write PNG file {name}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-    if hasattr(os, "O_DIRECTORY"):  # make the rename durable; best effort
-        with contextlib.suppress(OSError):
-            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        raise ImageError(f"cannot write PNG file {os.fsdecode(os.fspath(path))}: {exc.strerror or exc}") from exc

@@ -191,6 +191,9 @@ def test_413_too_large(app, service_images, local_model):
     assert_error(run(app, chunked), 413, "too_large")
     # pixels: 500x420 = 210000 > MAX_PIXELS
     assert_error(post(app, "/compress", make_png(420, 500)), 413, "too_large")
+    # a strip with few pixels that pads to a huge tensor: refused before any model work
+    body = assert_error(post(app, "/compress", make_png(1, 60_000)), 413, "too_large")
+    assert "pads to 60032x256" in body["detail"], body
     # a blob that decodes to an image over the limit (made locally, where no limit applies)
     img = decode_image(make_png(420, 500))
     blob = compress_images(local_model, [img])[0].blob
@@ -223,6 +226,10 @@ def test_422_bad_parameters(app, service_images, local_model):
         assert_error(post(app, f"/compress?quality={q}", png), 422, "bad_parameter")
     assert_error(post(app, "/compress?quality=9", png), 422, "bad_parameter")  # not served
     assert_error(post(app, "/compress?drop_alpha=perhaps", png), 422, "bad_parameter")
+    # a misspelt parameter is refused, not ignored (it would code at the default quality)
+    body = assert_error(post(app, "/compress?qualty=2", png), 422, "bad_parameter")
+    assert "qualty" in body["detail"] and "quality" in body["detail"], body
+    assert_error(post(app, "/decompress?quality=2", b"x"), 422, "bad_parameter")
     # a blob from a model the service does not hold
     blob = post(app, "/compress", png).content
     f = unpack(blob)
@@ -565,12 +572,17 @@ def test_request_log_line_and_request_id(app, service_images, caplog):
 
 
 # -- client ---------------------------------------------------------------------------------------
-def test_async_client_round_trip_and_errors(app, service_images):
+def test_async_client_round_trip_and_errors(app, service_images, tmp_path):
     async def scenario():
         transport = httpx.ASGITransport(app=app)
         async with AsyncTcmClient("http://testserver", transport=transport) as c:
             blob = await c.compress(service_images["gray64"], quality=2)
             png = await c.decompress(blob)
+            path = tmp_path / "x.tcm"
+            path.write_bytes(blob)
+            assert await c.decompress(path) == png  # a path works as well as bytes
+            with pytest.raises(FormatError, match="cannot read .tcm file"):
+                await c.decompress(tmp_path / "missing.tcm")
             models = await c.models()
             health = await c.health()
             with pytest.raises(ImageError) as bad:
@@ -629,3 +641,24 @@ def test_bad_service_configuration_fails_at_start(service_store, tmp_path):
         load_settings(store=str(service_store), shutdown_grace_s=1e10)
     with pytest.raises(ConfigError, match="request_timeout_s"):
         load_settings(store=str(service_store), request_timeout_s=1e12)
+
+
+def test_failed_allocations_are_413_not_bugs():
+    """Every way torch reports a failed allocation maps to 413 too_large; other errors stay
+    internal (500). The CPU allocator's error is a plain RuntimeError, made for real here."""
+    import torch
+
+    from service.errors import ImageTooLargeError, is_out_of_memory
+    from service.runtime.pool import _as_service_error
+
+    try:
+        torch.empty(10**14, dtype=torch.uint8)  # 100 TB: refused by the allocator at once
+    except RuntimeError as exc:
+        cpu = exc
+    else:  # pragma: no cover
+        pytest.skip("the allocator accepted 100 TB")
+    for exc in (cpu, MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")):
+        assert is_out_of_memory(exc), exc
+        assert isinstance(_as_service_error(exc), ImageTooLargeError)
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not is_out_of_memory(ValueError("can't allocate memory"))  # only allocator errors

@@ -346,3 +346,74 @@ def test_what_compresses_under_a_pixel_limit_decompresses_under_it(capsys, store
                            "--max-pixels", str(200 * 130 - 1), *store_args)
     assert_one_line_error(code, err, "200x130 image (26,000 pixels), over the limit of 25,999 pixels")
     assert not (tmp_path / "out2.png").exists()
+
+
+def test_output_and_input_paths_are_checked_before_any_work(capsys, store_args, tmp_path):
+    """Stdin/stdout markers, devices, a file name for several outputs and a missing output
+    directory are one-line errors found before the model loads, and leave nothing behind."""
+    a = _save(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
+    b = _save(tmp_path / "b.png", np.full((8, 8, 3), 9, np.uint8))
+    code, _, err = run_cli(capsys, "compress", "-", *store_args)
+    assert_one_line_error(code, err, "standard input")
+    code, _, err = run_cli(capsys, "compress", str(a), "-o", "-", *store_args)
+    assert_one_line_error(code, err, "standard output")
+    assert not Path("-").exists()
+    code, _, err = run_cli(capsys, "compress", "/dev/null", *store_args)
+    assert_one_line_error(code, err, "not a regular file")
+    code, _, err = run_cli(capsys, "compress", str(a), str(b), "-o", str(tmp_path / "out.tcm"), *store_args)
+    assert_one_line_error(code, err, "need -o to be a directory")
+    assert not (tmp_path / "out.tcm").exists()
+    code, _, err = run_cli(capsys, "compress", str(a), "-o", str(tmp_path / "missing" / "a.tcm"), *store_args)
+    assert_one_line_error(code, err, "does not exist")
+    # several inputs into a directory that already holds one result: nothing is written
+    (tmp_path / "made").mkdir()
+    (tmp_path / "made" / "a.tcm").write_bytes(b"keep")
+    code, _, err = run_cli(capsys, "compress", str(a), str(b), "-o", str(tmp_path / "made"), *store_args)
+    assert_one_line_error(code, err, "exists")
+    assert (tmp_path / "made" / "a.tcm").read_bytes() == b"keep" and not (tmp_path / "made" / "b.tcm").exists()
+    code, _, err = run_cli(capsys, "compress", str(a), str(b), "-o", str(tmp_path / "new" / "dir"), *store_args)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "new" / "dir").iterdir()) == ["a.tcm", "b.tcm"]
+
+
+def test_output_replaced_atomically_keeps_mode_and_replaces_symlinks(capsys, store_args, tmp_path):
+    """--force replaces the file whole: its permission bits stay, a symlink at the output
+    path is replaced rather than written through, and no temporary file is left."""
+    a = _save(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
+    out = tmp_path / "a.tcm"
+    out.write_bytes(b"old")
+    out.chmod(0o640)
+    code, _, err = run_cli(capsys, "compress", str(a), "--force", *store_args)
+    assert code == 0, err
+    assert out.read_bytes()[:4] != b"old" and (out.stat().st_mode & 0o777) == 0o640
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    out.unlink()
+    out.symlink_to(victim)
+    code, _, err = run_cli(capsys, "compress", str(a), "--force", *store_args)
+    assert code == 0, err
+    assert victim.read_bytes() == b"precious" and not out.is_symlink()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_out_of_memory_is_one_line(capsys, store_args, tmp_path, monkeypatch):
+    """torch's CPU allocator failure (a plain RuntimeError) is the image's size, not a bug."""
+    import torch
+
+    from service.codec import pipeline
+
+    try:
+        torch.empty(10**14, dtype=torch.uint8)  # 100 TB: refused by the allocator at once
+    except RuntimeError as exc:
+        real = exc
+    else:  # pragma: no cover - a machine that can allocate 100 TB
+        pytest.skip("the allocator accepted 100 TB")
+
+    def fail(*args, **kwargs):
+        raise real
+
+    monkeypatch.setattr(pipeline, "compress_images", fail)
+    a = _save(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
+    code, _, err = run_cli(capsys, "compress", str(a), *store_args)
+    assert_one_line_error(code, err, "not enough memory")
+    assert not (tmp_path / "a.tcm").exists()

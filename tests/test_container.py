@@ -699,3 +699,35 @@ def test_symbols_crc32_definition():
     assert symbols_crc32(np.array([1], np.int32)) == zlib.crc32(b"\x01\x00\x00\x00")
 
 
+
+
+def test_decode_size_bounds_the_padded_tensor_as_the_encoder_does():
+    """check_decode_size applies the encoder's image guard to the header: width x height
+    against the limit, and the padded area (from the header's own padding) against the
+    bound that goes with it, so a 1 x 65535 strip is refused although it has few pixels,
+    and so is a small image a writer padded more than ours would."""
+    from service.codec.geometry import padded_size
+    from service.codec.pipeline import check_decode_size
+    from service.errors import ImageTooLargeError
+
+    def header(width: int, height: int, pad: tuple[int, int, int, int] | None = None) -> TcmHeader:
+        if pad is None:
+            pad = padding_for(height, width)
+        left, right, top, bottom = pad
+        return replace(BASE_HEADER, width=width, height=height, pad=pad,
+                       z_shape=((height + top + bottom) // 64, (width + left + right) // 64))
+
+    strip = header(1, 65535)
+    TcmFile(strip, Z0, Y0).validate()  # a legal header
+    with pytest.raises(ImageTooLargeError, match="pads to 256x65536"):
+        check_decode_size(strip, 1_000_000)
+    check_decode_size(header(1000, 1000), 1_000_000)
+    check_decode_size(header(200, 130), 200 * 130)  # pads to 256x256, over 26,000: allowed
+    with pytest.raises(ImageTooLargeError, match="over the limit of 25,999"):
+        check_decode_size(header(200, 130), 200 * 130 - 1)
+    # 129 x 129 with the most padding the format allows (255 per dimension): 384 x 384
+    assert padded_size(129) == 256
+    wide = header(129, 129, (127, 128, 127, 128))
+    TcmFile(wide, Z0, Y0).validate()
+    with pytest.raises(ImageTooLargeError, match="pads to 384x384"):
+        check_decode_size(wide, 129 * 129)

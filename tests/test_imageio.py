@@ -853,3 +853,39 @@ def test_all_failures_are_tcm_errors():
     assert issubclass(UnsupportedImageFormatError, ImageError)
     assert issubclass(ImageTooLargeError, ImageError)
     assert issubclass(ImageError, TcmError)
+
+
+# ------------------------------------------------------------------------------------
+# Shapes the codec cannot take within the limit (service/codec/geometry.py)
+
+def test_thin_strips_are_refused_before_decoding():
+    """A 40,000,000 x 1 PNG is within a 40 MP limit but pads to a 10-gigapixel tensor; a
+    side over 65535 cannot be stored in a .tcm header. Both are refused from the header,
+    before any pixel is decoded (the IDAT here is empty)."""
+    with pytest.raises(ImageTooLargeError, match="at most 65535"):
+        decode_image(png_header_only(40_000_000, 1, complete=True), max_pixels=40_000_000)
+    with pytest.raises(ImageTooLargeError, match="at most 65535"):
+        decode_image(png_header_only(1, 70_000, complete=True))
+    with pytest.raises(ImageTooLargeError, match=r"pads to 65536x256 \(16,777,216 pixels\)"):
+        decode_image(png_header_only(65535, 32, complete=True), max_pixels=2_097_152)
+    # the same strip through Pillow's header (not the hand-written PNG check)
+    strip = save(Image.new("L", (60_000, 2)), "BMP")
+    with pytest.raises(ImageTooLargeError, match="pads to"):
+        decode_image(strip, max_pixels=200_000)
+    # an ordinary image of exactly max_pixels still decodes
+    img = decode_image(save(Image.fromarray(rgb_array(130, 200)), "PNG"), max_pixels=200 * 130)
+    assert (img.height, img.width) == (130, 200)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 10**9), st.floats(0.0, 1.0))
+def test_every_image_no_thinner_than_a_square_fits_the_padded_bound(max_pixels, share):
+    """Any w x h <= max_pixels whose sides sum to at most a square's passes the guard."""
+    from math import isqrt
+
+    from service.codec.geometry import MAX_SIDE, check_image_size
+
+    w = max(1, min(MAX_SIDE, int(isqrt(max_pixels) * (0.5 + share))))
+    h = max(1, min(MAX_SIDE, max_pixels // w, 2 * isqrt(max_pixels) - w))
+    assert w * h <= max_pixels
+    check_image_size(w, h, max_pixels)

@@ -35,6 +35,7 @@ from ..config import Settings
 from ..imageio import decode_image, encode_png
 from ..runtime.batcher import Job
 from ..runtime.errors import (
+    BadParameterError,
     BadRequestError,
     ClientClosedError,
     DeadlineExceededError,
@@ -218,6 +219,19 @@ async def _payload(request: Request, raw_ok: tuple[str, ...], raw_prefix: str | 
     )
 
 
+def _only_query(request: Request, known: frozenset[str]) -> None:
+    """Refuse query parameters the endpoint does not take: a typo such as ``qualty=1``
+    would otherwise be ignored and the image coded at the default quality."""
+    unknown = sorted(set(request.query_params.keys()) - known)
+    if unknown:
+        expected = ", ".join(sorted(known)) or "none"
+        raise BadParameterError(f"unknown query parameter(s) {', '.join(unknown)} (this endpoint takes: {expected})")
+
+
+_COMPRESS_QUERY = frozenset({"quality", "drop_alpha"})
+_DECOMPRESS_QUERY: frozenset[str] = frozenset()
+
+
 async def _payload_by(deadline: float, request: Request, *args: Any) -> bytes:
     """:func:`_payload`, refused (408) if the body has not arrived by ``deadline``: the
     request holds a queue place while it reads, and a slow client must not keep it."""
@@ -311,6 +325,7 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
         drop_alpha: bool = Query(False, description="discard an alpha channel instead of refusing the image"),
     ) -> Response:
         ctx = ctx_of(request)
+        _only_query(request, _COMPRESS_QUERY)
         q = pool.check_quality(quality)
         ctx.quality = q
         # The queue place is taken before the body is read and decoded, so a burst past the
@@ -357,6 +372,7 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
     )
     async def decompress(request: Request) -> Response:
         ctx = ctx_of(request)
+        _only_query(request, _DECOMPRESS_QUERY)
         with pool.reserve() as slot:  # a queue place before the body is read (see compress)
             deadline = ctx.start + settings.request_timeout_s
             data = await _payload_by(deadline, request, RAW_BLOB_OK, None, settings.max_body_bytes, "the .tcm blob")

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from importlib import import_module
 from pathlib import Path
 
-from ..errors import TcmError
+from ..errors import TcmError, is_out_of_memory
+from ..files import atomic_write
 from ..imageio import DEFAULT_MAX_PIXELS
 from .argtypes import positive_int, rd_lambda
 
@@ -114,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _expand(inputs: Sequence[str], suffixes: set[str]) -> list[Path]:
     files: list[Path] = []
     for raw in inputs:
+        if raw == "-":
+            raise CliError("'-' (standard input) is not supported: give file or directory paths")
         p = Path(raw)
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in suffixes)
@@ -122,20 +125,37 @@ def _expand(inputs: Sequence[str], suffixes: set[str]) -> list[Path]:
             files.extend(found)
         elif p.is_file():
             files.append(p)
+        elif p.exists():
+            raise CliError(f"{p} is not a regular file or a directory")
         else:
             raise CliError(f"no such file or directory: {p}")
     return files
 
 
 def _output_paths(files: list[Path], output: str | None, suffix: str, force: bool) -> list[Path]:
+    """Where each input's result goes; every check happens before any work or any write.
+
+    ``-o`` names the output file for a single input, else a directory (created, after the
+    checks, if missing). An output ending in ``suffix`` for several inputs is refused rather
+    than silently becoming a directory named like a file.
+    """
+    out_dir: Path | None = None
     if output is None:
         outs = [f.with_suffix(suffix) for f in files]
+    elif output == "-":
+        raise CliError("'-o -' (standard output) is not supported: give a file or directory path")
     else:
         o = Path(output)
         if len(files) == 1 and not o.is_dir() and not output.endswith(os.sep):
+            if not o.parent.is_dir():
+                raise CliError(f"output directory {o.parent} does not exist")
             outs = [o]
         else:
-            o.mkdir(parents=True, exist_ok=True)
+            if o.exists() and not o.is_dir():
+                raise CliError(f"{len(files)} inputs need -o to be a directory, but {o} is a file")
+            if not o.exists() and o.suffix.lower() == suffix:
+                raise CliError(f"{len(files)} inputs need -o to be a directory, not a {suffix} file name: {o}")
+            out_dir = o
             outs = [o / (f.stem + suffix) for f in files]
     if len(set(outs)) != len(outs):
         raise CliError("two inputs would write the same output file; use distinct names or -o per file")
@@ -144,18 +164,14 @@ def _output_paths(files: list[Path], output: str | None, suffix: str, force: boo
             raise CliError(f"output {dst} would overwrite its input")
         if dst.exists() and not force:
             raise CliError(f"{dst} exists (use --force to overwrite)")
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
     return outs
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Output files are replaced whole or not at all (see :func:`service.files.atomic_write`)."""
+    atomic_write(path, data)
 
 
 class _Progress:
@@ -335,6 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tcm: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        print("tcm: error: not enough memory to process this image (lower --max-pixels, or use a smaller image)", file=sys.stderr)
+        return EXIT_ERROR
     except OSError as exc:  # disk full, permission denied on output, ...
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
         print(f"tcm: error: {exc.strerror or exc}{where}", file=sys.stderr)

@@ -14,14 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-ALIGN = 128
-MIN_PADDED = 256
+from service.codec.geometry import ALIGN, MIN_PADDED, padded_size
 
-
-def padded_size(n: int) -> int:
-    if n < 1:
-        raise ValueError(f"image side must be >= 1, got {n}")
-    return max(MIN_PADDED, -(-n // ALIGN) * ALIGN)
+__all__ = ["ALIGN", "MIN_PADDED", "padded_size", "padding_for", "pixels_to_tensor", "pad"]
 
 
 def padding_for(height: int, width: int) -> tuple[int, int, int, int]:

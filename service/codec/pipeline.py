@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ImageTooLargeError, ModelNotFoundError
+from ..errors import ConfigError, ModelNotFoundError
 from ..imageio import DEFAULT_MAX_PIXELS, DecodedImage
 from ..store import ModelEntry, ModelStore
 from ..tuning import tune_malloc
 from .backends import BACKEND_KINDS, OnnxStages, TorchStages
 from .container import TcmFile, TcmHeader, pack, unpack
+from .geometry import check_coded_size
 from .engine import CodedImage, Engine, ImageSymbols
 from .padding import crop, pad, padding_for, pixels_to_tensor, tensor_to_pixels
 
@@ -215,19 +216,18 @@ def coded_image(f: TcmFile) -> CodedImage:
 
 
 def check_decode_size(header: TcmHeader, max_pixels: int) -> None:
-    """Refuse a blob whose image is over ``max_pixels``.
+    """Refuse a blob whose image, or the padded tensor it is decoded at, is too large.
 
-    The limit applies to the image's own width x height, the same quantity the encoder's
-    image guard checks, so any image accepted for compression under a limit decodes under
-    that limit. Memory stays bounded: the container guarantees less than 128 pixels of
-    padding per dimension, so the coded tensor is at most (w + 127) x (h + 127).
+    The same checks as the encoder's image guard (:func:`service.codec.geometry.check_coded_size`):
+    width x height against ``max_pixels`` and the padded area (from the header's own
+    padding, which the format lets a writer choose) against the bound that goes with it,
+    so any image accepted for compression under a limit decodes under that limit and
+    decode work stays proportional to the limit.
     """
-    n = header.width * header.height
-    if n > max_pixels:
-        raise ImageTooLargeError(
-            f"blob decodes to a {header.width}x{header.height} image ({n:,} pixels), "
-            f"over the limit of {max_pixels:,} pixels"
-        )
+    left, right, top, bottom = header.pad
+    check_coded_size(
+        header.width, header.height, header.width + left + right, header.height + top + bottom, max_pixels, "blob"
+    )
 
 
 def decompress_blob(blob: bytes, resolve: Resolver, max_pixels: int = DEFAULT_MAX_DECODE_PIXELS) -> Decompressed:

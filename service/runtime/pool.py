@@ -58,7 +58,7 @@ from ..codec.pipeline import (
     resolve_device,
 )
 from ..config import Settings
-from ..errors import ConfigError, ImageTooLargeError, ModelNotFoundError, TcmError
+from ..errors import ConfigError, ImageTooLargeError, ModelNotFoundError, TcmError, is_out_of_memory
 from ..imageio import DecodedImage
 from ..store import ModelEntry, ModelStore
 from .batcher import Batcher, Job, Slot
@@ -161,7 +161,7 @@ def _as_service_error(exc: BaseException) -> BaseException:
     """TcmErrors pass through; memory exhaustion is the request's size; the rest is a bug."""
     if isinstance(exc, TcmError):
         return exc
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+    if is_out_of_memory(exc):
         return ImageTooLargeError("not enough memory on the device to process this image")
     log.error("internal error on the device worker", exc_info=exc)
     return InternalError(f"internal error: {type(exc).__name__}")
