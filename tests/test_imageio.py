@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import time
 import warnings
 import zlib
 from fractions import Fraction
@@ -389,8 +388,9 @@ def test_every_orientation_matches_exif_transpose(fmt, kw, orientation):
     data = with_orientation(arr, fmt, orientation, **kw)
     out = decode_image(data)
     with Image.open(io.BytesIO(data)) as ref:
+        assert ref.getexif().get(0x0112, 1) == orientation  # the tag really was written
         expected = np.asarray(ImageOps.exif_transpose(ref))
-    if orientation != 1 and fmt != "TIFF":  # make sure the tag really was written
+    if orientation != 1 and fmt != "TIFF":  # and Pillow's own transpose applies it
         assert expected.shape[:2] != arr.shape[:2] or not np.array_equal(expected, arr)
     np.testing.assert_array_equal(out.pixels, expected)
     assert (out.height, out.width) == ((10, 6) if orientation >= 5 else (6, 10))
@@ -450,10 +450,8 @@ def test_huge_png_header_refused_without_decoding(monkeypatch):
         raise AssertionError("must not get as far as Pillow")
 
     monkeypatch.setattr(Image, "open", boom)
-    t0 = time.perf_counter()
     with pytest.raises(ImageTooLargeError, match="100000x100000"):
         decode_image(data)
-    assert time.perf_counter() - t0 < 0.5
 
 
 @pytest.mark.parametrize(("fmt", "kw"), [

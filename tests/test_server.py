@@ -152,11 +152,19 @@ def test_parallel_mixed_requests_equal_sequential(server, service_images):
         results = list(ex.map(one, work))
     for (kind, n, q), got in zip(work, results):
         assert got == (blobs[(n, q)] if kind == "c" else pngs[(n, q)]), (kind, n, q)
-    # the service did batch some of them (same quality and padded size arrive together)
-    fams = {f.name: f for f in text_string_to_metric_families(httpx.get(server.url + "/metrics").text)}
-    assert fams["tcm_batch_size"].type == "histogram"
-    assert any(s.name == "tcm_requests_total" and s.labels["endpoint"] == "/compress" and s.value > 0
-               for s in fams["tcm_requests"].samples)
+    # every request was counted (whether any were batched depends on arrival timing, so the
+    # batch-size histogram is only checked for presence; test_batching covers batching)
+    # (the middleware counts a request after its last byte is sent: poll, bounded)
+    def counted() -> float:
+        fams = {f.name: f for f in text_string_to_metric_families(httpx.get(server.url + "/metrics").text)}
+        assert fams["tcm_batch_size"].type == "histogram"
+        return sum(s.value for s in fams["tcm_requests"].samples
+                   if s.name == "tcm_requests_total" and s.labels["endpoint"] in ("/compress", "/decompress"))
+
+    deadline = time.monotonic() + 10
+    while counted() < len(work) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert counted() >= len(work)
 
 
 def test_remote_cli_mirrors_local(server, service_images, tmp_path):
@@ -181,12 +189,23 @@ def test_remote_cli_mirrors_local(server, service_images, tmp_path):
 
 
 def test_one_json_log_line_per_request(server, service_images):
-    with TcmClient(server.url) as c:
-        c.compress(service_images["gray64"])
+    rid = f"log-line-test-{os.getpid()}"
+    r = httpx.post(server.url + "/compress", content=service_images["gray64"], headers={"x-request-id": rid}, timeout=120)
+    assert r.status_code == 200 and r.headers["x-request-id"] == rid
+    # the line is written once the response is sent: poll the log, bounded
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+        access = [d for d in lines if d.get("logger") == "tcm.access" and d.get("id") == rid]
+        if access or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    time.sleep(0.2)  # a duplicate would follow at once
     lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-    access = [d for d in lines if d.get("logger") == "tcm.access" and d.get("route") == "/compress"]
-    assert access
-    d = access[-1]
+    access = [d for d in lines if d.get("logger") == "tcm.access" and d.get("id") == rid]
+    assert len(access) == 1, access
+    d = access[0]
+    assert d["route"] == "/compress" and d["status"] == 200
     assert {"id", "route", "status", "bytes_in", "bytes_out", "duration_ms", "timings_ms"} <= set(d)
 
 
