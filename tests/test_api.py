@@ -676,3 +676,30 @@ def test_failed_allocations_are_413_not_bugs():
         assert isinstance(_as_service_error(exc), ImageTooLargeError)
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
     assert not is_out_of_memory(ValueError("can't allocate memory"))  # only allocator errors
+
+
+def test_an_image_that_decodes_too_slowly_gets_504_and_frees_its_place(app, service_images, monkeypatch):
+    """Image decoding runs under the request deadline as well (a decode bomb must not hold a
+    queue place for ever); the slow decode here is a stand-in for such a file."""
+    import threading
+
+    from service.api import app as app_module
+
+    release = threading.Event()
+    real = app_module.decode_image
+
+    def slow_decode(*args, **kwargs):
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    pool = app.state.pool
+    monkeypatch.setattr(app_module, "decode_image", slow_decode)
+    monkeypatch.setattr(app.state.settings, "request_timeout_s", 0.5)
+    try:
+        body = assert_error(post(app, "/compress", service_images["gray64"]), 504, "deadline_exceeded")
+    finally:
+        release.set()
+    assert "did not decode" in body["detail"], body
+    assert (pool.batcher.depth, pool.batcher.reserved) == (0, 0)
+    monkeypatch.undo()
+    assert post(app, "/compress", service_images["gray64"]).status_code == 200

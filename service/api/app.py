@@ -334,9 +334,17 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
             deadline = ctx.start + settings.request_timeout_s
             data = await _payload_by(deadline, request, RAW_IMAGE_OK, "image/", settings.max_body_bytes, "the image")
             t0 = time.monotonic()
-            image = await in_io_thread(
+            decoding = in_io_thread(
                 decode_image, data, max_pixels=settings.max_pixels, max_bytes=settings.max_body_bytes, drop_alpha=drop_alpha
             )
+            try:
+                # under the deadline too: a pathological file (e.g. a progressive JPEG with
+                # thousands of scans) must not hold the queue place past it
+                image = await asyncio.wait_for(decoding, timeout=max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise DeadlineExceededError(
+                    f"the image did not decode within the request deadline ({settings.request_timeout_s:g} s)"
+                ) from None
             io_s = time.monotonic() - t0
             ctx.timings["image_io"] = io_s
             metrics.stage("image_io", io_s)
