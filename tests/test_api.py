@@ -429,6 +429,7 @@ def test_503_not_ready_and_shutting_down(idle_app, service_images):
     assert_error(r, 503, "not_ready")
     assert int(r.headers["retry-after"]) >= 1
     assert get(idle_app, "/healthz").status_code == 200  # alive, just not ready
+    assert run(idle_app, lambda c: c.head("/readyz")).status_code == 503  # HEAD tells the same
     models = get(idle_app, "/v1/models").json()
     assert models["ready"] is False and all(not m["loaded"] for m in models["models"])
 
@@ -511,10 +512,13 @@ def test_models_and_probes(app, service_store):
         assert info["devices"] == [dict(info["devices"][0], device="cpu", state="ready", loaded=True)]
     assert get(app, "/healthz").json() == {"status": "ok"}
     assert get(app, "/readyz").status_code == 200
+    for probe in ("/healthz", "/readyz"):  # HEAD answers like GET (load balancers use either)
+        assert run(app, lambda c, probe=probe: c.head(probe)).status_code == 200
     docs = get(app, "/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     spec = get(app, "/openapi.json").json()
     assert {"/compress", "/decompress", "/v1/models", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+    assert set(spec["paths"]["/healthz"]) == {"get"}
 
 
 def _families(text: str) -> dict:

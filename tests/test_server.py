@@ -244,3 +244,11 @@ def test_sigterm_finishes_accepted_requests_and_exits_0(service_store, service_i
         assert "Shutting down" in srv.log()
     finally:
         srv.stop()
+
+
+def test_probes_answer_head_without_a_body(server):
+    """Through the real server: HEAD gets the probe's status and headers, and no body."""
+    for probe in ("/healthz", "/readyz"):
+        r = httpx.head(server.url + probe, timeout=10)
+        assert r.status_code == 200 and r.content == b"", (probe, r.status_code, r.content)
+        assert r.headers["content-type"] == "application/json"

@@ -447,6 +447,11 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
             return {"status": "ready", "models_loaded": sum(len(w.slots) for w in pool.workers)}
         return error_response(503, "not_ready", pool.not_ready_reason() or "not ready", {"Retry-After": "2"})
 
+    # HEAD on the probes (some load balancers and uptime checkers send HEAD): the same
+    # status; the server drops the body. Kept out of the schema, which documents bodies.
+    for path, probe in (("/healthz", healthz), ("/readyz", readyz)):
+        app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
+
     @app.get(
         "/metrics",
         summary="Prometheus metrics",
