@@ -142,7 +142,6 @@ def test_every_stage_matches_pytorch(kit_store, onnx_dir, torch_lm):
     assert max(report.values()) <= STAGE_TOL, report
 
 
-@pytest.mark.slow
 def test_batched_graphs(onnx_lm, torch_lm):
     """Dynamic batch axis: g_a and g_s on a batch of 2 equal PyTorch per image."""
     x = torch.rand(2, 3, 256, 384, generator=torch.Generator().manual_seed(3))
@@ -224,7 +223,6 @@ def test_cli_refuses_cross_backend_decode(kit_store, blobs, tmp_path):
     assert not (tmp_path / "a.png").exists()
 
 
-@pytest.mark.slow
 def test_forged_backend_is_never_silently_wrong(torch_lm, onnx_lm, blobs):
     """The safety net under the header rule: an ONNX blob relabelled torch-cpu (valid CRC)
     either decodes to the same image within 1 level or fails the symbol checksum."""
