@@ -45,7 +45,11 @@ def test_bundled_store_has_four_lite_levels_with_their_records(store):
     bpps = [e.evaluation["bpp"] for e in entries]
     psnrs = [e.evaluation["psnr"] for e in entries]
     assert bpps == sorted(bpps) and psnrs == sorted(psnrs), (bpps, psnrs)
-    assert bpps[0] < 0.3 and bpps[-1] > 0.6, bpps
+    # The top level spends ~5x the bottom's bits. (It was required to exceed 0.6 bpp until
+    # stop 15: the better bases spend fewer bits at every lambda, and the lite model's PSNR
+    # saturates near 27.5 dB, so buying rate above ~0.6 bpp adds bits, not quality; see
+    # docs/training.md.)
+    assert bpps[0] < 0.15 and bpps[-1] > 0.55 and bpps[-1] > 5 * bpps[0], bpps
 
 
 def test_bundled_weights_pass_the_serve_preflight(store):
