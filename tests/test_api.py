@@ -485,10 +485,15 @@ def test_status_table_covers_the_hierarchy():
         "ClientClosedError": 499, "DeadlineExceededError": 504, "InternalError": 500, "NotReadyError": 503,
         "QueueFullError": 429, "RequestTimeoutError": 408, "RequestTooLargeError": 413, "RetryableError": 503,
         "ServiceError": 500, "ShuttingDownError": 503, "UnsupportedMediaTypeError": 415, "WorkerDiedError": 503,
-        # the client's own errors (never raised by the service)
-        "ConnectionFailedError": 500, "RemoteError": 500,
+        # the client's and the CLI's own errors (never raised by the service)
+        "ConnectionFailedError": 500, "RemoteError": 500, "CliError": 500, "ExportError": 500, "EvalError": 500,
     }
-    import service.client  # noqa: F401  (its error classes join the hierarchy)
+    # every module that defines an error class, so the result does not depend on which
+    # other tests ran first
+    import service.cli.main  # noqa: F401
+    import service.cli.onnx  # noqa: F401
+    import service.client  # noqa: F401
+    import service.evaluation.runner  # noqa: F401
 
     seen = {cls.__name__: status_for(cls.__new__(cls)) for cls in subclasses(TcmError)}
     assert seen == expected
