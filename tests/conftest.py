@@ -128,3 +128,15 @@ def service_images() -> dict[str, bytes]:
         "rgb300x260": make_png(260, 300, seed=3),
         "rgb140x260": make_png(140, 260, seed=4),
     }
+
+
+def cpu_allocation_error() -> RuntimeError:
+    """The error torch's CPU allocator really raises (a plain RuntimeError, "can't allocate
+    memory"): asking for 4 EiB, past any address space, is refused at once everywhere."""
+    import torch
+
+    try:
+        torch.empty(2**62, dtype=torch.uint8)
+    except RuntimeError as exc:
+        return exc
+    raise AssertionError("the allocator accepted 4 EiB")

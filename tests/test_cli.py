@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import KIT_CHECKPOINT, KIT_QUALITY, KIT_VECTORS
+from conftest import KIT_CHECKPOINT, KIT_QUALITY, KIT_VECTORS, cpu_allocation_error
 from service.cli.main import main
 from service.codec.container import unpack
 from service.codec.padding import crop, pad, padding_for, pixels_to_tensor, tensor_to_pixels
@@ -398,16 +398,9 @@ def test_output_replaced_atomically_keeps_mode_and_replaces_symlinks(capsys, sto
 
 def test_out_of_memory_is_one_line(capsys, store_args, tmp_path, monkeypatch):
     """torch's CPU allocator failure (a plain RuntimeError) is the image's size, not a bug."""
-    import torch
-
     from service.codec import pipeline
 
-    try:
-        torch.empty(2**62, dtype=torch.uint8)  # 4 EiB, past any address space: always refused
-    except RuntimeError as exc:
-        real = exc
-    else:  # pragma: no cover
-        raise AssertionError("the allocator accepted 4 EiB")
+    real = cpu_allocation_error()
 
     def fail(*args, **kwargs):
         raise real

@@ -169,11 +169,6 @@ def _output_paths(files: list[Path], output: str | None, suffix: str, force: boo
     return outs
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Output files are replaced whole or not at all (see :func:`service.files.atomic_write`)."""
-    atomic_write(path, data)
-
-
 class _Progress:
     """A one-line progress bar on stderr, shown only for several files."""
 
@@ -220,7 +215,7 @@ def cmd_compress(args) -> int:
     for src, dst in zip(files, outs):
         img = read_image(src, max_pixels=max_pixels, drop_alpha=args.drop_alpha)
         (res,) = compress_images(lm, [img])
-        _atomic_write_bytes(dst, res.blob)
+        atomic_write(dst, res.blob)  # replaced whole or not at all
         total_bits += 8 * len(res.blob)
         total_pixels += img.width * img.height
         if len(files) == 1:

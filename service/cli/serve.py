@@ -16,7 +16,6 @@ import logging
 import sys
 import threading
 import time
-from pathlib import Path
 
 from ..errors import TcmError
 from .argtypes import positive_int
@@ -143,7 +142,8 @@ def _stop_when_pool_fails(server, pool, gave_up: list[str], interval_s: float = 
 # -- remote -----------------------------------------------------------------------------------
 def cmd_remote(args) -> int:
     from ..client import TcmClient
-    from .main import IMAGE_SUFFIXES, _atomic_write_bytes, _expand, _output_paths, _Progress
+    from ..files import atomic_write
+    from .main import IMAGE_SUFFIXES, _expand, _output_paths, _Progress
 
     compress = args.remote_command == "compress"
     files = _expand(args.inputs, IMAGE_SUFFIXES if compress else {".tcm"})
@@ -171,7 +171,7 @@ def cmd_remote(args) -> int:
                         print(f"{src} -> {dst}")
             except TcmError as exc:
                 raise type(exc)(f"{src}: {exc}") from None
-            _atomic_write_bytes(Path(dst), out)
+            atomic_write(dst, out)
             progress.step(src.name)
     elapsed = time.perf_counter() - t0
     if compress:
