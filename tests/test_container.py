@@ -26,6 +26,9 @@ from service.codec.container import (
     BACKENDS,
     FORMAT_VERSION,
     MAGIC,
+    PORTABLE,
+    PORTABLE_METHODS,
+    SUPPORTED_VERSIONS,
     TcmFile,
     TcmHeader,
     header_fields,
@@ -61,8 +64,12 @@ SPEC = [  # (field, offset, struct code)
     ("y_len", 48, "I"),
 ]
 SPEC_HEADER_SIZE = 52
+#: Version 2 (portable) adds one field after the version-1 header.
+SPEC_V2 = SPEC + [("hints_len", 52, "I")]
+SPEC_V2_HEADER_SIZE = 56
 MODE_CODES = {"L": 1, "RGB": 2}
 BACKEND_CODES = {"torch-cpu": 1, "torch-cuda": 2, "onnx-cpu": 3, "onnx-cuda": 4}
+PORTABLE_CODES = {"portable-f64": 1}
 
 Z0 = b"\x11" * 8
 Y0 = b"\x22" * 12
@@ -107,16 +114,29 @@ GOLDEN_HEX = (
 )
 
 
-def raw_blob(z: bytes = Z0, y: bytes = Y0, crc: int | None = None, **overrides) -> bytes:
-    """Build a blob field by field from SPEC, bypassing all validation; CRC fixed up."""
-    vals = dict(BASE_FIELDS, z_len=len(z), y_len=len(y))
+# Locks the v2 byte format (the same header with the portable method and one hint byte
+# 00: no hints); also printed in docs/format.md.
+BASE_FILE_V2 = TcmFile(replace(BASE_HEADER, backend=PORTABLE), Z0, Y0, b"\x00")
+GOLDEN_HEX_V2 = (
+    "8954434d0200030264004600040004004e4e5d5d010000000001020304050607"
+    "a0a1a2a3a4a5a6a7efbeadde080000000c000000010000001111111111111111"
+    "222222222222222222222222002c07962b"
+)
+
+
+def raw_blob(z: bytes = Z0, y: bytes = Y0, crc: int | None = None, hints: bytes | None = None, **overrides) -> bytes:
+    """Build a blob field by field from SPEC (SPEC_V2 when ``hints`` is given: a version-2
+    blob), bypassing all validation; CRC fixed up."""
+    v2 = hints is not None
+    vals = dict(BASE_FIELDS, z_len=len(z), y_len=len(y), **({"version": 2, "hints_len": len(hints)} if v2 else {}))
     unknown = set(overrides) - set(vals)
     assert not unknown, unknown
     vals.update(overrides)
-    buf = bytearray(SPEC_HEADER_SIZE)
-    for name, off, code in SPEC:
+    spec = SPEC_V2 if v2 else SPEC
+    buf = bytearray(SPEC_V2_HEADER_SIZE if v2 else SPEC_HEADER_SIZE)
+    for name, off, code in spec:
         struct.pack_into("<" + code, buf, off, vals[name])
-    body = bytes(buf) + z + y
+    body = bytes(buf) + z + y + (hints or b"")
     return body + struct.pack("<I", zlib.crc32(body) if crc is None else crc)
 
 
@@ -150,7 +170,7 @@ def _pad_for(size: int, k: int) -> tuple[int, int]:
 
 
 @st.composite
-def valid_headers(draw) -> TcmHeader:
+def valid_headers(draw, backends=BACKENDS + PORTABLE_METHODS) -> TcmHeader:
     dim = st.one_of(st.integers(1, 300), st.integers(1, 65535))
     w, h = draw(dim), draw(dim)
     if draw(st.booleans()):
@@ -166,13 +186,23 @@ def valid_headers(draw) -> TcmHeader:
         mode=draw(st.sampled_from(["L", "RGB"])),
         pad=pad,
         z_shape=((h + pad[2] + pad[3]) // 64, (w + pad[0] + pad[1]) // 64),
-        backend=draw(st.sampled_from(BACKENDS)),
+        backend=draw(st.sampled_from(backends)),
         symbols_crc32=draw(st.integers(0, 2**32 - 1)),
     )
 
 
 streams = st.integers(2, 24).flatmap(lambda n: st.binary(min_size=4 * n, max_size=4 * n))
-valid_files = st.builds(TcmFile, valid_headers(), streams, streams)
+
+
+@st.composite
+def valid_files(draw) -> TcmFile:
+    """Version-1 and version-2 files (the container does not parse the hints' contents)."""
+    h = draw(valid_headers())
+    hints = draw(st.binary(min_size=1, max_size=40)) if h.version == 2 else b""
+    return TcmFile(h, draw(streams), draw(streams), hints)
+
+
+valid_files = valid_files()
 
 
 def check_outcome(original: bytes, mutated: bytes) -> None:
@@ -194,17 +224,20 @@ def check_outcome(original: bytes, mutated: bytes) -> None:
 # --------------------------------------------------------------------------------------
 def test_constants_match_spec():
     assert MAGIC == b"\x89TCM" and len(MAGIC) == 4
-    assert FORMAT_VERSION == 1
+    assert FORMAT_VERSION == 2 and SUPPORTED_VERSIONS == (1, 2)
     assert BACKENDS == ("torch-cpu", "torch-cuda", "onnx-cpu", "onnx-cuda")
+    assert PORTABLE_METHODS == ("portable-f64",) == (PORTABLE,)
     assert C.HEADER_SIZE == SPEC_HEADER_SIZE == 52
+    assert C.HEADER_SIZES == {1: SPEC_HEADER_SIZE, 2: SPEC_V2_HEADER_SIZE}
     assert C.TRAILER_SIZE == 4
     assert C.MIN_FILE_SIZE == 72
-    # SPEC covers the header contiguously.
-    end = 0
-    for _name, off, code in SPEC:
-        assert off == end
-        end += struct.calcsize("<" + code)
-    assert end == SPEC_HEADER_SIZE
+    # SPEC and SPEC_V2 cover their headers contiguously.
+    for spec, size in ((SPEC, SPEC_HEADER_SIZE), (SPEC_V2, SPEC_V2_HEADER_SIZE)):
+        end = 0
+        for _name, off, code in spec:
+            assert off == end
+            end += struct.calcsize("<" + code)
+        assert end == size
 
 
 def test_golden_vector():
@@ -214,16 +247,27 @@ def test_golden_vector():
     assert unpack(bytes.fromhex(GOLDEN_HEX)) == BASE_FILE
 
 
+def test_golden_vector_v2():
+    blob = pack(BASE_FILE_V2)
+    assert blob.hex() == GOLDEN_HEX_V2
+    assert blob == raw_blob(hints=b"\x00", backend=1)  # implementation == independent spec table
+    assert unpack(bytes.fromhex(GOLDEN_HEX_V2)) == BASE_FILE_V2
+    assert BASE_FILE_V2.header.version == 2 and BASE_FILE.header.version == 1
+
+
 def test_spec_document_in_sync():
     """docs/format.md's struct format, byte table and test vector match the code."""
     doc = (Path(__file__).resolve().parents[1] / "docs" / "format.md").read_text()
-    assert '"<4sBBBBHHHHBBBBB3s8s8sIII"' in doc
+    assert '"<4sBBBBHHHHBBBBB3s8s8sIII"' in doc and '"<4sBBBBHHHHBBBBB3s8s8sIIII"' in doc
     assert struct.calcsize("<4sBBBBHHHHBBBBB3s8s8sIII") == SPEC_HEADER_SIZE
+    assert struct.calcsize("<4sBBBBHHHHBBBBB3s8s8sIIII") == SPEC_V2_HEADER_SIZE
     rows = re.findall(r"^\| (\d+)\s+\| (\d+)\s+\| \w+\s+\| `(\w+)`", doc, re.M)
     table = [(name, int(off), int(size)) for off, size, name in rows]
-    assert table == [(name, off, struct.calcsize("<" + code)) for name, off, code in SPEC]
-    dump = re.findall(r"^[0-9a-f]{4}((?:  | )(?:[0-9a-f]{2} ?)+)$", doc, re.M)
-    assert bytes.fromhex("".join(dump).replace(" ", "")) == pack(BASE_FILE)
+    assert table == [(name, off, struct.calcsize("<" + code)) for name, off, code in SPEC_V2]
+    # Two hex dumps, each in its own fenced block: version 1, then version 2.
+    blocks = re.findall(r"```\n((?:[0-9a-f]{4}  .*\n)+)```", doc)
+    dumps = [bytes.fromhex("".join(line[6:] for line in b.splitlines()).replace(" ", "")) for b in blocks]
+    assert dumps == [pack(BASE_FILE), pack(BASE_FILE_V2)]
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB"])
@@ -240,8 +284,8 @@ def test_codes_match_spec(mode, backend):
 def test_round_trip(f):
     blob = pack(f)
     assert isinstance(blob, bytes)
-    assert len(blob) == 52 + len(f.z_string) + len(f.y_string) + 4
-    assert blob[:4] == MAGIC and blob[4] == 1
+    assert len(blob) == C.HEADER_SIZES[f.header.version] + len(f.z_string) + len(f.y_string) + len(f.hints) + 4
+    assert blob[:4] == MAGIC and blob[4] == f.header.version
     assert struct.unpack("<I", blob[-4:])[0] == zlib.crc32(blob[:-4])
     g = unpack(blob)
     assert g == f
@@ -257,7 +301,8 @@ def test_header_fields_json(f):
     d = header_fields(f)
     assert json.loads(json.dumps(d)) == d
     h = f.header
-    assert d["format_version"] == 1 and d["flags"] == 0
+    assert d["format_version"] == h.version and d["flags"] == 0
+    assert d["hints_len"] == len(f.hints)
     assert d["quality"] == h.quality
     assert d["config_hash"] == h.config_hash.hex()
     assert d["weights_hash"] == h.weights_hash.hex()
@@ -331,10 +376,10 @@ def test_base64_hint_matches_real_base64():
     expect(FormatError, base64.b64encode(pack(BASE_FILE)), "base64")
 
 
-@pytest.mark.parametrize("version", [0, 2, 3, 255])
+@pytest.mark.parametrize("version", [0, 3, 255])
 def test_unsupported_version(version):
     blob = raw_blob(version=version)
-    expect(UnsupportedVersionError, blob, f"version {version}", "reads version 1")
+    expect(UnsupportedVersionError, blob, f"version {version}", "reads versions 1, 2")
     # the version is checked before the header length: a short future file says so too
     expect(UnsupportedVersionError, blob[:5], f"version {version}")
 
@@ -727,3 +772,45 @@ def test_decode_size_bounds_the_padded_tensor_as_the_encoder_does():
     TcmFile(wide, Z0, Y0).validate()
     with pytest.raises(ImageTooLargeError, match="pads to 384x384"):
         check_decode_size(wide, 129 * 129)
+
+
+# --------------------------------------------------------------------------------------
+# Version 2 (portable): the hints section
+# --------------------------------------------------------------------------------------
+def test_v2_structure_rules():
+    # no hints section at all: version 2 needs at least the count byte
+    expect(FormatError, raw_blob(hints=b"", backend=1), "hints section is 0 bytes")
+    # the method code: only portable-f64 (1) exists; the version-1 codes mean nothing here
+    expect(FormatError, raw_blob(hints=b"\0", backend=2), "unknown backend code 2 in format version 2")
+    expect(FormatError, raw_blob(hints=b"\0", backend=0), "unknown backend code 0")
+    # declared hints longer / shorter than the file
+    expect(FormatError, raw_blob(hints=b"\0", backend=1, hints_len=2), "truncated", "hints of 2 bytes")
+    expect(FormatError, raw_blob(hints=b"\0\0", backend=1, hints_len=1), "length mismatch", "1 unexpected trailing byte")
+    # a version-2 header is 4 bytes longer: a file cut inside it is truncated
+    v2 = pack(BASE_FILE_V2)
+    for n in (5, 52, 55, 59):
+        expect(FormatError, v2[:n], "truncated")
+
+
+def test_v2_every_length_and_crc():
+    blob = pack(BASE_FILE_V2)
+    for n in range(len(blob)):
+        with pytest.raises(FormatError):
+            unpack(blob[:n])
+    bad = bytearray(blob)
+    bad[-6] ^= 1  # inside the hints section
+    expect(FormatError, bytes(bad), "CRC32 mismatch")
+
+
+@pytest.mark.parametrize(
+    "f, fragment",
+    [
+        (TcmFile(BASE_HEADER, Z0, Y0, b"\0"), "version-1 file has no hints section"),
+        (TcmFile(replace(BASE_HEADER, backend=PORTABLE), Z0, Y0), "hints section is 0 bytes"),
+        (TcmFile(replace(BASE_HEADER, backend=PORTABLE), Z0, Y0, "x"), "hints must be bytes"),
+        (TcmFile(replace(BASE_HEADER, backend="portable-f32"), Z0, Y0, b"\0"), "backend 'portable-f32' is not one of"),
+    ],
+)
+def test_pack_rejects_invalid_hints(f, fragment):
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        pack(f)

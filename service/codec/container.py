@@ -1,11 +1,15 @@
 """The ``.tcm`` container: one compressed image as bytes (no torch, no numpy at import).
 
-Layout (all integers little-endian; the normative description is ``docs/format.md``)::
+Two versions share one layout up to byte 52 (all integers little-endian; the normative
+description is ``docs/format.md``). Version 2 (portable: the entropy parameters are
+computed in float64 and close calls are sent as hints, :mod:`service.codec.portable`) adds
+``hints_len`` and a hints section; version 1 (exact: byte-identical to the reference codec,
+decodable only where its entropy parameters are reproduced bit for bit) has neither::
 
     offset size type  field
          0    4 bytes magic            b"\\x89TCM"
-         4    1 u8    version          1
-         5    1 u8    flags            reserved, must be 0 in v1
+         4    1 u8    version          1 or 2
+         5    1 u8    flags            reserved, must be 0
          6    1 u8    quality          1..255
          7    1 u8    mode             1 = "L", 2 = "RGB"
          8    2 u16   width            1..65535
@@ -16,15 +20,18 @@ Layout (all integers little-endian; the normative description is ``docs/format.m
         17    1 u8    pad_right
         18    1 u8    pad_top
         19    1 u8    pad_bottom
-        20    1 u8    backend          1..4, index+1 into BACKENDS
-        21    3 bytes reserved         must be zero in v1
+        20    1 u8    backend          v1: 1..4, index+1 into BACKENDS;
+                                       v2: 1, index+1 into PORTABLE_METHODS
+        21    3 bytes reserved         must be zero
         24    8 bytes config_hash
         32    8 bytes weights_hash
         40    4 u32   symbols_crc32
         44    4 u32   z_len            length of z_string
         48    4 u32   y_len            length of y_string
-        52 z_len      z_string
+        52    4 u32   hints_len        (v2 only) length of hints, >= 1
+     52|56 z_len      z_string
          . y_len      y_string
+         . hints_len  hints            (v2 only) see service.codec.hints
          .    4 u32   crc32            zlib.crc32 of every preceding byte
 
 :func:`unpack` raises only :class:`~service.errors.FormatError` (or its subclass
@@ -53,14 +60,21 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from service.errors import FormatError, UnsupportedVersionError
+from service.errors import ConfigError, FormatError, UnsupportedVersionError
 
 __all__ = [
     "MAGIC",
     "FORMAT_VERSION",
+    "SUPPORTED_VERSIONS",
     "BACKENDS",
+    "PORTABLE_METHODS",
+    "PORTABLE",
+    "BITSTREAMS",
+    "DEFAULT_BITSTREAM",
+    "check_bitstream",
     "MODES",
     "HEADER_SIZE",
+    "HEADER_SIZES",
     "TRAILER_SIZE",
     "MIN_FILE_SIZE",
     "MIN_STREAM_LEN",
@@ -72,20 +86,47 @@ __all__ = [
 ]
 
 MAGIC = b"\x89TCM"  # 4 bytes; a non-ASCII first byte, like PNG, catches text-mode mangling
-FORMAT_VERSION = 1
+#: The newest version this build writes (portable blobs); it reads every version in
+#: SUPPORTED_VERSIONS.
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 
-#: What computed the entropy parameters; stored as u8 code = index + 1 (0 is invalid).
+#: Version 1 ("exact"): what computed the entropy parameters, which a decoder must
+#: reproduce bit for bit; stored as u8 code = index + 1 (0 is invalid).
 BACKENDS = ("torch-cpu", "torch-cuda", "onnx-cpu", "onnx-cuda")
+#: Version 2 ("portable"): the method that makes the decoder's decisions platform-free;
+#: stored in the same byte as BACKENDS, code = index + 1.
+PORTABLE_METHODS = ("portable-f64",)
+PORTABLE = PORTABLE_METHODS[0]
+#: The entropy-parameter codes each version knows.
+_CODES = {1: BACKENDS, 2: PORTABLE_METHODS}
+
+#: What users choose (``--bitstream``, ``TCM_BITSTREAM``, ``?bitstream=``): ``portable``
+#: blobs (version 2) decode on any machine; ``exact`` blobs (version 1) hold the reference
+#: codec's strings byte for byte and decode only where their entropy parameters are
+#: reproduced bit for bit (conformance work). See service/codec/portable.py.
+BITSTREAMS = ("portable", "exact")
+DEFAULT_BITSTREAM = "portable"
+
+
+def check_bitstream(value: str) -> bool:
+    """True for ``portable``, False for ``exact``; :class:`ConfigError` for anything else."""
+    if value not in BITSTREAMS:
+        raise ConfigError(f"unknown bitstream {value!r} (use {' or '.join(BITSTREAMS)})")
+    return value == "portable"
 #: Image modes; stored as u8 code = index + 1 (0 is invalid).
 MODES = ("L", "RGB")
 
 _HEADER = struct.Struct("<4sBBBBHHHHBBBBB3s8s8sIII")
-HEADER_SIZE = _HEADER.size  # 52
+_HINTS_LEN = struct.Struct("<I")  # version 2: follows the version-1 header fields
+HEADER_SIZE = _HEADER.size  # 52: the version-1 header, and the fields both versions share
+HEADER_SIZES = {1: HEADER_SIZE, 2: HEADER_SIZE + _HINTS_LEN.size}  # 52, 56
 _TRAILER = struct.Struct("<I")
 TRAILER_SIZE = _TRAILER.size  # 4
 MIN_STREAM_LEN = 8  # rANS strings end with an 8-byte flush
 STREAM_ALIGN = 4  # rANS strings are sequences of u32 words
-MIN_FILE_SIZE = HEADER_SIZE + 2 * MIN_STREAM_LEN + TRAILER_SIZE  # 72
+MIN_HINTS_LEN = 1  # version 2: the hint count (a varint) is always there
+MIN_FILE_SIZE = HEADER_SIZE + 2 * MIN_STREAM_LEN + TRAILER_SIZE  # 72 (version 1; version 2: 77)
 
 #: z is at 1/64 of the padded resolution (4 x stride-2 in g_a, 2 more in h_a).
 Z_STRIDE = 64
@@ -126,8 +167,19 @@ class TcmHeader:
     mode: str  # "L" (grayscale) or "RGB"
     pad: tuple[int, int, int, int]  # left, right, top, bottom zero padding added before coding
     z_shape: tuple[int, int]  # (zH, zW) = padded (H/64, W/64)
-    backend: str  # what computed the entropy parameters: one of BACKENDS
+    backend: str  # what computed the entropy parameters: one of BACKENDS (v1) or PORTABLE_METHODS (v2)
     symbols_crc32: int  # CRC32 of the coded symbols+indexes, checked after decode
+
+    @property
+    def version(self) -> int:
+        """The format version this header is written in, implied by ``backend``: a portable
+        method needs version 2, an exact backend is version 1 (writers write the lowest
+        version that can represent the file)."""
+        return 2 if self.backend in PORTABLE_METHODS else 1
+
+    @property
+    def portable(self) -> bool:
+        return self.version == 2
 
     def problem(self) -> Optional[str]:
         """The first rule this header breaks, as a one-line message, or ``None``."""
@@ -151,6 +203,8 @@ class TcmFile:
     header: TcmHeader
     z_string: bytes
     y_string: bytes
+    #: Version 2: the encoded hint list (:mod:`service.codec.hints`); empty in version 1.
+    hints: bytes = b""
 
     def problem(self) -> Optional[str]:
         """The first rule this file breaks, as a one-line message, or ``None``."""
@@ -165,7 +219,9 @@ class TcmFile:
             msg = _stream_len_problem(name, len(s))
             if msg is not None:
                 return msg
-        return None
+        if not isinstance(self.hints, (bytes, bytearray)):
+            return f"hints must be bytes, got {type(self.hints).__name__}"
+        return _hints_len_problem(self.header.version, len(self.hints))
 
     def validate(self) -> None:
         """Raise :class:`ValueError` (programmer error) if the file breaks any rule."""
@@ -194,6 +250,16 @@ def _stream_len_problem(name: str, n: int) -> Optional[str]:
     return None
 
 
+def _hints_len_problem(version: int, n: int) -> Optional[str]:
+    if version == 1:
+        return None if n == 0 else f"a version-1 file has no hints section, got {n} bytes of hints"
+    if n < MIN_HINTS_LEN:
+        return f"hints section is {n} bytes; version 2 needs at least {MIN_HINTS_LEN} (the hint count)"
+    if n > _U32_MAX:
+        return f"hints section is {n} bytes, more than a u32 length field can hold"
+    return None
+
+
 def _header_problem(h: TcmHeader) -> Optional[str]:  # noqa: C901 - a flat list of rules
     # quality
     if not _is_int(h.quality):
@@ -217,8 +283,8 @@ def _header_problem(h: TcmHeader) -> Optional[str]:  # noqa: C901 - a flat list 
     # mode / backend
     if h.mode not in MODES:
         return f"mode {h.mode!r} is not one of {', '.join(MODES)}"
-    if h.backend not in BACKENDS:
-        return f"backend {h.backend!r} is not one of {', '.join(BACKENDS)}"
+    if h.backend not in BACKENDS + PORTABLE_METHODS:
+        return f"backend {h.backend!r} is not one of {', '.join(BACKENDS + PORTABLE_METHODS)}"
     # crc
     if not _is_int(h.symbols_crc32):
         return f"symbols_crc32 must be an int, got {type(h.symbols_crc32).__name__}"
@@ -280,7 +346,7 @@ def pack(f: TcmFile) -> bytes:
     zh, zw = h.z_shape
     head = _HEADER.pack(
         MAGIC,
-        FORMAT_VERSION,
+        h.version,
         0,  # flags
         h.quality,
         MODES.index(h.mode) + 1,
@@ -292,7 +358,7 @@ def pack(f: TcmFile) -> bytes:
         right,
         top,
         bottom,
-        BACKENDS.index(h.backend) + 1,
+        _CODES[h.version].index(h.backend) + 1,
         b"\x00\x00\x00",
         h.config_hash,
         h.weights_hash,
@@ -300,7 +366,9 @@ def pack(f: TcmFile) -> bytes:
         len(f.z_string),
         len(f.y_string),
     )
-    body = b"".join((head, bytes(f.z_string), bytes(f.y_string)))
+    if h.version == 2:
+        head += _HINTS_LEN.pack(len(f.hints))
+    body = b"".join((head, bytes(f.z_string), bytes(f.y_string), bytes(f.hints)))
     return body + _TRAILER.pack(zlib.crc32(body))
 
 
@@ -393,16 +461,17 @@ def unpack(data: bytes) -> TcmFile:
             f"{MIN_FILE_SIZE} bytes"
         )
     version = mv[_OFF_VERSION]
-    if version != FORMAT_VERSION:
+    if version not in SUPPORTED_VERSIONS:
         raise UnsupportedVersionError(
-            f"unsupported .tcm format version {version}: this build reads version "
-            f"{FORMAT_VERSION} only"
+            f"unsupported .tcm format version {version}: this build reads versions "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))}"
         )
+    header_size = HEADER_SIZES[version]
 
     # 3. structure (integer arithmetic only; nothing sliced from an unchecked length)
-    if n < HEADER_SIZE + TRAILER_SIZE:
+    if n < header_size + TRAILER_SIZE:
         raise FormatError(
-            f"truncated: header and CRC trailer need {HEADER_SIZE + TRAILER_SIZE} bytes, "
+            f"truncated: header and CRC trailer need {header_size + TRAILER_SIZE} bytes, "
             f"got {n}"
         )
     (
@@ -427,16 +496,16 @@ def unpack(data: bytes) -> TcmFile:
         z_len,
         y_len,
     ) = _HEADER.unpack_from(mv, 0)
-    expected = HEADER_SIZE + z_len + y_len + TRAILER_SIZE
+    hints_len = _HINTS_LEN.unpack_from(mv, HEADER_SIZE)[0] if version == 2 else 0
+    declared = f"z_string of {z_len} bytes and y_string of {y_len} bytes" + (
+        f" and hints of {hints_len} bytes" if version == 2 else ""
+    )
+    expected = header_size + z_len + y_len + hints_len + TRAILER_SIZE
     if n < expected:
-        raise FormatError(
-            f"truncated: header declares z_string of {z_len} bytes and y_string of {y_len} "
-            f"bytes, so the file needs {expected} bytes, got {n}"
-        )
+        raise FormatError(f"truncated: header declares {declared}, so the file needs {expected} bytes, got {n}")
     if n > expected:
         raise FormatError(
-            f"length mismatch: header declares z_string of {z_len} bytes and y_string of "
-            f"{y_len} bytes, so the file should be {expected} bytes, got {n} "
+            f"length mismatch: header declares {declared}, so the file should be {expected} bytes, got {n} "
             f"({n - expected} unexpected trailing byte{'s' if n - expected != 1 else ''})"
         )
 
@@ -451,17 +520,18 @@ def unpack(data: bytes) -> TcmFile:
 
     # 5. semantics
     if flags != 0:
-        raise FormatError(f"reserved flags byte is 0x{flags:02x}, must be 0 in format version 1")
+        raise FormatError(f"reserved flags byte is 0x{flags:02x}, must be 0 in format version {version}")
     if reserved != b"\x00\x00\x00":
         raise FormatError(
-            f"reserved bytes 21..23 are {_hexbytes(reserved)}, must be zero in format version 1"
+            f"reserved bytes 21..23 are {_hexbytes(reserved)}, must be zero in format version {version}"
         )
     if not 1 <= mode_code <= len(MODES):
         known = ", ".join(f"{i + 1}={m}" for i, m in enumerate(MODES))
         raise FormatError(f"unknown mode code {mode_code} (known: {known})")
-    if not 1 <= backend_code <= len(BACKENDS):
-        known = ", ".join(f"{i + 1}={b}" for i, b in enumerate(BACKENDS))
-        raise FormatError(f"unknown backend code {backend_code} (known: {known})")
+    codes = _CODES[version]
+    if not 1 <= backend_code <= len(codes):
+        known = ", ".join(f"{i + 1}={b}" for i, b in enumerate(codes))
+        raise FormatError(f"unknown backend code {backend_code} in format version {version} (known: {known})")
     header = TcmHeader(
         quality=quality,
         config_hash=config_hash,
@@ -471,21 +541,27 @@ def unpack(data: bytes) -> TcmFile:
         mode=MODES[mode_code - 1],
         pad=(pad_left, pad_right, pad_top, pad_bottom),
         z_shape=(zh, zw),
-        backend=BACKENDS[backend_code - 1],
+        backend=codes[backend_code - 1],
         symbols_crc32=symbols_crc32,
     )
     msg = _header_problem(header)
     if msg is None:
-        msg = _stream_len_problem("z_string", z_len) or _stream_len_problem("y_string", y_len)
+        msg = (
+            _stream_len_problem("z_string", z_len)
+            or _stream_len_problem("y_string", y_len)
+            or _hints_len_problem(version, hints_len)
+        )
     if msg is not None:
         raise FormatError(f"invalid header: {msg}")
 
-    z_start = HEADER_SIZE
+    z_start = header_size
     y_start = z_start + z_len
+    h_start = y_start + y_len
     return TcmFile(
         header=header,
         z_string=bytes(mv[z_start:y_start]),
-        y_string=bytes(mv[y_start : y_start + y_len]),
+        y_string=bytes(mv[y_start:h_start]),
+        hints=bytes(mv[h_start : h_start + hints_len]),
     )
 
 
@@ -503,7 +579,7 @@ def header_fields(f: TcmFile) -> dict:
     left, right, top, bottom = h.pad
     pw, ph = h.padded_size
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": h.version,
         "flags": 0,
         "quality": h.quality,
         "mode": h.mode,
@@ -520,7 +596,8 @@ def header_fields(f: TcmFile) -> dict:
         "symbols_crc32_hex": f"{h.symbols_crc32:08x}",
         "z_len": len(f.z_string),
         "y_len": len(f.y_string),
+        "hints_len": len(f.hints),
         "z_string_sha256": hashlib.sha256(bytes(f.z_string)).hexdigest(),
         "y_string_sha256": hashlib.sha256(bytes(f.y_string)).hexdigest(),
-        "file_size": HEADER_SIZE + len(f.z_string) + len(f.y_string) + TRAILER_SIZE,
+        "file_size": HEADER_SIZES[h.version] + len(f.z_string) + len(f.y_string) + len(f.hints) + TRAILER_SIZE,
     }
