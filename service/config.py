@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .codec.container import BITSTREAMS, DEFAULT_BITSTREAM
 from .errors import ConfigError
 from .imageio import DEFAULT_MAX_PIXELS
 
@@ -55,6 +56,11 @@ class Settings(BaseSettings):
     coder_threads: int = Field(2, ge=1, le=256, description="CPU threads for range coding")
     backend: str = Field(
         "torch", description="torch (exact reference arithmetic) or onnx (ONNX Runtime, faster; docs/performance.md)"
+    )
+    bitstream: str = Field(
+        DEFAULT_BITSTREAM,
+        description="blobs /compress makes when a request names none: portable (decode on any machine; format "
+        "version 2) or exact (the reference codec's strings, decodable only where made; version 1)",
     )
     onnx_dir: Optional[str] = Field(
         None, description="where the onnx backend keeps its exported graphs (default: the model store directory)"
@@ -105,6 +111,14 @@ class Settings(BaseSettings):
         v = v.strip().lower()
         if v not in ("torch", "onnx"):
             raise ValueError("backend must be torch or onnx")
+        return v
+
+    @field_validator("bitstream")
+    @classmethod
+    def _check_bitstream(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v not in BITSTREAMS:
+            raise ValueError(f"bitstream must be {' or '.join(BITSTREAMS)}")
         return v
 
     @field_validator("log_level")

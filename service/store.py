@@ -6,6 +6,11 @@ Layout::
       manifest.json        {"format": 1, "models": [ {entry}, ... ]}
       q3-<sha256[:12]>.pt  state_dict (tables filled), one per quality level
 
+The entropy tables (the z and y CDF tables and the scale table) are stored in each weights
+file, built once at import: they are data of the model, covered by its SHA-256 and so by
+the ``weights_hash`` of every blob, and never recomputed at load (a recomputation can
+differ between CPUs).
+
 Each entry: ``quality`` (1..255, unique), ``file``, ``arch`` (TCM constructor arguments),
 ``preset`` (name or null), ``lambda``, ``metric``, ``sha256`` of the file, ``source``
 (where the weights came from), and optionally ``training`` (how a model we trained was
@@ -26,7 +31,7 @@ import torch
 
 from .files import temp_beside
 from .errors import CheckpointError, ConfigError, ModelNotFoundError, StoreError
-from .model.checkpoint import load_into, read_state_dict
+from .model.checkpoint import TABLE_BUFFERS, load_into, read_state_dict
 from .model.config import PRESETS, TCMConfig
 from .model.tcm import TCM
 
@@ -219,9 +224,19 @@ class ModelStore:
                 )
         model = TCM(entry.arch)
         try:
-            load_into(model, read_state_dict(path))
+            state = read_state_dict(path)
+            load_into(model, state)
         except CheckpointError as exc:
             raise StoreError(f"quality {entry.quality}: {exc}") from None
+        missing = [k for k in TABLE_BUFFERS if state[k].numel() == 0]
+        if missing:
+            # Tables are data of the model, covered by its hash: rebuilding them at load
+            # would give other tables on another CPU (the z table's float32 computation
+            # differs between CPUs by one count in some entries) and undecodable blobs.
+            raise StoreError(
+                f"weights file {entry.file} for quality {entry.quality} has no entropy tables ({missing[0]} is "
+                "empty); re-import the checkpoint with tcm models import, which builds and stores them"
+            )
         return model.eval()
 
     def annotate(self, quality: int, evaluation: dict[str, Any]) -> ModelEntry:

@@ -42,17 +42,61 @@ def kodak_dir() -> Path:
     return _require(KODAK)
 
 
-@pytest.fixture(scope="session")
-def kit_store(tmp_path_factory) -> Path:
-    """A model store holding the conformance checkpoint as quality ``KIT_QUALITY``."""
+def kit_tables() -> dict:
+    """The kit's reference entropy tables (``cdf_tables.npz``) as tensors by state_dict key.
+
+    Why the tests load them instead of building tables from the kit checkpoint: the
+    reference's own float32 computation of the z (EntropyBottleneck) table differs between
+    CPUs by one count in a few hundred entries (kit README), so tables built here give other
+    z strings than the kit's on another CPU. Tables are data of a model (the store keeps
+    them in the weights file); strings are compared with the kit's tables loaded.
+    """
+    import numpy as np
+    import torch
+
+    from service.model.checkpoint import TABLE_BUFFERS
+
+    ref = np.load(_require(CONFORMANCE / "cdf_tables.npz"))
+    return {key: torch.from_numpy(ref[key].copy()) for key in TABLE_BUFFERS}
+
+
+def write_kit_checkpoint_with_tables(path: Path, state: dict | None = None) -> Path:
+    """The kit checkpoint with the kit's reference tables filled in (as after update())."""
+    import torch
+
+    from service.model.checkpoint import read_state_dict
+
+    state = read_state_dict(_require(KIT_CHECKPOINT)) if state is None else state
+    torch.save({"state_dict": {**state, **kit_tables()}}, path)
+    return path
+
+
+def kit_store_at(root: Path, qualities: tuple[int, ...] = (KIT_QUALITY,), checkpoint: Path | None = None) -> Path:
+    """A model store at ``root`` holding the kit checkpoint, with the kit's tables, under
+    each of ``qualities`` (also used by tests/golden/make_golden.py)."""
     from service.model.config import preset
     from service.store import ModelStore
 
-    root = tmp_path_factory.mktemp("kit_store")
-    ModelStore(root).import_checkpoint(
-        _require(KIT_CHECKPOINT), KIT_QUALITY, preset("conformance-small"), lmbda=0.013, source="conformance kit"
-    )
+    root.mkdir(parents=True, exist_ok=True)
+    made = checkpoint is None
+    checkpoint = checkpoint or write_kit_checkpoint_with_tables(root / ".kit-with-tables.pth.tar")
+    for q in qualities:
+        ModelStore(root).import_checkpoint(checkpoint, q, preset("conformance-small"), lmbda=0.013, source="conformance kit")
+    if made:
+        checkpoint.unlink()
     return root
+
+
+@pytest.fixture(scope="session")
+def kit_checkpoint_with_tables(tmp_path_factory, kit_state_dict) -> Path:
+    return write_kit_checkpoint_with_tables(tmp_path_factory.mktemp("kit_tables") / "kit-updated.pth.tar", kit_state_dict)
+
+
+@pytest.fixture(scope="session")
+def kit_store(tmp_path_factory, kit_checkpoint_with_tables) -> Path:
+    """A model store holding the conformance checkpoint (with the kit's tables) as quality
+    ``KIT_QUALITY``."""
+    return kit_store_at(tmp_path_factory.mktemp("kit_store"), checkpoint=kit_checkpoint_with_tables)
 
 
 @pytest.fixture(scope="session")
@@ -63,19 +107,25 @@ def kit_state_dict(conformance_dir):
     return read_state_dict(KIT_CHECKPOINT)
 
 
-@pytest.fixture(scope="session")
-def kit_engine(kit_state_dict):
-    """An Engine on the CPU with the kit model and its entropy tables."""
-    import torch
-
-    from service.codec.engine import Engine
+def kit_model(kit_state_dict):
+    """The kit model on the CPU with the kit's reference tables (see :func:`kit_tables`)."""
     from service.model.checkpoint import load_into
     from service.model.config import preset
     from service.model.tcm import TCM
 
     model = TCM(preset("conformance-small"))
-    load_into(model, kit_state_dict)
-    return Engine(model, torch.device("cpu"))
+    load_into(model, {**kit_state_dict, **kit_tables()})
+    return model
+
+
+@pytest.fixture(scope="session")
+def kit_engine(kit_state_dict):
+    """An Engine on the CPU with the kit model and the kit's entropy tables."""
+    import torch
+
+    from service.codec.engine import Engine
+
+    return Engine(kit_model(kit_state_dict), torch.device("cpu"))
 
 
 # -- the HTTP service (tests/test_api.py, test_server.py, test_batching.py) ---------------------
@@ -84,18 +134,10 @@ SERVICE_QUALITIES = (2, 3)
 
 
 @pytest.fixture(scope="session")
-def service_store(tmp_path_factory) -> Path:
-    """A model store holding the conformance checkpoint as qualities 2 and 3."""
-    from service.model.config import preset
-    from service.store import ModelStore
-
-    root = tmp_path_factory.mktemp("service_store")
-    store = ModelStore(root)
-    for q in SERVICE_QUALITIES:
-        store.import_checkpoint(
-            _require(KIT_CHECKPOINT), q, preset("conformance-small"), lmbda=0.013, source="conformance kit"
-        )
-    return root
+def service_store(tmp_path_factory, kit_checkpoint_with_tables) -> Path:
+    """A model store holding the conformance checkpoint (with the kit's tables) as
+    qualities 2 and 3."""
+    return kit_store_at(tmp_path_factory.mktemp("service_store"), SERVICE_QUALITIES, kit_checkpoint_with_tables)
 
 
 def make_png(height: int, width: int, mode: str = "RGB", seed: int = 0) -> bytes:

@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-from service.codec.container import HEADER_SIZE, MAGIC, TcmFile, unpack
+from service.codec.container import HEADER_SIZES, MAGIC, TcmFile, unpack
 from service.errors import TcmError
 
 #: Header layout (offset, struct code) of the fields a structure-aware mutation rewrites.
@@ -44,6 +44,8 @@ FIELDS: dict[str, tuple[int, str]] = {
     "backend": (20, "B"), "reserved": (21, "3s"), "config_hash": (24, "8s"), "weights_hash": (32, "8s"),
     "symbols_crc32": (40, "I"), "z_len": (44, "I"), "y_len": (48, "I"),
 }
+#: Version 2 (portable) only.
+V2_FIELDS: dict[str, tuple[int, str]] = {"hints_len": (52, "I")}
 
 #: Padded pixels a fuzz case may decode (the service's own limit is 40 MP; a fuzz case that
 #: claims more is refused from its header, which is what this keeps cheap to check).
@@ -99,8 +101,7 @@ def make_context(store_root: Path, quality: int) -> FuzzContext:
     model and keep each one's padded reconstruction for the oracle."""
     import torch
 
-    from service.codec.engine import CodedImage
-    from service.codec.pipeline import compress_images, decompress_blob, load_model, store_resolver
+    from service.codec.pipeline import coded_image, compress_images, decompress_blob, load_model, store_resolver
     from service.imageio import DecodedImage
     from service.store import ModelStore
 
@@ -114,10 +115,11 @@ def make_context(store_root: Path, quality: int) -> FuzzContext:
         DecodedImage(rng.integers(0, 256, size=(300, 21, 3), dtype=np.uint8), "RGB", "PNG"),
     ]
     bases = []
-    for img in images:
-        (res,) = compress_images(lm, [img])
+    # Portable (version 2) blobs, and one exact (version 1) blob: both versions are fuzzed.
+    for img, portable in [(img, True) for img in images] + [(images[0], False)]:
+        (res,) = compress_images(lm, [img], portable=portable)
         f = unpack(res.blob)
-        x = lm.engine.decompress([CodedImage(f.z_string, f.y_string, f.header.symbols_crc32)], f.header.z_shape)[0]
+        x = lm.engine.decompress([coded_image(f)], f.header.z_shape)[0]
         bases.append(Base(res.blob, x))
     resolve = store_resolver(store, device)
     return FuzzContext(bases, lambda blob: decompress_blob(blob, resolve, FUZZ_MAX_PIXELS))
@@ -134,16 +136,24 @@ def _set_field(body: bytearray, name: str, value) -> None:
     struct.pack_into("<" + code, body, off, value)
 
 
-def _fix_lengths(body: bytearray, z_len: int, y_len: int) -> None:
-    _set_field(body, "z_len", z_len)
-    _set_field(body, "y_len", y_len)
+def _assemble(body: bytearray, f: TcmFile, z: bytes, y: bytes, hints: bytes | None = None) -> bytes:
+    """A blob of ``f``'s version from ``body``'s header and these streams (and hints, for
+    version 2), with the length fields and the CRC made right."""
+    version = f.header.version
+    hints = f.hints if hints is None else hints
+    _set_field(body, "z_len", len(z))
+    _set_field(body, "y_len", len(y))
+    if version == 2:
+        off, code = V2_FIELDS["hints_len"]
+        struct.pack_into("<" + code, body, off, len(hints))
+    return fix_crc(bytes(body[: HEADER_SIZES[version]]) + bytes(z) + bytes(y) + (bytes(hints) if version == 2 else b""))
 
 
 #: Mutation kinds, repeated by weight: the full decodes (identity, same-size splices) cost a
 #: whole decompression each, so they are drawn less often than the cheap structural ones.
 KINDS = (
     ["random", "magic_random", "truncate", "swap_crc", "splice_crc", "identity"]
-    + ["flip", "resize_crc", "stream_garbage_crc", "geometry_crc"] * 2
+    + ["flip", "resize_crc", "stream_garbage_crc", "geometry_crc", "hints_crc"] * 2
     + ["flip_crc", "field_crc"] * 3
 )
 
@@ -159,20 +169,21 @@ def tcm_cases(draw, blobs: Sequence[bytes]) -> tuple[str, bytes]:
     if kind == "random":
         return kind, draw(st.binary(max_size=256))
     if kind == "magic_random":
-        data = MAGIC + b"\x01" + draw(st.binary(max_size=256))
+        data = MAGIC + draw(st.sampled_from([b"\x01", b"\x02"])) + draw(st.binary(max_size=256))
         return kind, fix_crc(data) if draw(st.booleans()) else data
     if kind in ("flip", "flip_crc"):
         crc = kind == "flip_crc"
         target = body if crc else bytearray(blob)
-        lo = draw(st.sampled_from([0, HEADER_SIZE])) if crc else 0
+        lo = draw(st.sampled_from([0, HEADER_SIZES[f.header.version]])) if crc else 0
         for _ in range(draw(st.integers(1, 8))):
             i = draw(st.integers(lo, len(target) - 1))
             target[i] ^= draw(st.integers(1, 255))
         return kind, fix_crc(bytes(target)) if crc else bytes(target)
     if kind == "field_crc":
+        fields = {**FIELDS, **(V2_FIELDS if f.header.version == 2 else {})}
         for _ in range(draw(st.integers(1, 3))):
-            name = draw(st.sampled_from(sorted(FIELDS)))
-            off, code = FIELDS[name]
+            name = draw(st.sampled_from(sorted(fields)))
+            off, code = fields[name]
             size = struct.calcsize("<" + code)
             body[off:off + size] = draw(st.binary(min_size=size, max_size=size))
         return kind, fix_crc(bytes(body))
@@ -204,24 +215,31 @@ def tcm_cases(draw, blobs: Sequence[bytes]) -> tuple[str, bytes]:
             del s[max(0, len(s) + k):]
         else:
             s += draw(st.binary(min_size=k, max_size=k))
-        _fix_lengths(body, len(z), len(y))
-        return kind, fix_crc(bytes(body[:HEADER_SIZE]) + bytes(z) + bytes(y))
+        return kind, _assemble(body, f, z, y)
     if kind == "splice_crc":
         other = unpack(draw(st.sampled_from(list(blobs))))
         z = draw(st.sampled_from([f.z_string, other.z_string]))
         y = draw(st.sampled_from([f.y_string, other.y_string]))
-        _fix_lengths(body, len(z), len(y))
-        return kind, fix_crc(bytes(body[:HEADER_SIZE]) + z + y)
+        return kind, _assemble(body, f, z, y)
     if kind == "stream_garbage_crc":
         which = draw(st.sampled_from(["z", "y"]))
         n = 4 * draw(st.integers(2, 64))
         garbage = draw(st.binary(min_size=n, max_size=n))
         z, y = (garbage, f.y_string) if which == "z" else (f.z_string, garbage)
-        _fix_lengths(body, len(z), len(y))
-        return kind, fix_crc(bytes(body[:HEADER_SIZE]) + z + y)
+        return kind, _assemble(body, f, z, y)
     if kind == "swap_crc":
-        _fix_lengths(body, len(f.y_string), len(f.z_string))
-        return kind, fix_crc(bytes(body[:HEADER_SIZE]) + f.y_string + f.z_string)
+        return kind, _assemble(body, f, f.y_string, f.z_string)
+    if kind == "hints_crc" and f.header.version == 2:
+        # Any hint list: garbage, or a well-formed one naming symbols and tables at random.
+        if draw(st.booleans()):
+            hints = draw(st.binary(max_size=24))
+        else:
+            from service.codec.hints import encode_hints
+
+            positions = sorted(draw(st.sets(st.integers(0, 4000), max_size=5)))
+            indexes = draw(st.lists(st.integers(0, 70), min_size=len(positions), max_size=len(positions)))
+            hints = encode_hints(np.array(positions, np.int64), np.array(indexes, np.int64).clip(0, 255))
+        return kind, _assemble(body, f, f.z_string, f.y_string, hints)
     return kind, blob  # identity: the oracle's positive control
 
 

@@ -23,7 +23,7 @@ from service.api import create_app
 from service.api.errors import STATUS, status_for
 from service.api.logs import JsonFormatter
 from service.client import AsyncTcmClient, error_from_response
-from service.codec.container import TcmFile, pack, unpack
+from service.codec.container import pack, unpack
 from service.codec.pipeline import compress_images, decompress_blob, load_model
 from service.config import load_settings
 from service.errors import ConfigError, FormatError, ImageError, ImageTooLargeError, TcmError
@@ -171,7 +171,7 @@ def test_400_corrupt_bitstream_with_valid_container(app, service_images):
     fails only itself: 400, and the service keeps working."""
     blob = post(app, "/compress", service_images["gray64"]).content
     f = unpack(blob)
-    bad = pack(TcmFile(f.header, f.z_string, bytes(b ^ 0x5A for b in f.y_string)))
+    bad = pack(dataclasses.replace(f, y_string=bytes(b ^ 0x5A for b in f.y_string)))
     body = assert_error(post(app, "/decompress", bad), 400)
     assert body["error"] in ("corrupt_bitstream", "entropy_parameter_drift")
     assert post(app, "/decompress", blob).status_code == 200
@@ -237,7 +237,7 @@ def test_422_bad_parameters(app, service_images, local_model):
         dataclasses.replace(f.header, quality=7),
         dataclasses.replace(f.header, weights_hash=bytes(8)),
     ):
-        other = pack(TcmFile(header, f.z_string, f.y_string))
+        other = pack(dataclasses.replace(f, header=header))
         assert_error(post(app, "/decompress", other), 422, "model_not_found")
 
 

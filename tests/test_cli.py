@@ -104,16 +104,20 @@ def test_store_checksum_mismatch_is_refused(capsys, kit_store, tmp_path):
 
 
 def test_conformance_vector_through_cli_matches_reference_strings(capsys, store_args, conformance_dir, tmp_path):
-    """`tcm compress` on the kit input writes exactly the reference strings, and
-    `tcm inspect` reports their SHA-256."""
+    """`tcm compress --bitstream exact` on the kit input writes exactly the reference
+    strings (a version-1 blob), and `tcm inspect` reports their SHA-256."""
     for name in KIT_VECTORS:
         folder = conformance_dir / "vectors" / name
         expected = json.loads((folder / "expected.json").read_text())["compress"]
         out = tmp_path / f"{name}.tcm"
-        code, _, err = run_cli(capsys, "compress", str(folder / "input.png"), "-o", str(out), "-q", str(KIT_QUALITY), "--device", "cpu", *store_args)
+        code, _, err = run_cli(
+            capsys, "compress", str(folder / "input.png"), "-o", str(out), "-q", str(KIT_QUALITY), "--device", "cpu",
+            "--bitstream", "exact", *store_args,
+        )
         assert code == 0, err
         code, text, _ = run_cli(capsys, "inspect", str(out), "--json")
         fields = json.loads(text)
+        assert fields["format_version"] == 1
         assert fields["z_string_sha256"] == expected["z_string_sha256"]
         assert fields["y_string_sha256"] == expected["y_string_sha256"]
         assert (fields["width"], fields["height"], fields["mode"], fields["quality"]) == (
@@ -183,12 +187,39 @@ def test_directory_of_images_with_progress_and_summary(capsys, store_args, tmp_p
     (src / "notes.txt").write_text("not an image")
     code, out, err = run_cli(capsys, "compress", str(src), "-o", str(tmp_path / "out"), *store_args)
     assert code == 0, err
-    assert "compressed 3 image(s)" in out and "bpp" in out
+    assert "compressed 3 of 3 file(s)" in out and "bpp" in out and "portable" in out
     assert "3/3" in err  # progress bar
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["im0.tcm", "im1.tcm", "im2.tcm"]
     code, out, err = run_cli(capsys, "decompress", str(tmp_path / "out"), "-o", str(tmp_path / "dec"), *store_args)
     assert code == 0, err
+    assert "decompressed 3 of 3 file(s)" in out
     assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == ["im0.png", "im1.png", "im2.png"]
+
+
+def test_many_files_go_on_past_a_failing_one(capsys, store_args, tmp_path):
+    """One bad file among many: one line for it, the others decoded, a summary, exit 1."""
+    src = tmp_path / "imgs"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        _save(src / f"im{i}.png", rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8))
+    (src / "im1.png").write_bytes(b"not a png at all")
+    code, out, err = run_cli(capsys, "compress", str(src), "-o", str(tmp_path / "out"), *store_args)
+    assert code == 1
+    assert "compressed 2 of 3 file(s)" in out and "1 failed" in out
+    lines = [line for line in err.splitlines() if line.strip().startswith("tcm: error:") or "tcm: error:" in line]
+    assert len(lines) == 1 and "im1.png" in lines[0], err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["im0.tcm", "im2.tcm"]
+    blobs = tmp_path / "out"
+    good = (blobs / "im0.tcm").read_bytes()
+    (blobs / "bad.tcm").write_bytes(good[:-7])  # truncated
+    (blobs / "zz.tcm").write_bytes(good[:60] + bytes(b ^ 0xFF for b in good[60:]))  # CRC mismatch
+    code, out, err = run_cli(capsys, "decompress", str(blobs), "-o", str(tmp_path / "dec"), *store_args)
+    assert code == 1
+    assert "decompressed 2 of 4 file(s)" in out and "2 failed" in out
+    errors = [line[line.index("tcm: error:"):] for line in err.splitlines() if "tcm: error:" in line]
+    assert len(errors) == 2 and "bad.tcm" in errors[0] and "truncated" in errors[0] and "zz.tcm" in errors[1], err
+    assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == ["im0.png", "im2.png"]
 
 
 def test_alpha_refused_unless_dropped(capsys, store_args, tmp_path):

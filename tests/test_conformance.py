@@ -2,7 +2,8 @@
 
 Forward outputs within 1e-4, symbols and indexes identical, z/y strings byte-identical,
 decoding the reference strings reproduces decoded.npz / decoded.png, for the square and
-the non-square vector (the latter catches H/W swaps in window partitioning).
+the non-square vector (the latter catches H/W swaps in window partitioning). Strings are
+the exact (version-1) path, compared with the kit's tables loaded (conftest.kit_tables).
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def test_forward_matches_reference(vector, kit_engine):
 
 
 def test_symbols_indexes_and_strings_identical(vector, kit_engine):
-    (symbols,) = kit_engine.analyse(_padded_input(vector))
+    (symbols,) = kit_engine.analyse(_padded_input(vector), portable=False)
     ref = vector["internals"]
     np.testing.assert_array_equal(symbols.z_symbols, ref["z_symbols"])
     np.testing.assert_array_equal(symbols.y_symbols, ref["y_symbols"])
@@ -115,8 +116,8 @@ def test_batched_coding_equals_one_at_a_time(vector, kit_engine):
     and batched decoding equals decoding alone."""
     x = _padded_input(vector)
     batch = torch.cat([x, x.flip(-1), x.flip(-2)])
-    together = [kit_engine.encode_symbols(s) for s in kit_engine.analyse(batch)]
-    alone = [kit_engine.encode_symbols(kit_engine.analyse(batch[i : i + 1])[0]) for i in range(3)]
+    together = [kit_engine.encode_symbols(s) for s in kit_engine.analyse(batch, portable=False)]
+    alone = [kit_engine.encode_symbols(kit_engine.analyse(batch[i : i + 1], portable=False)[0]) for i in range(3)]
     for a, b in zip(together, alone):
         assert (a.z_string, a.y_string, a.symbols_crc32) == (b.z_string, b.y_string, b.symbols_crc32)
     z_shape = (x.shape[2] // 64, x.shape[3] // 64)
@@ -130,6 +131,6 @@ def test_decoded_equals_clamped_forward(vector, kit_engine):
     x = _padded_input(vector)
     with torch.no_grad():
         fwd = kit_engine.model(x)["x_hat"].clamp(0, 1)
-    coded = kit_engine.compress(x)
+    coded = kit_engine.compress(x, portable=False)
     dec = kit_engine.decompress(coded, (x.shape[2] // 64, x.shape[3] // 64))
     assert float((dec - fwd).abs().max()) <= FLOAT_TOL

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import KIT_CHECKPOINT
+from conftest import KIT_CHECKPOINT, kit_model
 from service.codec.engine import prepare_entropy_tables
 from service.errors import CheckpointError, ConfigError
 from service.model.checkpoint import TABLE_BUFFERS, load_into, read_state_dict
@@ -123,9 +123,7 @@ def test_checkpoint_with_filled_tables_keeps_them(kit_state_dict, kit_forward, t
     """A checkpoint saved after update() loads with its tables, which equal the kit's."""
     import numpy as np
 
-    model = TCM(preset("conformance-small"))
-    load_into(model, kit_state_dict)
-    prepare_entropy_tables(model)
+    model = kit_model(kit_state_dict)  # the kit's tables, as the reference's update() made them
     path = tmp_path / "updated.pth"
     torch.save({"state_dict": model.state_dict()}, path)
     loaded = _load_file(path)

@@ -68,8 +68,12 @@ def kodak_crop(kodak_dir):
 
 @pytest.fixture(scope="module")
 def blobs(torch_lm, onnx_lm, kodak_crop):
-    """The crop compressed once by each backend."""
-    return {"torch": compress_images(torch_lm, [kodak_crop])[0], "onnx": compress_images(onnx_lm, [kodak_crop])[0]}
+    """The crop compressed once by each backend, as exact (version-1) blobs: the backend rule
+    below is theirs (portable blobs decode with either backend: tests/test_portable.py)."""
+    return {
+        "torch": compress_images(torch_lm, [kodak_crop], portable=False)[0],
+        "onnx": compress_images(onnx_lm, [kodak_crop], portable=False)[0],
+    }
 
 
 def _png(px: np.ndarray) -> bytes:
@@ -183,7 +187,7 @@ def test_onnx_round_trip_of_vectors_within_one_level(vector, onnx_lm, torch_lm):
     not move on these vectors) and the image is within 1 level of decoded.png."""
     img = vector["input"]
     x = pad(pixels_to_tensor(img), padding_for(*img.shape[:2]))[None]
-    (coded,) = onnx_lm.engine.compress(x)
+    (coded,) = onnx_lm.engine.compress(x, portable=False)
     assert coded.backend == "onnx-cpu"
     assert (coded.z_string, coded.y_string) == (vector["z_string"], vector["y_string"])
     x_hat = onnx_lm.engine.decompress([coded], (x.shape[2] // 64, x.shape[3] // 64))[0]
@@ -253,9 +257,11 @@ def test_service_settings_select_the_onnx_backend(kit_store, onnx_dir, blobs):
         assert pool.wait_ready(180), pool.not_ready_reason()
         img = decode_image(make_png(136, 200, seed=5))
         comp = pool.submit_compress(img, KIT_QUALITY, deadline=_far()).future.result(120)
-        assert unpack(comp.blob).header.backend == "onnx-cpu"
+        assert unpack(comp.blob).header.backend == "portable-f64"
+        exact = pool.submit_compress(img, KIT_QUALITY, deadline=_far(), bitstream="exact").future.result(120)
+        assert unpack(exact.blob).header.backend == "onnx-cpu"
         # A torch-cpu blob is decoded too (the ONNX engine holds the exact path as well).
-        for blob, shape in ((comp.blob, (136, 200, 3)), (blobs["torch"].blob, (200, 232, 3))):
+        for blob, shape in ((comp.blob, (136, 200, 3)), (exact.blob, (136, 200, 3)), (blobs["torch"].blob, (200, 232, 3))):
             dec = pool.submit_decompress(blob, unpack(blob).header, deadline=_far()).future.result(120)
             assert dec.pixels.shape == shape
     finally:

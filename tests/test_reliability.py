@@ -47,7 +47,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import KIT_QUALITY, make_png
 from service.api import create_app
 from service.client import TcmClient
-from service.codec.container import BACKENDS, TcmFile, pack, unpack
+from service.codec.container import BACKENDS, pack, unpack
 from service.codec.pipeline import decompress_blob, load_model
 from service.config import load_settings
 from service.errors import BitstreamError, DriftError, StoreError
@@ -411,7 +411,7 @@ def test_a_request_past_its_deadline_is_never_started(app, png, monkeypatch):
     monkeypatch.setattr(app.state.settings, "request_timeout_s", 0.5)
     started = []
     real = pool_module.analyse_images
-    monkeypatch.setattr(pool_module, "analyse_images", lambda lm, imgs: (started.append(len(imgs)), real(lm, imgs))[1])
+    monkeypatch.setattr(pool_module, "analyse_images", lambda lm, imgs, *rest: (started.append(len(imgs)), real(lm, imgs, *rest))[1])
 
     async def main():
         async with _client(app) as c:
@@ -510,15 +510,22 @@ def local_model(kit_store):
     return load_model(ModelStore(kit_store), KIT_QUALITY, torch.device("cpu"))
 
 
-def test_relabelled_backend_decodes_correctly_and_drift_is_refused(app, expected_blob, local_model):
-    """A blob labelled with another backend (device kind / runtime) is either refused up
-    front (422 backend_mismatch) or decodes to exactly the same pixels; a symbol checksum
-    that does not match (what a decoder computing other entropy parameters sees) is
-    refused with 400. Never a silently different image."""
-    f = unpack(expected_blob)
-    reference = decompress_blob(expected_blob, lambda h: local_model).pixels
-    blobs = {b: pack(TcmFile(dataclasses.replace(f.header, backend=b), f.z_string, f.y_string)) for b in BACKENDS}
-    drifted = pack(TcmFile(dataclasses.replace(f.header, symbols_crc32=f.header.symbols_crc32 ^ 1), f.z_string, f.y_string))
+def test_relabelled_backend_decodes_correctly_and_drift_is_refused(app, png, local_model):
+    """An exact (version-1) blob labelled with another backend (device kind / runtime) is
+    either refused up front (422 backend_mismatch) or decodes to exactly the same pixels; a
+    symbol checksum that does not match (what a decoder computing other entropy parameters
+    sees) is refused with 400. Never a silently different image."""
+
+    async def exact_blob():
+        async with _client(app) as c:
+            return await c.post("/compress?bitstream=exact", content=png)
+
+    r = anyio.run(exact_blob)
+    assert r.status_code == 200 and r.headers["X-TCM-Format-Version"] == "1", r.text
+    f = unpack(r.content)
+    reference = decompress_blob(r.content, lambda h: local_model).pixels
+    blobs = {b: pack(dataclasses.replace(f, header=dataclasses.replace(f.header, backend=b))) for b in BACKENDS}
+    drifted = pack(dataclasses.replace(f, header=dataclasses.replace(f.header, symbols_crc32=f.header.symbols_crc32 ^ 1)))
 
     async def main():
         async with _client(app) as c:

@@ -2,7 +2,9 @@
 a crash, hang, or silently wrong image."""
 from __future__ import annotations
 
+import dataclasses
 import struct
+from dataclasses import replace
 import zlib
 
 import numpy as np
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 
 from conftest import KIT_QUALITY
 from service.cli.main import main
-from service.codec.container import HEADER_SIZE, TcmFile, pack, unpack
+from service.codec.container import HEADER_SIZE, pack, unpack
 from service.codec.pipeline import compress_images, decompress_blob, load_model, store_resolver
 from service.errors import DriftError, FormatError, ModelNotFoundError, TcmError
 from service.imageio import DecodedImage
@@ -93,18 +95,17 @@ def test_payload_mutations_with_valid_crc_never_return_wrong_image(codec, data):
 def test_wrong_symbol_checksum_is_drift(codec):
     blob, resolve = codec
     f = unpack(blob)
-    import dataclasses
 
     bad = dataclasses.replace(f.header, symbols_crc32=(f.header.symbols_crc32 + 1) & 0xFFFFFFFF)
     with pytest.raises(DriftError, match="checksum"):
-        decompress_blob(pack(TcmFile(bad, f.z_string, f.y_string)), resolve)
+        decompress_blob(pack(dataclasses.replace(f, header=bad)), resolve)
 
 
 def test_swapped_streams_refused(codec):
     blob, resolve = codec
     f = unpack(blob)
     with pytest.raises(FormatError):
-        decompress_blob(pack(TcmFile(f.header, f.y_string, f.z_string)), resolve)
+        decompress_blob(pack(replace(f, z_string=f.y_string, y_string=f.z_string)), resolve)
 
 
 def test_huge_claimed_size_refused_before_decoding(codec):
@@ -117,7 +118,6 @@ def test_huge_claimed_size_refused_before_decoding(codec):
         return real_resolve(*args, **kwargs)
 
     f = unpack(blob)
-    import dataclasses
 
     from service.codec.padding import padding_for
 
@@ -125,7 +125,7 @@ def test_huge_claimed_size_refused_before_decoding(codec):
     p = padding_for(h, w)
     big = dataclasses.replace(f.header, width=w, height=h, pad=p, z_shape=((h + p[2] + p[3]) // 64, (w + p[0] + p[1]) // 64))
     with pytest.raises(TcmError, match="over the limit"):
-        decompress_blob(pack(TcmFile(big, f.z_string, f.y_string)), resolve)
+        decompress_blob(pack(dataclasses.replace(f, header=big)), resolve)
     assert asked == []
     decompress_blob(blob, resolve)  # the spy does see a blob that gets decoded
     assert len(asked) == 1

@@ -1,4 +1,16 @@
-"""Entropy tables: bit-exact against CompressAI 1.2.0's update() output in the kit."""
+"""Entropy tables against CompressAI 1.2.0's update() output in the kit.
+
+The Gaussian (y) tables are bit-exact on every CPU. The EntropyBottleneck (z) tables are
+bit-exact on the kit's CPU only: the reference's own float32 computation gives tables that
+differ in a few hundred of their 16,320 entries on another CPU (kit README: 352 entries, in
+10 rows, between an AMD EPYC and an Intel Xeon): a pmf value that rounds the other way
+changes the row's total, and the integer rescaling then moves every symbol's frequency
+(the step between two CDF entries) by one count, the escape bin at the end of the row
+taking up the sum. These tests allow exactly that: one count per symbol frequency (a
+cumulative entry then differs by as many counts as there are steps before it). That is why tables are stored with the
+model and never rebuilt at load (service/store.py), and why bitstreams are compared with
+the kit's tables loaded (tests/conftest.py: kit_tables).
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -95,14 +107,26 @@ def test_gaussian_table_rejects_bad_scales(bad):
 # entropy bottleneck
 
 
-def test_bottleneck_table_matches_reference(ref, eb_table, eb_params):
-    np.testing.assert_array_equal(eb_table.cdf, ref[EB + "_quantized_cdf"])
+def test_bottleneck_table_matches_reference_within_one_count(ref, eb_table, eb_params):
+    """Same shape, lengths and offsets exactly; symbol frequencies within the one count by
+    which the reference's own tables differ between CPUs (module docstring)."""
     np.testing.assert_array_equal(eb_table.cdf_length, ref[EB + "_cdf_length"])
     np.testing.assert_array_equal(eb_table.offset, ref[EB + "_offset"])
     np.testing.assert_array_equal(eb_params["quantiles"][:, 0, 1].numpy(), ref[EB + "medians"])
+    assert eb_table.cdf.shape == ref[EB + "_quantized_cdf"].shape
+    freq = np.diff(eb_table.cdf.astype(np.int64), axis=1)
+    ref_freq = np.diff(ref[EB + "_quantized_cdf"].astype(np.int64), axis=1)
+    for row, n in enumerate(eb_table.cdf_length):
+        symbols = slice(0, n - 2)  # frequency n - 2 is the escape bin, which absorbs the rest
+        diff = np.abs(freq[row, symbols] - ref_freq[row, symbols])
+        assert diff.max(initial=0) <= 1, f"row {row}: a symbol frequency differs by {diff.max()} counts"
+    # Whatever the CPU, each row is a valid 16-bit CDF: 0, strictly increasing, 65536 at its end.
+    for row, n in zip(eb_table.cdf, eb_table.cdf_length):
+        assert row[0] == 0 and row[n - 1] == 65536 and np.all(np.diff(row[:n]) > 0)
 
 
-def test_bottleneck_table_accepts_parameters_with_grad(ref, eb_params):
+def test_bottleneck_table_accepts_parameters_with_grad(eb_table, eb_params):
+    """Parameters that require grad give the same table as detached ones, on this CPU."""
     params = {
         "quantiles": eb_params["quantiles"].clone().requires_grad_(True),
         "matrices": [m.clone().requires_grad_(True) for m in eb_params["matrices"]],
@@ -110,7 +134,7 @@ def test_bottleneck_table_accepts_parameters_with_grad(ref, eb_params):
         "factors": eb_params["factors"],
     }
     table = bottleneck_table(**params)
-    np.testing.assert_array_equal(table.cdf, ref[EB + "_quantized_cdf"])
+    np.testing.assert_array_equal(table.cdf, eb_table.cdf)
 
 
 def test_bottleneck_table_rejects_bad_quantiles(eb_params):
@@ -142,8 +166,12 @@ def test_logits_cumulative_shapes_monotone_and_differentiable(eb_params):
         logits_cumulative(x, eb_params["matrices"], eb_params["biases"], eb_params["factors"][:-1])
 
 
-def test_z_vector_symbols_from_medians(conformance_dir, eb_table, eb_params):
-    """z symbols = round_half_even(z - median), index = channel; codes to z_string."""
+def test_z_vector_symbols_from_medians(conformance_dir, ref, eb_params):
+    """z symbols = round_half_even(z - median), index = channel; with the kit's z table they
+    code to the kit's z_string."""
+    eb_table = EntropyTable(
+        cdf=ref[EB + "_quantized_cdf"], cdf_length=ref[EB + "_cdf_length"], offset=ref[EB + "_offset"]
+    )
     for name in ("coffee-136x200", "coffee-140x260"):
         folder = conformance_dir / "vectors" / name
         ci = np.load(folder / "compress_internals.npz")

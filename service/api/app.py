@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import anyio
 from fastapi import FastAPI, Query, Request
@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
-from ..codec.container import unpack
+from ..codec.container import BITSTREAMS, unpack
 from ..config import Settings
 from ..imageio import decode_image, encode_png
 from ..runtime.batcher import Job
@@ -228,7 +228,7 @@ def _only_query(request: Request, known: frozenset[str]) -> None:
         raise BadParameterError(f"unknown query parameter(s) {', '.join(unknown)} (this endpoint takes: {expected})")
 
 
-_COMPRESS_QUERY = frozenset({"quality", "drop_alpha"})
+_COMPRESS_QUERY = frozenset({"quality", "drop_alpha", "bitstream"})
 _DECOMPRESS_QUERY: frozenset[str] = frozenset()
 
 
@@ -308,12 +308,14 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
         summary="Compress an image to a .tcm blob",
         responses={
             200: {"content": {TCM_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
-                  "description": "the .tcm blob; headers X-TCM-Quality, X-TCM-Bpp, X-TCM-Width, X-TCM-Height",
+                  "description": "the .tcm blob; headers X-TCM-Quality, X-TCM-Bpp, X-TCM-Width, X-TCM-Height, "
+                                 "X-TCM-Format-Version (2: portable, 1: exact)",
                   "headers": {
                       "X-TCM-Quality": {"required": True, "schema": _HEADER_INT},
                       "X-TCM-Bpp": {"required": True, "schema": {"type": "string", "pattern": r"^[0-9]+\.[0-9]+$"}},
                       "X-TCM-Width": {"required": True, "schema": _HEADER_INT},
                       "X-TCM-Height": {"required": True, "schema": _HEADER_INT},
+                      "X-TCM-Format-Version": {"required": True, "schema": {"type": "string", "enum": ["1", "2"]}},
                   }},
             **_errors_doc(400, 408, 413, 415, 422, 429, 503, 504),
         },
@@ -323,6 +325,12 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
         request: Request,
         quality: Optional[int] = Query(None, ge=1, le=255, description="quality level (default: the service's default)"),
         drop_alpha: bool = Query(False, description="discard an alpha channel instead of refusing the image"),
+        bitstream: Optional[Literal[BITSTREAMS]] = Query(  # type: ignore[valid-type]
+            None,
+            description="portable: decodes on any machine, thread count and backend (format version 2); exact: the "
+            "reference codec's strings byte for byte, decodable only where the entropy parameters are reproduced bit "
+            "for bit (version 1, for conformance work). Default: the service's (TCM_BITSTREAM, else portable)",
+        ),
     ) -> Response:
         ctx = ctx_of(request)
         _only_query(request, _COMPRESS_QUERY)
@@ -348,7 +356,7 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
             io_s = time.monotonic() - t0
             ctx.timings["image_io"] = io_s
             metrics.stage("image_io", io_s)
-            job = pool.submit_compress(image, q, deadline, slot)
+            job = pool.submit_compress(image, q, deadline, slot, bitstream)
         result = await _await_job(pool, job, ctx)
         metrics.bpp.labels(str(q)).observe(result.bpp)
         return Response(
@@ -359,6 +367,7 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
                 "X-TCM-Bpp": f"{result.bpp:.6f}",
                 "X-TCM-Width": str(image.width),
                 "X-TCM-Height": str(image.height),
+                "X-TCM-Format-Version": str(result.header.version),
             },
         )
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from importlib import import_module
 from pathlib import Path
 
+from ..codec.container import BITSTREAMS, DEFAULT_BITSTREAM
 from ..errors import TcmError, is_out_of_memory
 from ..files import atomic_write
 from ..imageio import DEFAULT_MAX_PIXELS
@@ -69,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-q", "--quality", type=_quality, help="quality level in the store (default: the highest available)")
     c.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     backend_opt(c)
+    c.add_argument(
+        "--bitstream", choices=BITSTREAMS, default=os.environ.get("TCM_BITSTREAM", DEFAULT_BITSTREAM).strip().lower(),
+        help="portable: decodes on any machine, thread count and backend (format version 2); exact: the reference "
+        "codec's strings byte for byte, decodable only where the entropy parameters are reproduced bit for bit "
+        f"(format version 1, for conformance work) (default: $TCM_BITSTREAM, else {DEFAULT_BITSTREAM})",
+    )
     c.add_argument("--drop-alpha", action="store_true", help="discard an alpha channel instead of refusing the image")
     c.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
@@ -186,6 +193,38 @@ class _Progress:
             sys.stderr.flush()
 
 
+class _PerFile:
+    """Runs one command over many files: a failing file prints one line and the rest go on.
+
+    A single input fails as any command does (the caller's ``tcm: error:`` line, exit 1).
+    With several, each failure prints ``tcm: error: FILE: reason`` as it happens and
+    :meth:`finish` prints a summary and returns exit status 1 if anything failed.
+    """
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+        self.progress = _Progress(len(files))
+        self.failed: list[Path] = []
+
+    def run(self, src: Path, work) -> None:
+        try:
+            work()
+        except TcmError as exc:
+            if len(self.files) == 1:
+                raise type(exc)(f"{src}: {exc}") from None
+            self.failed.append(src)
+            if self.progress.show:
+                sys.stderr.write("\r\033[K")  # clear the progress line before the message
+            print(f"tcm: error: {src}: {exc}", file=sys.stderr)
+        self.progress.step(src.name)
+
+    def finish(self, verb: str, elapsed: float, extra: str = "") -> int:
+        done = len(self.files) - len(self.failed)
+        failed = f"; {len(self.failed)} failed" if self.failed else ""
+        print(f"{verb} {done} of {len(self.files)} file(s){extra} in {elapsed:.2f} s{failed}")
+        return EXIT_ERROR if self.failed else 0
+
+
 def _open_store(args):
     from ..store import ModelStore, resolve_store
 
@@ -194,6 +233,7 @@ def _open_store(args):
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_compress(args) -> int:
+    from ..codec.container import check_bitstream
     from ..codec.pipeline import compress_images, load_model, resolve_device
     from ..imageio import read_image
 
@@ -204,29 +244,33 @@ def cmd_compress(args) -> int:
     if not entries:
         raise CliError(f"model store {store.root} has no models (add one with: tcm models import)")
     quality = args.quality if args.quality is not None else entries[-1].quality
+    portable = check_bitstream(args.bitstream)
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     lm = load_model(store, quality, device, args.backend, os.environ.get("TCM_ONNX_DIR") or None)
     load_s = time.perf_counter() - t0
-    max_pixels = args.max_pixels
-    progress = _Progress(len(files))
-    total_bits = total_pixels = 0
+    run = _PerFile(files)
+    total = {"bits": 0, "pixels": 0}
     t1 = time.perf_counter()
-    for src, dst in zip(files, outs):
-        img = read_image(src, max_pixels=max_pixels, drop_alpha=args.drop_alpha)
-        (res,) = compress_images(lm, [img])
+
+    def one(src: Path, dst: Path) -> None:
+        img = read_image(src, max_pixels=args.max_pixels, drop_alpha=args.drop_alpha)
+        (res,) = compress_images(lm, [img], portable=portable)
         atomic_write(dst, res.blob)  # replaced whole or not at all
-        total_bits += 8 * len(res.blob)
-        total_pixels += img.width * img.height
+        total["bits"] += 8 * len(res.blob)
+        total["pixels"] += img.width * img.height
         if len(files) == 1:
             print(f"{src} -> {dst}: {img.width}x{img.height} {img.mode}, q{quality}, {len(res.blob)} bytes, {res.bpp:.4f} bpp")
-        progress.step(src.name)
+
+    for src, dst in zip(files, outs):
+        run.run(src, lambda: one(src, dst))
     elapsed = time.perf_counter() - t1
-    print(
-        f"compressed {len(files)} image(s) at q{quality} on {device} ({lm.backend}): {total_bits / max(total_pixels, 1):.4f} bpp "
-        f"(container included), {elapsed:.2f} s ({elapsed / len(files):.2f} s/image, model load {load_s:.2f} s)"
+    done = max(len(files) - len(run.failed), 1)
+    return run.finish(
+        "compressed", elapsed,
+        f" at q{quality} on {device} ({lm.backend}, {args.bitstream}): {total['bits'] / max(total['pixels'], 1):.4f} bpp "
+        f"(container included), {elapsed / done:.2f} s/image, model load {load_s:.2f} s,",
     )
-    return 0
 
 
 def cmd_decompress(args) -> int:
@@ -236,24 +280,22 @@ def cmd_decompress(args) -> int:
     files = _expand(args.inputs, {".tcm"})
     outs = _output_paths(files, args.output, ".png", args.force)
     resolve = store_resolver(_open_store(args), resolve_device(args.device), args.backend, os.environ.get("TCM_ONNX_DIR") or None)
-    progress = _Progress(len(files))
+    run = _PerFile(files)
     t0 = time.perf_counter()
-    for src, dst in zip(files, outs):
+
+    def one(src: Path, dst: Path) -> None:
         try:
             blob = read_blob(src)
         except OSError as exc:
-            raise CliError(f"cannot read {src}: {exc.strerror or exc}") from None
-        try:
-            out = decompress_blob(blob, resolve, args.max_pixels)
-        except TcmError as exc:
-            raise type(exc)(f"{src}: {exc}") from None
+            raise CliError(f"cannot read it: {exc.strerror or exc}") from None
+        out = decompress_blob(blob, resolve, args.max_pixels)
         write_png(dst, out.pixels)
         if len(files) == 1:
             print(f"{src} -> {dst}: {out.header.width}x{out.header.height} {out.mode}")
-        progress.step(src.name)
-    elapsed = time.perf_counter() - t0
-    print(f"decompressed {len(files)} file(s) in {elapsed:.2f} s")
-    return 0
+
+    for src, dst in zip(files, outs):
+        run.run(src, lambda: one(src, dst))
+    return run.finish("decompressed", time.perf_counter() - t0)
 
 
 def cmd_inspect(args) -> int:

@@ -19,7 +19,9 @@ the decoder's entropy parameters, so they may run on any backend.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -48,6 +50,16 @@ class Stages(Protocol):
     def slice_params(self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor]) -> SliceParams: ...
     def refine(self, i: int, mean_support: Tensor, y_hat_slice: Tensor) -> Tensor: ...
     def g_s(self, y_hat: Tensor) -> Tensor: ...
+    def current_threads(self) -> int: ...
+    def threads(self, k: int) -> AbstractContextManager[None]:
+        """Run the stages with ``k`` intra-op threads inside the block: the split of work
+        between threads changes the last bits, so a version-1 blob that does not decode
+        with one count is retried with others (``Engine.decode_latent``)."""
+        ...
+
+
+#: torch's thread count is process-wide: one change at a time, restored after the block.
+_TORCH_THREADS_LOCK = threading.Lock()
 
 
 class TorchStages:
@@ -75,6 +87,19 @@ class TorchStages:
     def g_s(self, y_hat: Tensor) -> Tensor:
         return self.model.g_s(y_hat)
 
+    def current_threads(self) -> int:
+        return torch.get_num_threads()
+
+    @contextmanager
+    def threads(self, k: int) -> Iterator[None]:
+        with _TORCH_THREADS_LOCK:
+            before = torch.get_num_threads()
+            torch.set_num_threads(k)
+            try:
+                yield
+            finally:
+                torch.set_num_threads(before)
+
 
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).contiguous().numpy()
@@ -85,14 +110,29 @@ class OnnxStages:
 
     ``sessions`` maps graph names (:func:`service.codec.onnx_graphs.graph_names`) to
     sessions. Outputs are CPU float32 tensors sharing memory with onnxruntime's arrays.
+    ``reopen(k)`` opens the same sessions with ``k`` intra-op threads (for :meth:`threads`);
+    ``threads_used`` is the count ``sessions`` were opened with.
     """
 
-    def __init__(self, sessions: dict[str, "onnxruntime.InferenceSession"], num_slices: int, support_counts: Sequence[int], name: str) -> None:
+    Sessions = dict[str, "onnxruntime.InferenceSession"]
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        num_slices: int,
+        support_counts: Sequence[int],
+        name: str,
+        threads_used: int = 0,
+        reopen: Callable[[int], Sessions] | None = None,
+    ) -> None:
         self.sessions = sessions
         self.num_slices = num_slices
         self.support_counts = tuple(support_counts)
         self.name = name
         self._inputs = {k: [i.name for i in s.get_inputs()] for k, s in sessions.items()}
+        self._threads_used = threads_used or torch.get_num_threads()
+        self._reopen = reopen
+        self._by_threads: dict[int, OnnxStages.Sessions] = {self._threads_used: sessions}
 
     def _run(self, graph: str, *tensors: Tensor) -> list[Tensor]:
         feeds = dict(zip(self._inputs[graph], (_np(t) for t in tensors)))
@@ -118,3 +158,19 @@ class OnnxStages:
 
     def g_s(self, y_hat: Tensor) -> Tensor:
         return self._run("g_s", y_hat)[0]
+
+    def current_threads(self) -> int:
+        return self._threads_used
+
+    @contextmanager
+    def threads(self, k: int) -> Iterator[None]:
+        if self._reopen is None:
+            raise RuntimeError("these ONNX stages cannot reopen their sessions with another thread count")
+        if k not in self._by_threads:
+            self._by_threads[k] = self._reopen(k)
+        before = self.sessions
+        self.sessions = self._by_threads[k]
+        try:
+            yield
+        finally:
+            self.sessions = before

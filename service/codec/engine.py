@@ -1,4 +1,11 @@
-"""Latent-level TCM codec: padded image tensors <-> the reference's two byte strings.
+"""Latent-level TCM codec: padded image tensors <-> two entropy-coded byte strings.
+
+Two kinds of strings (the ``.tcm`` format's versions, ``docs/format.md``):
+
+* **portable** (version 2, the default): the entropy parameters run in float64 and close
+  calls travel as hints, so every machine decodes them (:mod:`service.codec.portable`);
+* **exact** (version 1): the reference's own ``compress()`` strings, byte for byte, which
+  decode only where the entropy parameters are reproduced bit for bit.
 
 This is the reference ``compress()`` / ``decompress()`` reorganised for serving:
 
@@ -11,12 +18,15 @@ This is the reference ``compress()`` / ``decompress()`` reorganised for serving:
 * vectorised: symbols and indexes leave the device once per slice as int32 arrays; no
   Python per-symbol loops, no ``.tolist()``.
 
-The strings are byte-identical to the reference for the same padded input.
+Exact strings are byte-identical to the reference for the same padded input.
 """
 from __future__ import annotations
 
+import os
+import threading
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,12 +35,22 @@ from torch import Tensor
 from ..errors import BackendMismatchError, BitstreamError, DriftError, FormatError
 from ..model.tcm import TCM
 from .backends import Stages, TorchStages
+from .container import PORTABLE, PORTABLE_METHODS
+from .hints import decode_hints, encode_hints
+from .portable import DTYPE as PORTABLE_DTYPE
+from .portable import NO_HINTS, ExactIndexes, PortableIndexes
 from .rans import EntropyTable, RansDecoder, encode
-from .tables import bottleneck_table, build_indexes, default_scale_table, gaussian_table
+from .tables import bottleneck_table, default_scale_table, gaussian_table
 
 #: Spatial downsampling of y and z relative to the (padded) image.
 Y_STRIDE = 16
 Z_STRIDE = 64
+
+
+#: Thread counts a version-1 blob is retried with when it does not decode with the current
+#: one (commonest first): torch's kernels split work by thread count, and the last bits of
+#: the entropy parameters, hence a version-1 blob's decodability, depend on the split.
+V1_RETRY_THREADS = (1, 2, 4, 8, 3, 6, 16, 12)
 
 
 @dataclass
@@ -40,6 +60,11 @@ class ImageSymbols:
     z_symbols: np.ndarray  # (192 * zH * zW,), channel-major
     y_symbols: np.ndarray  # (320 * yH * yW,), slice 0 channel-major, then slice 1, ...
     y_indexes: np.ndarray  # Gaussian table index of each y symbol
+    #: The header's ``backend``: PORTABLE, or the exact backend that computed the indexes.
+    method: str = PORTABLE
+    #: Portable only: positions (in the y symbol list) and indexes of the close calls.
+    hint_positions: np.ndarray = field(default_factory=lambda: NO_HINTS[0])
+    hint_indexes: np.ndarray = field(default_factory=lambda: NO_HINTS[1])
 
     def checksum(self) -> int:
         """CRC32 of z symbols, y symbols and y indexes (int32 little-endian), stored in the
@@ -52,9 +77,16 @@ class CodedImage:
     z_string: bytes
     y_string: bytes
     symbols_crc32: int
-    #: Backend that computed the entropy parameters (the header's ``backend``). Decoding
-    #: uses the same one or refuses; ``None`` means the engine's own backend.
+    #: The header's ``backend``: PORTABLE (decodes anywhere), or the exact backend that
+    #: computed the entropy parameters (decoded with the same one or refused); ``None``
+    #: means the engine's own exact backend.
     backend: str | None = None
+    #: Portable only: the hints section (service.codec.hints).
+    hints: bytes = b""
+
+    @property
+    def portable(self) -> bool:
+        return self.backend in PORTABLE_METHODS
 
 
 def symbols_crc32(*arrays: np.ndarray) -> int:
@@ -76,6 +108,49 @@ def backend_mismatch_message(wanted: str, have: tuple[str, ...]) -> str:
 
 def _to_numpy_i32(t: Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.int32).contiguous().numpy()
+
+
+def v1_drift_message(backend: str, tried: list[int]) -> str:
+    """One line for a version-1 blob that no thread count here decodes: what it is, what to do."""
+    return (
+        f"entropy-parameter drift: this version-1 (exact) blob's entropy parameters were computed by {backend} "
+        f"on hardware or with a thread count whose last bits this machine does not reproduce (tried "
+        f"{', '.join(map(str, tried))} threads). Decode it where it was made (same CPU type, backend and "
+        "thread count) and re-encode it as a portable blob (version 2, the default), which decodes anywhere"
+    )
+
+
+class IndexRule(Protocol):
+    """How one image's Gaussian table indexes are decided (:mod:`service.codec.portable`)."""
+
+    def encoder_indexes(self, offset: int, scale: Tensor) -> np.ndarray: ...
+    def decoder_indexes(self, offset: int, scale: Tensor) -> np.ndarray: ...
+    @property
+    def hint_positions(self) -> np.ndarray: ...
+    @property
+    def hint_indexes(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class EntropyPath:
+    """Where and in what precision entropy parameters are computed: the stages that run the
+    hyper-synthesis, slice networks and LRP, with the z medians and the scale table in the
+    path's dtype on its device."""
+
+    name: str  # the header's backend: PORTABLE or an exact backend
+    stages: Stages
+    device: torch.device
+    dtype: torch.dtype
+    medians: Tensor  # (1, C, 1, 1)
+    scale_table: Tensor
+
+    def rule(self, hints: tuple[np.ndarray, np.ndarray] | None = None) -> IndexRule:
+        if self.name in PORTABLE_METHODS:
+            return PortableIndexes(self.scale_table, hints)
+        return ExactIndexes(self.scale_table)
+
+    def z_hat(self, z_symbols: Tensor) -> Tensor:
+        return z_symbols.to(self.device, self.dtype) + self.medians
 
 
 def _table_from_buffers(module: torch.nn.Module) -> EntropyTable | None:
@@ -129,13 +204,22 @@ class Engine:
     same device: the caller serialises device work).
 
     ``stages`` runs the networks (default: the model itself on ``device``, the exact path;
-    see :mod:`service.codec.backends`). Its ``name`` is what the engine's strings record as
-    the backend of their entropy parameters. ``decode_paths`` are further stages this
-    engine can decode with, for strings whose entropy parameters another backend computed
-    (e.g. an ONNX engine also decodes ``torch-cpu`` strings with the model itself).
+    see :mod:`service.codec.backends`). Its ``name`` is what the engine's exact strings
+    record as the backend of their entropy parameters. ``decode_paths`` are further stages
+    this engine can decode exact strings with, for strings whose entropy parameters another
+    backend computed (e.g. an ONNX engine also decodes ``torch-cpu`` strings with the model
+    itself). Portable strings compute their entropy parameters with a float64 copy of the
+    model on ``portable_device`` (default ``device``), built on first use.
     """
 
-    def __init__(self, model: TCM, device: torch.device, stages: Stages | None = None, decode_paths: tuple[Stages, ...] = ()) -> None:
+    def __init__(
+        self,
+        model: TCM,
+        device: torch.device,
+        stages: Stages | None = None,
+        decode_paths: tuple[Stages, ...] = (),
+        portable_device: torch.device | None = None,
+    ) -> None:
         self.model = model.eval().to(device)
         self.device = device
         self.cfg = model.cfg
@@ -146,59 +230,81 @@ class Engine:
         medians = self.model.entropy_bottleneck.medians().detach()
         self.z_medians = medians.reshape(1, -1, 1, 1).to(device)
         self.z_channels = medians.shape[0]
+        self.portable_device = portable_device or device
+        self._portable: EntropyPath | None = None
+        self._portable_lock = threading.Lock()
 
     # -- backends ------------------------------------------------------------------------------
     @property
     def backend(self) -> str:
-        """What computes this engine's entropy parameters (recorded in every header)."""
+        """What computes this engine's exact entropy parameters (recorded in version-1 headers)."""
         return self.stages.name
 
     @property
     def decodable_backends(self) -> tuple[str, ...]:
-        return tuple(self._decode_paths)
+        return (*self._decode_paths, *PORTABLE_METHODS)
 
-    def entropy_path(self, backend: str | None) -> Stages:
-        """The stages that recompute entropy parameters exactly as ``backend`` did, or
-        :class:`BackendMismatchError`: other stages differ in the last bits, which can move
-        a table index and make the range decoder read the wrong symbols."""
-        if backend is None:
-            return self.stages
-        path = self._decode_paths.get(backend)
-        if path is None:
+    @property
+    def portable_path(self) -> EntropyPath:
+        """The float64 entropy-parameter path (a copy of the entropy networks, built once)."""
+        with self._portable_lock:
+            if self._portable is None:
+                dev, copy = self.portable_device, self.model.entropy_copy(PORTABLE_DTYPE, self.portable_device)
+                self._portable = EntropyPath(
+                    PORTABLE, TorchStages(copy, dev), dev, PORTABLE_DTYPE,
+                    self.z_medians.to(dev, PORTABLE_DTYPE), self.scale_table.to(dev, PORTABLE_DTYPE),
+                )
+            return self._portable
+
+    def entropy_path(self, backend: str | None) -> EntropyPath:
+        """The path that computes entropy parameters as a blob's ``backend`` needs, or
+        :class:`BackendMismatchError`: exact (version-1) strings need the very backend that
+        made them, since other stages differ in the last bits, which can move a table index
+        and make the range decoder read the wrong symbols."""
+        if backend in PORTABLE_METHODS:
+            return self.portable_path
+        stages = self.stages if backend is None else self._decode_paths.get(backend)
+        if stages is None:
             raise BackendMismatchError(backend_mismatch_message(backend, tuple(self._decode_paths)))
-        return path
+        return EntropyPath(stages.name, stages, self.device, torch.float32, self.z_medians, self.scale_table)
 
     # -- compress ---------------------------------------------------------------------------
     # Batching policy: only the analysis (g_a) and synthesis (g_s) transforms run on the
     # whole batch. Everything the decoder recomputes (hyper-synthesis, SWAtten + slice
-    # networks, LRP) runs one image at a time on both sides: those kernels are not
-    # batch-invariant on CPU (differences of ~1e-7 between batch 1 and batch 3, measured),
-    # and an index or symbol that moved across a rounding boundary would make an image
-    # encoded in one batch undecodable in another. h_a is encoder-only but also runs per
-    # image, so that batched output equals one-at-a-time output byte for byte.
+    # networks, LRP) runs one image at a time on both sides: in float32 those kernels are
+    # not batch-invariant on CPU (differences of ~1e-7 between batch 1 and batch 3,
+    # measured), and an exact blob's index that moved across a rounding boundary would make
+    # an image encoded in one batch undecodable in another. h_a is encoder-only but also runs
+    # per image, so that batched output equals one-at-a-time output byte for byte.
     @torch.no_grad()
-    def analyse(self, x: Tensor) -> list[ImageSymbols]:
-        """Padded batch (B, 3, H, W) in [0, 1] -> per-image symbols and indexes."""
+    def analyse(self, x: Tensor, portable: bool = True) -> list[ImageSymbols]:
+        """Padded batch (B, 3, H, W) in [0, 1] -> per-image symbols and indexes, for portable
+        (version 2) or exact (version 1, the reference's) strings."""
         self._check_padded(x)
         y = self.stages.g_a(x.to(self.device))
-        return [self._analyse_latent(y[k : k + 1]) for k in range(y.shape[0])]
+        path = self.entropy_path(PORTABLE if portable else None)
+        return [self._analyse_latent(y[k : k + 1], path) for k in range(y.shape[0])]
 
-    def _analyse_latent(self, y: Tensor) -> ImageSymbols:
-        m = self.stages
-        z = m.h_a(y)
+    def _analyse_latent(self, y: Tensor, path: EntropyPath) -> ImageSymbols:
+        z = self.stages.h_a(y)
         z_sym = torch.round(z - self.z_medians).to(torch.int32)
-        z_hat = z_sym.to(z.dtype) + self.z_medians
-        latent_means, latent_scales = m.hyper_synthesis(z_hat)
+        latent_means, latent_scales = path.stages.hyper_synthesis(path.z_hat(z_sym))
+        rule = path.rule()
+        y = y.to(path.device, path.dtype)
         decoded: list[Tensor] = []
-        sym_slices, idx_slices = [], []
+        sym_slices, idx_slices, offset = [], [], 0
+        last = self.cfg.num_slices - 1
         for i, y_slice in enumerate(y.chunk(self.cfg.num_slices, 1)):
-            p = m.slice_params(i, latent_means, latent_scales, decoded)
-            idx_slices.append(build_indexes(p.scale, self.scale_table).reshape(-1))
-            y_q = torch.round(y_slice - p.mu).to(torch.int32)
-            sym_slices.append(y_q.reshape(-1))
-            decoded.append(m.refine(i, p.mean_support, y_q + p.mu))
+            p = path.stages.slice_params(i, latent_means, latent_scales, decoded)
+            idx_slices.append(rule.encoder_indexes(offset, p.scale))
+            y_q = torch.round(y_slice - p.mu)
+            sym_slices.append(_to_numpy_i32(y_q).reshape(-1))
+            if i < last:  # the last slice's refined latent conditions nothing the encoder codes
+                decoded.append(path.stages.refine(i, p.mean_support, y_q + p.mu))
+            offset += y_slice.numel()
         return ImageSymbols(
-            _to_numpy_i32(z_sym).reshape(-1), _to_numpy_i32(torch.cat(sym_slices)), _to_numpy_i32(torch.cat(idx_slices))
+            _to_numpy_i32(z_sym).reshape(-1), np.concatenate(sym_slices), np.concatenate(idx_slices),
+            path.name, rule.hint_positions, rule.hint_indexes,
         )
 
     def z_indexes(self, plane: int) -> np.ndarray:
@@ -209,10 +315,12 @@ class Engine:
         """Range-code one image's symbols (CPU only; releases the GIL)."""
         z_string = encode(s.z_symbols, self.z_indexes(s.z_symbols.size // self.z_channels), self.z_table)
         y_string = encode(s.y_symbols, s.y_indexes, self.y_table)
-        return CodedImage(z_string, y_string, s.checksum(), self.backend)
+        portable = s.method in PORTABLE_METHODS
+        hints = encode_hints(s.hint_positions, s.hint_indexes) if portable else b""
+        return CodedImage(z_string, y_string, s.checksum(), s.method, hints)
 
-    def compress(self, x: Tensor) -> list[CodedImage]:
-        return [self.encode_symbols(s) for s in self.analyse(x)]
+    def compress(self, x: Tensor, portable: bool = True) -> list[CodedImage]:
+        return [self.encode_symbols(s) for s in self.analyse(x, portable)]
 
     # -- decompress -------------------------------------------------------------------------
     @torch.no_grad()
@@ -223,37 +331,79 @@ class Engine:
         the decoded symbols do not match the encoder's checksum.
         """
         self._check_z_shape(z_shape)
-        paths = [self.entropy_path(c.backend) for c in coded]  # refuse before any work
-        y_hat = torch.cat([self._decode_latent(c, z_shape, p) for c, p in zip(coded, paths)])
+        for c in coded:  # refuse before any work
+            self.entropy_path(c.backend)
+        y_hat = torch.cat([self.decode_latent(c, z_shape)[0] for c in coded])
         return self.stages.g_s(y_hat).clamp_(0, 1)
 
-    def _decode_latent(self, c: CodedImage, z_shape: tuple[int, int], m: Stages) -> Tensor:
-        """One image's strings -> y_hat (1, M, yH, yW) with the entropy-parameter stages
-        ``m``, checking the symbol checksum."""
+    @torch.no_grad()
+    def decode_latent(self, c: CodedImage, z_shape: tuple[int, int]) -> tuple[Tensor, ImageSymbols]:
+        """One image's strings -> (y_hat (1, M, yH, yW), float32 on the engine's device; the
+        decoded symbols and indexes).
+
+        Version-1 strings that do not decode are retried with the thread counts that
+        commonly made them (:data:`V1_RETRY_THREADS`) before a :class:`DriftError` says what
+        happened and what to do.
+        """
+        self._check_z_shape(z_shape)
         zh, zw = z_shape
         z_syms = self._decode_z(c.z_string, self.z_indexes(zh * zw))
-        z_hat = torch.from_numpy(z_syms).reshape(1, self.z_channels, zh, zw).to(self.device, torch.float32)
-        latent_means, latent_scales = m.hyper_synthesis(z_hat + self.z_medians)
+        path = self.entropy_path(c.backend)
+        if c.portable:
+            n_symbols = self.cfg.M * (4 * zh) * (4 * zw)
+            hints = decode_hints(c.hints, n_symbols, self.y_table.num_tables)
+            return self._decode_latent(c, z_syms, z_shape, path, path.rule(hints))
+        try:
+            return self._decode_latent(c, z_syms, z_shape, path, path.rule())
+        except (BitstreamError, DriftError):
+            pass
+        tried = [path.stages.current_threads()]
+        for k in _retry_threads(tried[0]):
+            tried.append(k)
+            with path.stages.threads(k):
+                try:
+                    return self._decode_latent(c, z_syms, z_shape, path, path.rule())
+                except (BitstreamError, DriftError):
+                    continue
+        raise DriftError(v1_drift_message(path.name, tried))
+
+    def _decode_latent(
+        self, c: CodedImage, z_syms: np.ndarray, z_shape: tuple[int, int], path: EntropyPath, rule: IndexRule
+    ) -> tuple[Tensor, ImageSymbols]:
+        """The slice chain of one image on ``path``, deciding indexes by ``rule``; checks the
+        symbol checksum and that the y string ends where its symbols do."""
+        zh, zw = z_shape
+        z_sym = torch.from_numpy(z_syms).reshape(1, self.z_channels, zh, zw)
+        latent_means, latent_scales = path.stages.hyper_synthesis(path.z_hat(z_sym))
         yh, yw = latent_means.shape[2:]
         decoder = RansDecoder(c.y_string)
         decoded: list[Tensor] = []
         y_syms: list[np.ndarray] = []
         y_idxs: list[np.ndarray] = []
+        offset, last = 0, self.cfg.num_slices - 1
         for i in range(self.cfg.num_slices):
-            p = m.slice_params(i, latent_means, latent_scales, decoded)
-            idx = _to_numpy_i32(build_indexes(p.scale, self.scale_table)).reshape(-1)
+            p = path.stages.slice_params(i, latent_means, latent_scales, decoded)
+            idx = rule.decoder_indexes(offset, p.scale)
             sym = decoder.decode(idx, self.y_table)
             y_syms.append(sym)
             y_idxs.append(idx)
-            y_q = torch.from_numpy(sym).reshape(1, -1, yh, yw).to(self.device, p.mu.dtype)
-            decoded.append(m.refine(i, p.mean_support, y_q + p.mu))
-        if symbols_crc32(z_syms, *y_syms, *y_idxs) != c.symbols_crc32:
+            y_hat = torch.from_numpy(sym).reshape(1, -1, yh, yw).to(path.device, p.mu.dtype) + p.mu
+            if i == last and c.portable:
+                # Feeds only the synthesis, so float32 on the transforms' backend will do.
+                f32 = lambda t: t.to(self.device, torch.float32)  # noqa: E731
+                decoded.append(self.stages.refine(i, f32(p.mean_support), f32(y_hat)))
+            else:
+                decoded.append(path.stages.refine(i, p.mean_support, y_hat))
+            offset += sym.size
+        symbols = ImageSymbols(z_syms, np.concatenate(y_syms), np.concatenate(y_idxs), path.name)
+        y_hat = torch.cat([d.to(self.device, torch.float32) for d in decoded], dim=1)
+        if symbols.checksum() != c.symbols_crc32:
             raise DriftError(
                 "decoded symbols do not match the encoder's checksum: the entropy parameters "
                 "differ from the encoder's (different hardware or kernels) or the stream is corrupt"
             )
         decoder.check_finished()
-        return torch.cat(decoded, dim=1)
+        return y_hat, symbols
 
     # -- helpers -------------------------------------------------------------------------------
     def _decode_z(self, z_string: bytes, z_idx: np.ndarray) -> np.ndarray:
@@ -285,3 +435,13 @@ class Engine:
         h, w = x.shape[2:]
         if h % 128 or w % 128 or h < 256 or w < 256:
             raise ValueError(f"padded size {h}x{w} must be multiples of 128 and at least 256")
+
+
+def _retry_threads(current: int) -> list[int]:
+    """The thread counts to retry a version-1 blob with, commonest first, then this
+    machine's core count; the current count (already tried) left out."""
+    out: list[int] = []
+    for k in (*V1_RETRY_THREADS, os.cpu_count() or 1):
+        if k != current and k not in out:
+            out.append(k)
+    return out

@@ -44,9 +44,14 @@ OPSET = 17
 _EXAMPLE_IMAGE = (256, 256)
 
 
+def entropy_graph_names(num_slices: int) -> list[str]:
+    """The graphs that compute entropy parameters (what a decoder must reproduce)."""
+    return ["hyper_s"] + [f"{k}{i}" for i in range(num_slices) for k in ("slice", "lrp")]
+
+
 def graph_names(num_slices: int) -> list[str]:
     """Names of the graphs of a model with ``num_slices`` slices, in export order."""
-    return ["g_a", "h_a", "hyper_s"] + [f"{k}{i}" for i in range(num_slices) for k in ("slice", "lrp")] + ["g_s"]
+    return ["g_a", "h_a", *entropy_graph_names(num_slices), "g_s"]
 
 
 # -- export wrappers: each stage as a module with tensor inputs and outputs ---------------------

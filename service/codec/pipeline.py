@@ -94,7 +94,7 @@ def load_model(
     entry = store.entry(quality)
     model = store.load_model(entry)
     if backend == "torch":
-        engine = Engine(model, device)
+        engine = Engine(model, device, portable_device=device)
     else:
         engine = _onnx_engine(model, entry, store, device, onnx_dir)
     return LoadedModel(entry, engine, engine.backend)
@@ -102,16 +102,24 @@ def load_model(
 
 def _onnx_engine(model, entry: ModelEntry, store: ModelStore, device: torch.device, onnx_dir) -> Engine:
     """An engine whose stages run as ONNX graphs on ``device``; the glue (rounding, table
-    look-ups) and, for blobs that need it, the torch-cpu entropy path run on the CPU."""
-    from .onnx_graphs import ensure_graphs, open_sessions
+    look-ups), the portable float64 entropy path (onnxruntime has no float64 convolution)
+    and, for exact blobs that need it, the torch-cpu entropy path run on the CPU."""
+    from .onnx_graphs import ensure_graphs, entropy_graph_names, open_sessions
 
     graphs, _ = ensure_graphs(model, entry, onnx_dir or store.root)
     graphs.verify()
-    sessions, name = open_sessions(graphs, device)
+    threads = torch.get_num_threads()
+    sessions, name = open_sessions(graphs, device, threads)
     cfg = model.cfg
-    stages = OnnxStages(sessions, cfg.num_slices, [cfg.support_count(i) for i in range(cfg.num_slices)], name)
+
+    def reopen(k: int) -> dict:
+        return {**sessions, **open_sessions(graphs, device, k, names=entropy_graph_names(cfg.num_slices))[0]}
+
+    stages = OnnxStages(
+        sessions, cfg.num_slices, [cfg.support_count(i) for i in range(cfg.num_slices)], name, threads, reopen
+    )
     cpu = torch.device("cpu")
-    return Engine(model, cpu, stages=stages, decode_paths=(TorchStages(model, cpu),))
+    return Engine(model, cpu, stages=stages, decode_paths=(TorchStages(model, cpu),), portable_device=cpu)
 
 
 @dataclass
@@ -131,19 +139,20 @@ def _header_for(lm: LoadedModel, img: DecodedImage, padding, coded: CodedImage, 
         mode=img.mode,
         pad=padding,
         z_shape=z_shape,
-        backend=lm.backend,
+        backend=coded.backend or lm.backend,
         symbols_crc32=coded.symbols_crc32,
     )
 
 
-def analyse_images(lm: LoadedModel, images: Sequence[DecodedImage]) -> list[ImageSymbols]:
-    """Run the transforms on a batch of images that share one padded size."""
+def analyse_images(lm: LoadedModel, images: Sequence[DecodedImage], portable: bool = True) -> list[ImageSymbols]:
+    """Run the transforms on a batch of images that share one padded size, for portable
+    (version 2) or exact (version 1) blobs."""
     paddings = [padding_for(img.height, img.width) for img in images]
     shapes = {(img.height + p[2] + p[3], img.width + p[0] + p[1]) for img, p in zip(images, paddings)}
     if len(shapes) != 1:
         raise ValueError("a batch must share one padded size")
     x = torch.stack([pad(pixels_to_tensor(img.pixels), p) for img, p in zip(images, paddings)])
-    return lm.engine.analyse(x)
+    return lm.engine.analyse(x, portable)
 
 
 def package(lm: LoadedModel, img: DecodedImage, coded: CodedImage) -> Compressed:
@@ -151,12 +160,14 @@ def package(lm: LoadedModel, img: DecodedImage, coded: CodedImage) -> Compressed
     padding = padding_for(img.height, img.width)
     z_shape = ((img.height + padding[2] + padding[3]) // 64, (img.width + padding[0] + padding[1]) // 64)
     header = _header_for(lm, img, padding, coded, z_shape)
-    blob = pack(TcmFile(header, coded.z_string, coded.y_string))
+    blob = pack(TcmFile(header, coded.z_string, coded.y_string, coded.hints))
     bpp = 8.0 * (len(coded.z_string) + len(coded.y_string)) / (img.width * img.height)
     return Compressed(blob, header, bpp)
 
 
-def compress_images(lm: LoadedModel, images: Sequence[DecodedImage], max_batch: int = 4) -> list[Compressed]:
+def compress_images(
+    lm: LoadedModel, images: Sequence[DecodedImage], max_batch: int = 4, portable: bool = True
+) -> list[Compressed]:
     """Compress images, batching those of equal padded size; results keep input order."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, img in enumerate(images):
@@ -166,7 +177,7 @@ def compress_images(lm: LoadedModel, images: Sequence[DecodedImage], max_batch: 
     for idx in groups.values():
         for start in range(0, len(idx), max(1, max_batch)):
             chunk = idx[start : start + max_batch]
-            symbols = analyse_images(lm, [images[i] for i in chunk])
+            symbols = analyse_images(lm, [images[i] for i in chunk], portable)
             for i, s in zip(chunk, symbols):
                 out[i] = package(lm, images[i], lm.engine.encode_symbols(s))
     return [c for c in out if c is not None]
@@ -211,8 +222,9 @@ def check_identity(lm: LoadedModel, header: TcmHeader) -> None:
 
 
 def coded_image(f: TcmFile) -> CodedImage:
-    """The engine's view of a container: strings, checksum and the entropy-parameter backend."""
-    return CodedImage(f.z_string, f.y_string, f.header.symbols_crc32, f.header.backend)
+    """The engine's view of a container: strings, checksum, the entropy-parameter backend
+    (or portable method) and the hints."""
+    return CodedImage(f.z_string, f.y_string, f.header.symbols_crc32, f.header.backend, f.hints)
 
 
 def check_decode_size(header: TcmHeader, max_pixels: int) -> None:

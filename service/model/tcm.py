@@ -11,6 +11,7 @@ batching and backends can wrap stages independently:
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -105,6 +106,15 @@ class TCM(nn.Module):
         """Latent residual prediction: y_hat + 0.5 * tanh(LRP([attention output, y_hat]))."""
         lrp = self.lrp_transforms[i](torch.cat([mean_support, y_hat_slice], dim=1))
         return y_hat_slice + 0.5 * torch.tanh(lrp)
+
+    def entropy_copy(self, dtype: torch.dtype, device: torch.device) -> "TCM":
+        """A copy that computes entropy parameters only (hyper-synthesis, SWAtten and slice
+        networks, LRP) in ``dtype`` on ``device``. The transforms ``g_a``, ``h_a`` and ``g_s``
+        are not copied (empty placeholders take their place), so a float64 copy for the
+        portable bitstream costs memory for the entropy-parameter networks alone."""
+        placeholders = {id(net): nn.Identity() for net in (self.g_a, self.h_a, self.g_s)}
+        clone = copy.deepcopy(self, memo=placeholders)
+        return clone.to(device=device, dtype=dtype).eval()
 
     def _transform(self, net: nn.Module, x: Tensor) -> Tensor:
         """``net(x)``, under ``transform_autocast`` when set (the result is float32 again)."""

@@ -1,7 +1,7 @@
 """Jobs and the dynamic batcher that hands them to the device workers.
 
 A :class:`Job` is one request's device work. Jobs are grouped by :attr:`Job.key`
-(kind, quality, padded size): only jobs with the same key can share a batch, because a batch
+(kind, quality, padded size, variant): only jobs with the same key can share a batch, because a batch
 is one tensor. :meth:`Batcher.take` gives a worker the group whose oldest job has waited
 longest, as soon as that group holds ``max_batch_size`` jobs or its oldest job has waited
 ``max_batch_delay`` seconds, whichever comes first. So a lone request waits at most the
@@ -41,10 +41,12 @@ class Job:
     enqueued: float = 0.0  # time.monotonic() when queued
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, filled by the pool
     batch_size: int = 0
+    #: What else a batch must share: for compress, the bitstream ("portable" or "exact").
+    variant: str = ""
 
     @property
-    def key(self) -> tuple[str, int, tuple[int, int]]:
-        return (self.kind, self.quality, self.size)
+    def key(self) -> tuple[str, int, tuple[int, int], str]:
+        return (self.kind, self.quality, self.size, self.variant)
 
     def settle(self, result: Any = None, error: BaseException | None = None) -> bool:
         """Set the result or error unless already settled (cancelled, timed out)."""

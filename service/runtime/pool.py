@@ -42,8 +42,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ..codec.container import unpack
-from ..codec.engine import CodedImage
+from ..codec.container import check_bitstream, unpack
 from ..codec.padding import crop, padded_size, tensor_to_pixels
 from ..codec.pipeline import (
     Compressed,
@@ -52,6 +51,7 @@ from ..codec.pipeline import (
     analyse_images,
     check_decode_size,
     check_identity,
+    coded_image,
     decompress_blob,
     load_model,
     package,
@@ -290,7 +290,7 @@ class Worker(threading.Thread):
         lm = self._model(jobs[0].quality)
         t0 = time.monotonic()
         try:
-            symbols = analyse_images(lm, [j.payload for j in jobs])
+            symbols = analyse_images(lm, [j.payload for j in jobs], check_bitstream(jobs[0].variant))
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         except BaseException as exc:  # noqa: BLE001
@@ -358,7 +358,7 @@ def decompress_batch(lm: LoadedModel, blobs: Sequence[bytes]) -> list[Decompress
     shapes = {f.header.z_shape for f in files}
     if len(shapes) != 1:
         raise ValueError("a decompression batch must share one padded size")
-    coded = [CodedImage(f.z_string, f.y_string, f.header.symbols_crc32, f.header.backend) for f in files]
+    coded = [coded_image(f) for f in files]
     x = lm.engine.decompress(coded, files[0].header.z_shape)
     return [
         Decompressed(tensor_to_pixels(crop(x[i], f.header.pad), f.header.mode), f.header.mode, f.header)
@@ -609,10 +609,16 @@ class WorkerPool:
         self.admit()
         return self.batcher.reserve(self.retry_after)
 
-    def submit_compress(self, image: DecodedImage, quality: int, deadline: float, slot: Slot | None = None) -> Job:
-        """Queue one image (in ``slot`` if given); ``job.future`` resolves to a :class:`Compressed`."""
+    def submit_compress(
+        self, image: DecodedImage, quality: int, deadline: float, slot: Slot | None = None, bitstream: str | None = None
+    ) -> Job:
+        """Queue one image (in ``slot`` if given) for a ``bitstream`` blob (default: the
+        service's); ``job.future`` resolves to a :class:`Compressed`."""
+        bitstream = bitstream or self.settings.bitstream
+        check_bitstream(bitstream)
         self.admit()
-        job = Job("compress", quality, (padded_size(image.height), padded_size(image.width)), image, deadline)
+        size = (padded_size(image.height), padded_size(image.width))
+        job = Job("compress", quality, size, image, deadline, variant=bitstream)
         self.batcher.put(job, self.retry_after, slot)
         return job
 
@@ -662,9 +668,11 @@ class WorkerPool:
             job.settle(error=_as_service_error(exc))
 
     # -- direct use (tests, benchmarks) ---------------------------------------------------------
-    def compress_sync(self, image: DecodedImage, quality: int | None = None, timeout: float | None = None) -> Compressed:
+    def compress_sync(
+        self, image: DecodedImage, quality: int | None = None, timeout: float | None = None, bitstream: str | None = None
+    ) -> Compressed:
         timeout = self.settings.request_timeout_s if timeout is None else timeout
-        job = self.submit_compress(image, self.check_quality(quality), time.monotonic() + timeout)
+        job = self.submit_compress(image, self.check_quality(quality), time.monotonic() + timeout, bitstream=bitstream)
         return job.future.result(timeout)
 
     def decompress_sync(self, blob: bytes, timeout: float | None = None) -> Decompressed:
