@@ -152,7 +152,7 @@ def _worker(conn, kind: str, args: argparse.Namespace) -> None:  # noqa: C901 - 
                 y = engine.stages.g_a(x)
                 sync()
                 t1 = time.perf_counter()
-                sym = engine._analyse_latent(y)
+                sym = engine.analyse_latent(y, portable=False)  # the exact path (what the reference computes)
                 t2 = time.perf_counter()
                 c = engine.encode_symbols(sym)
             t3 = time.perf_counter()
@@ -172,7 +172,7 @@ def _worker(conn, kind: str, args: argparse.Namespace) -> None:  # noqa: C901 - 
                 continue
             c = coded[arg][0]
             with torch.no_grad():
-                y_hat = engine._decode_latent(c, z_shape, engine.entropy_path(c.backend))
+                y_hat = engine.decode_latent(c, z_shape)[0]
                 t1 = time.perf_counter()
                 engine.stages.g_s(y_hat).clamp_(0, 1)
                 sync()
@@ -189,11 +189,11 @@ def _worker(conn, kind: str, args: argparse.Namespace) -> None:  # noqa: C901 - 
             res = {"single_c": [], "batch_c": [], "single_d": [], "batch_d": []}
             for _ in range(reps):  # interleaved: one at a time, then batched
                 t0 = time.perf_counter()
-                singles = [engine.compress(batch[i : i + 1])[0] for i in range(b)]
+                singles = [engine.compress(batch[i : i + 1], portable=False)[0] for i in range(b)]
                 sync()
                 res["single_c"].append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                together = engine.compress(batch)
+                together = engine.compress(batch, portable=False)
                 sync()
                 res["batch_c"].append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
@@ -218,7 +218,7 @@ def _worker(conn, kind: str, args: argparse.Namespace) -> None:  # noqa: C901 - 
                     counts[name] = fc.get_total_flops()
                 y = model.g_a(x)
                 with FlopCounterMode(display=False) as fc:
-                    engine_mod.Engine._analyse_latent(engine, y) if engine is not None else None
+                    engine.analyse_latent(y, portable=False) if engine is not None else None
                 counts["entropy"] = fc.get_total_flops()
             conn.send(counts)
 

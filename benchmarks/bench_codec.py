@@ -45,7 +45,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2, help="batch size for the batched-g_a comparison")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--kodak", default=str(KODAK))
+    ap.add_argument("--bitstream", default="portable", choices=("portable", "exact"))
     args = ap.parse_args()
+    portable = args.bitstream == "portable"
     torch.set_num_threads(args.threads)
 
     if args.store:
@@ -69,18 +71,18 @@ def main() -> None:
     stages: dict[str, list[float]] = {k: [] for k in ("g_a", "entropy path (enc)", "range encode", "compress total",
                                                        "entropy path + range decode", "g_s", "decompress total")}
     with torch.no_grad():
-        engine.compress(xs[0])  # warm-up
+        engine.compress(xs[0], portable)  # warm-up
         for _ in range(args.repeat):
             for x in xs:
                 y, t = _timed(lambda: m.g_a(x))
                 stages["g_a"].append(t)
-                sym, t = _timed(lambda: engine._analyse_latent(y))
+                sym, t = _timed(lambda: engine.analyse_latent(y, portable))
                 stages["entropy path (enc)"].append(t)
                 coded, t = _timed(lambda: engine.encode_symbols(sym))
                 stages["range encode"].append(t)
                 stages["compress total"].append(stages["g_a"][-1] + stages["entropy path (enc)"][-1] + t)
                 z_shape = (x.shape[2] // 64, x.shape[3] // 64)
-                y_hat, t = _timed(lambda: engine._decode_latent(coded, z_shape))
+                (y_hat, _), t = _timed(lambda: engine.decode_latent(coded, z_shape))
                 stages["entropy path + range decode"].append(t)
                 _, t = _timed(lambda: m.g_s(y_hat).clamp_(0, 1))
                 stages["g_s"].append(t)
@@ -96,7 +98,7 @@ def main() -> None:
             single.append(t1)
             batched.append(tb)
 
-    print(f"model: {label}; images: {len(xs)} x {tuple(xs[0].shape[2:])} padded; threads: {args.threads}; repeat: {args.repeat}")
+    print(f"model: {label}; {args.bitstream} bitstream; images: {len(xs)} x {tuple(xs[0].shape[2:])} padded; threads: {args.threads}; repeat: {args.repeat}")
     print(f"{'stage':<30} {'median s':>9} {'share':>7}")
     for k, v in stages.items():
         total = statistics.median(stages["compress total"] if "decode" not in k and k not in ("g_s", "decompress total") else stages["decompress total"])

@@ -42,7 +42,12 @@ def operators(name: str, rows: int) -> None:
     x = torch.rand(1, 3, 512, 768, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         y = m.g_a(x)
-        stages = {"g_a": lambda: m.g_a(x), "entropy path": lambda: engine._analyse_latent(y), "g_s": lambda: m.g_s(y)}
+        stages = {
+            "g_a": lambda: m.g_a(x),
+            "entropy path (exact, float32)": lambda: engine.analyse_latent(y, portable=False),
+            "entropy path (portable, float64)": lambda: engine.analyse_latent(y, portable=True),
+            "g_s": lambda: m.g_s(y),
+        }
         for label, fn in stages.items():
             fn()  # warm-up: oneDNN builds its kernels on first use of a shape
             with profile(activities=[ProfilerActivity.CPU]) as prof:

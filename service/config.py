@@ -28,6 +28,14 @@ def _split_list(v: Any) -> Any:
     return v
 
 
+def _one_of(value: str, allowed: tuple[str, ...], what: str) -> str:
+    """``value`` trimmed and lower-cased if it is one of ``allowed``, else ValueError."""
+    value = value.strip().lower()
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(allowed)}")
+    return value
+
+
 class Settings(BaseSettings):
     """All knobs of the service. See ``docs/service.md`` for what each one trades off."""
 
@@ -108,26 +116,17 @@ class Settings(BaseSettings):
     @field_validator("backend")
     @classmethod
     def _check_backend(cls, v: str) -> str:
-        v = v.strip().lower()
-        if v not in ("torch", "onnx"):
-            raise ValueError("backend must be torch or onnx")
-        return v
+        return _one_of(v, ("torch", "onnx"), "backend")
 
     @field_validator("bitstream")
     @classmethod
     def _check_bitstream(cls, v: str) -> str:
-        v = v.strip().lower()
-        if v not in BITSTREAMS:
-            raise ValueError(f"bitstream must be {' or '.join(BITSTREAMS)}")
-        return v
+        return _one_of(v, BITSTREAMS, "bitstream")
 
     @field_validator("log_level")
     @classmethod
     def _check_log_level(cls, v: str) -> str:
-        v = v.strip().lower()
-        if v not in LOG_LEVELS:
-            raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
-        return v
+        return _one_of(v, LOG_LEVELS, "log level")
 
     @field_validator("max_batch_delay_ms", "request_timeout_s", "shutdown_grace_s")
     @classmethod

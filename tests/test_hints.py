@@ -60,9 +60,10 @@ def test_any_bytes_decode_canonically_or_fail_cleanly(data):
         (b"\x80\x00", "not a minimal varint"),
         (b"\x01\x05", "does not hold exactly 1"),
         (b"\x01\x05\x00\x00", "does not hold exactly 1"),
-        (b"\x00\x00", "does not hold exactly 0"),
+        (b"\x00\x00", "1 bytes of positions for 0 hints"),
         (b"\x01\x05\x80\x00", "not a minimal varint"),
-        (b"\x01\x05" + b"\xff" * 8 + b"\x01", "longer than 8 bytes"),
+        (b"\x02\x05\x05" + b"\xff" * 8 + b"\x01\x00", "longer than 8 bytes"),
+        (b"\x01\x05" + b"\xff" * 8 + b"\x01", "9 bytes of positions for 1 hints"),
         (b"\x01\x05\x90\x4e", "past the 10000 y symbols"),  # position 10000
         (b"\x01\x40\x00", "table index 64 is past the 64 tables"),
         (b"\x05\x01\x01", "5 hints declared"),

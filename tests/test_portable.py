@@ -146,15 +146,20 @@ def photo_reference(lite, photo_blobs):
     return out
 
 
+def assert_decodes_like(model, blob: bytes, sha: str, pixels: np.ndarray, what: object = "") -> None:
+    """``model`` decodes ``blob`` to the symbols of SHA-256 ``sha`` and to ``pixels`` within a level."""
+    f = unpack(blob)
+    _, symbols = model.engine.decode_latent(coded_image(f), f.header.z_shape)
+    assert symbols_sha256(symbols) == sha, what
+    got = decompress_blob(blob, lambda h: model).pixels
+    assert np.abs(got.astype(int) - pixels.astype(int)).max() <= 1, what
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_photos_decode_with_other_thread_counts(k, lite, photo_blobs, photo_reference, threads):
     threads(k)
     for blob, (sha, pixels) in zip(photo_blobs, photo_reference):
-        f = unpack(blob)
-        _, symbols = lite.engine.decode_latent(coded_image(f), f.header.z_shape)
-        assert symbols_sha256(symbols) == sha
-        got = decompress_blob(blob, lambda h: lite).pixels
-        assert np.abs(got.astype(int) - pixels.astype(int)).max() <= 1
+        assert_decodes_like(lite, blob, sha, pixels, k)
 
 
 def test_photos_decode_in_a_batch_of_four(lite, photo_blobs, photo_reference):
@@ -180,11 +185,7 @@ def test_photos_cross_pytorch_and_onnx_runtime(lite, lite_onnx, photos, photo_bl
     """Blobs made by PyTorch decode on ONNX Runtime to the same symbols, and blobs made by
     ONNX Runtime decode on PyTorch."""
     for blob, (sha, pixels) in zip(photo_blobs, photo_reference):
-        f = unpack(blob)
-        _, symbols = lite_onnx.engine.decode_latent(coded_image(f), f.header.z_shape)
-        assert symbols_sha256(symbols) == sha
-        got = decompress_blob(blob, lambda h: lite_onnx).pixels
-        assert np.abs(got.astype(int) - pixels.astype(int)).max() <= 1
+        assert_decodes_like(lite_onnx, blob, sha, pixels)
     for c in compress_images(lite_onnx, photos[:2]):
         assert unpack(c.blob).header.backend == "portable-f64"
         decompress_blob(c.blob, lambda h: lite)
@@ -206,10 +207,7 @@ def test_portability_on_every_kodak_image_and_larger_photos(bundled, kodak_dir, 
         pixels = decompress_blob(res.blob, lambda h: lm).pixels
         for k, model in ((1, lm), (3, lm), (2, onnx)):
             threads(k)
-            _, symbols = model.engine.decode_latent(coded_image(f), f.header.z_shape)
-            assert symbols_sha256(symbols) == symbols_sha256(ref), (path.name, k, model.backend)
-            got = decompress_blob(res.blob, lambda h: model).pixels
-            assert np.abs(got.astype(int) - pixels.astype(int)).max() <= 1, (path.name, k, model.backend)
+            assert_decodes_like(model, res.blob, symbols_sha256(ref), pixels, (path.name, k, model.backend))
 
 
 # -- the tolerance, adversarially --------------------------------------------------------------------

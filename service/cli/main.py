@@ -209,7 +209,10 @@ class _PerFile:
     def run(self, src: Path, work) -> None:
         try:
             work()
-        except TcmError as exc:
+        except (TcmError, OSError) as exc:  # OSError: this file's output could not be written
+            if isinstance(exc, OSError):
+                where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+                exc = CliError(f"{exc.strerror or exc}{where}")
             if len(self.files) == 1:
                 raise type(exc)(f"{src}: {exc}") from None
             self.failed.append(src)
@@ -268,7 +271,8 @@ def cmd_compress(args) -> int:
     done = max(len(files) - len(run.failed), 1)
     return run.finish(
         "compressed", elapsed,
-        f" at q{quality} on {device} ({lm.backend}, {args.bitstream}): {total['bits'] / max(total['pixels'], 1):.4f} bpp "
+        f" at q{quality} on {device} ({args.bitstream} bitstream, {args.backend} backend): "
+        f"{total['bits'] / max(total['pixels'], 1):.4f} bpp "
         f"(container included), {elapsed / done:.2f} s/image, model load {load_s:.2f} s,",
     )
 

@@ -51,6 +51,9 @@ class Stages(Protocol):
     def refine(self, i: int, mean_support: Tensor, y_hat_slice: Tensor) -> Tensor: ...
     def g_s(self, y_hat: Tensor) -> Tensor: ...
     def current_threads(self) -> int: ...
+    def thread_count_matters(self) -> bool:
+        """True where :meth:`threads` changes the arithmetic (CPU kernels)."""
+        ...
     def threads(self, k: int) -> AbstractContextManager[None]:
         """Run the stages with ``k`` intra-op threads inside the block: the split of work
         between threads changes the last bits, so a version-1 blob that does not decode
@@ -58,8 +61,13 @@ class Stages(Protocol):
         ...
 
 
-#: torch's thread count is process-wide: one change at a time, restored after the block.
+#: One thread-count change at a time. With torch's OpenMP build, ``set_num_threads`` sets
+#: the calling thread's OpenMP thread count and the default of threads that have not run
+#: torch yet (and MKL's count): a retry in one worker must not hand its count to another
+#: worker that starts meanwhile, so retries are serialised and the count restored after.
 _TORCH_THREADS_LOCK = threading.Lock()
+#: Builds with torch's own thread pool ignore set_num_threads once work has run.
+_TORCH_OPENMP = "OpenMP" in torch.__config__.parallel_info()
 
 
 class TorchStages:
@@ -67,6 +75,7 @@ class TorchStages:
 
     def __init__(self, model: TCM, device: torch.device) -> None:
         self.model = model
+        self.device = device
         self.name = f"torch-{device.type}"
 
     def g_a(self, x: Tensor) -> Tensor:
@@ -89,6 +98,9 @@ class TorchStages:
 
     def current_threads(self) -> int:
         return torch.get_num_threads()
+
+    def thread_count_matters(self) -> bool:
+        return self.device.type == "cpu" and _TORCH_OPENMP
 
     @contextmanager
     def threads(self, k: int) -> Iterator[None]:
@@ -162,12 +174,17 @@ class OnnxStages:
     def current_threads(self) -> int:
         return self._threads_used
 
+    def thread_count_matters(self) -> bool:
+        return self._reopen is not None and self.name.endswith("-cpu")
+
     @contextmanager
     def threads(self, k: int) -> Iterator[None]:
+        """Sessions with ``k`` threads for the block; opened on demand, and only the last
+        such set is kept (retries are rare; on a GPU each set would hold device memory)."""
         if self._reopen is None:
             raise RuntimeError("these ONNX stages cannot reopen their sessions with another thread count")
         if k not in self._by_threads:
-            self._by_threads[k] = self._reopen(k)
+            self._by_threads = {self._threads_used: self._by_threads[self._threads_used], k: self._reopen(k)}
         before = self.sessions
         self.sessions = self._by_threads[k]
         try:

@@ -48,9 +48,14 @@ Z_STRIDE = 64
 
 
 #: Thread counts a version-1 blob is retried with when it does not decode with the current
-#: one (commonest first): torch's kernels split work by thread count, and the last bits of
-#: the entropy parameters, hence a version-1 blob's decodability, depend on the split.
+#: one (commonest first), then the machine's core count: torch's kernels split work by
+#: thread count, and the last bits of the entropy parameters, hence a version-1 blob's
+#: decodability, depend on the split. The CLI tries them all; the service a few (each
+#: retry costs a full entropy-parameter pass, and anyone can send a CRC-valid bad blob).
 V1_RETRY_THREADS = (1, 2, 4, 8, 3, 6, 16, 12)
+SERVICE_V1_RETRY_THREADS = (1, 2, 4)
+#: Hints store a table index in one byte (docs/format.md); official models have 64 tables.
+MAX_GAUSSIAN_TABLES = 256
 
 
 @dataclass
@@ -60,8 +65,9 @@ class ImageSymbols:
     z_symbols: np.ndarray  # (192 * zH * zW,), channel-major
     y_symbols: np.ndarray  # (320 * yH * yW,), slice 0 channel-major, then slice 1, ...
     y_indexes: np.ndarray  # Gaussian table index of each y symbol
-    #: The header's ``backend``: PORTABLE, or the exact backend that computed the indexes.
-    method: str = PORTABLE
+    #: The header's ``backend``: PORTABLE, or the exact backend that computed the indexes
+    #: (``None``: the engine's own exact backend, as for :class:`CodedImage`).
+    method: str | None = None
     #: Portable only: positions (in the y symbol list) and indexes of the close calls.
     hint_positions: np.ndarray = field(default_factory=lambda: NO_HINTS[0])
     hint_indexes: np.ndarray = field(default_factory=lambda: NO_HINTS[1])
@@ -209,7 +215,8 @@ class Engine:
     this engine can decode exact strings with, for strings whose entropy parameters another
     backend computed (e.g. an ONNX engine also decodes ``torch-cpu`` strings with the model
     itself). Portable strings compute their entropy parameters with a float64 copy of the
-    model on ``portable_device`` (default ``device``), built on first use.
+    model on ``portable_device`` (default ``device``), built on first use. Exact strings
+    that fail to decode are retried with ``v1_retry_threads`` (then the core count).
     """
 
     def __init__(
@@ -219,6 +226,7 @@ class Engine:
         stages: Stages | None = None,
         decode_paths: tuple[Stages, ...] = (),
         portable_device: torch.device | None = None,
+        v1_retry_threads: tuple[int, ...] = V1_RETRY_THREADS,
     ) -> None:
         self.model = model.eval().to(device)
         self.device = device
@@ -226,11 +234,17 @@ class Engine:
         self.stages: Stages = stages if stages is not None else TorchStages(self.model, device)
         self._decode_paths: dict[str, Stages] = {s.name: s for s in (*decode_paths, self.stages)}
         self.z_table, self.y_table, scale_table = prepare_entropy_tables(self.model)
+        if self.y_table.num_tables > MAX_GAUSSIAN_TABLES:
+            raise BitstreamError(
+                f"the model has {self.y_table.num_tables} Gaussian tables; at most {MAX_GAUSSIAN_TABLES} can be "
+                "coded (a portable blob's hints hold a table index in one byte)"
+            )
         self.scale_table = scale_table.to(device)
         medians = self.model.entropy_bottleneck.medians().detach()
         self.z_medians = medians.reshape(1, -1, 1, 1).to(device)
         self.z_channels = medians.shape[0]
         self.portable_device = portable_device or device
+        self.v1_retry_threads = tuple(v1_retry_threads)
         self._portable: EntropyPath | None = None
         self._portable_lock = threading.Lock()
 
@@ -282,8 +296,13 @@ class Engine:
         (version 2) or exact (version 1, the reference's) strings."""
         self._check_padded(x)
         y = self.stages.g_a(x.to(self.device))
-        path = self.entropy_path(PORTABLE if portable else None)
-        return [self._analyse_latent(y[k : k + 1], path) for k in range(y.shape[0])]
+        return [self.analyse_latent(y[k : k + 1], portable) for k in range(y.shape[0])]
+
+    @torch.no_grad()
+    def analyse_latent(self, y: Tensor, portable: bool = True) -> ImageSymbols:
+        """One image's latent y (1, M, yH, yW) from ``g_a`` -> its symbols and indexes
+        (h_a, then the slice chain on the portable or the exact entropy path)."""
+        return self._analyse_latent(y, self.entropy_path(PORTABLE if portable else None))
 
     def _analyse_latent(self, y: Tensor, path: EntropyPath) -> ImageSymbols:
         z = self.stages.h_a(y)
@@ -317,7 +336,7 @@ class Engine:
         y_string = encode(s.y_symbols, s.y_indexes, self.y_table)
         portable = s.method in PORTABLE_METHODS
         hints = encode_hints(s.hint_positions, s.hint_indexes) if portable else b""
-        return CodedImage(z_string, y_string, s.checksum(), s.method, hints)
+        return CodedImage(z_string, y_string, s.checksum(), s.method or self.backend, hints)
 
     def compress(self, x: Tensor, portable: bool = True) -> list[CodedImage]:
         return [self.encode_symbols(s) for s in self.analyse(x, portable)]
@@ -342,8 +361,8 @@ class Engine:
         decoded symbols and indexes).
 
         Version-1 strings that do not decode are retried with the thread counts that
-        commonly made them (:data:`V1_RETRY_THREADS`) before a :class:`DriftError` says what
-        happened and what to do.
+        commonly made them (``v1_retry_threads``; on the CPU only, where the count changes
+        the arithmetic) before a :class:`DriftError` says what happened and what to do.
         """
         self._check_z_shape(z_shape)
         zh, zw = z_shape
@@ -358,7 +377,7 @@ class Engine:
         except (BitstreamError, DriftError):
             pass
         tried = [path.stages.current_threads()]
-        for k in _retry_threads(tried[0]):
+        for k in self._retry_threads(path, tried[0]):
             tried.append(k)
             with path.stages.threads(k):
                 try:
@@ -406,6 +425,18 @@ class Engine:
         return y_hat, symbols
 
     # -- helpers -------------------------------------------------------------------------------
+    def _retry_threads(self, path: EntropyPath, current: int) -> list[int]:
+        """The thread counts to retry a version-1 blob with, commonest first, then this
+        machine's core count; the current count (already tried) left out. None where the
+        thread count does not change the arithmetic (a GPU) or cannot be changed."""
+        if not path.stages.thread_count_matters():
+            return []
+        out: list[int] = []
+        for k in (*self.v1_retry_threads, os.cpu_count() or 1):
+            if k != current and k not in out:
+                out.append(k)
+        return out
+
     def _decode_z(self, z_string: bytes, z_idx: np.ndarray) -> np.ndarray:
         # z uses fixed per-channel tables (no network in the loop), so a z stream that does
         # not end exactly where its symbols end is corrupt, never a sign of drift.
@@ -435,13 +466,3 @@ class Engine:
         h, w = x.shape[2:]
         if h % 128 or w % 128 or h < 256 or w < 256:
             raise ValueError(f"padded size {h}x{w} must be multiples of 128 and at least 256")
-
-
-def _retry_threads(current: int) -> list[int]:
-    """The thread counts to retry a version-1 blob with, commonest first, then this
-    machine's core count; the current count (already tried) left out."""
-    out: list[int] = []
-    for k in (*V1_RETRY_THREADS, os.cpu_count() or 1):
-        if k != current and k not in out:
-            out.append(k)
-    return out

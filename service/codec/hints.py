@@ -74,6 +74,8 @@ def decode_hints(data: bytes, n_symbols: int, n_tables: int) -> tuple[np.ndarray
         raise FormatError(f"invalid hints: {count} hints declared for {n_symbols} symbols in {buf.size} bytes")
     indexes = buf[off : off + count].astype(np.int32)
     gaps = buf[off + count :]
+    if gaps.size > MAX_VARINT_BYTES * count:  # before any per-byte temporary is allocated
+        raise FormatError(f"invalid hints: {gaps.size} bytes of positions for {count} hints")
     ends = np.flatnonzero(gaps < 0x80)
     if ends.size != count or (count and ends[-1] != gaps.size - 1) or (not count and gaps.size):
         raise FormatError(f"invalid hints: the position list does not hold exactly {count} varints")

@@ -21,7 +21,7 @@ from ..tuning import tune_malloc
 from .backends import BACKEND_KINDS, OnnxStages, TorchStages
 from .container import TcmFile, TcmHeader, pack, unpack
 from .geometry import check_coded_size
-from .engine import CodedImage, Engine, ImageSymbols
+from .engine import V1_RETRY_THREADS, CodedImage, Engine, ImageSymbols
 from .padding import crop, pad, padding_for, pixels_to_tensor, tensor_to_pixels
 
 #: Default cap on decoded pixels (width x height) for blobs: the image guard's, so what
@@ -83,24 +83,32 @@ class LoadedModel:
 
 
 def load_model(
-    store: ModelStore, quality: int, device: torch.device, backend: str = "torch", onnx_dir: str | os.PathLike | None = None
+    store: ModelStore,
+    quality: int,
+    device: torch.device,
+    backend: str = "torch",
+    onnx_dir: str | os.PathLike | None = None,
+    v1_retry_threads: tuple[int, ...] = V1_RETRY_THREADS,
 ) -> LoadedModel:
     """Load a store entry on ``device`` with its networks run by ``backend`` (``torch`` or
     ``onnx``; see :mod:`service.codec.backends`). ``onnx_dir`` holds the exported graphs
-    (default: the store directory, next to the checkpoint); missing graphs are exported."""
+    (default: the store directory, next to the checkpoint); missing graphs are exported.
+    ``v1_retry_threads``: what a version-1 blob that fails to decode is retried with."""
     if backend not in BACKEND_KINDS:
         raise ConfigError(f"unknown backend {backend!r} (use {' or '.join(BACKEND_KINDS)})")
     tune_malloc()  # reuse freed buffers instead of re-faulting them per layer (service/tuning.py)
     entry = store.entry(quality)
     model = store.load_model(entry)
     if backend == "torch":
-        engine = Engine(model, device, portable_device=device)
+        engine = Engine(model, device, portable_device=device, v1_retry_threads=v1_retry_threads)
     else:
-        engine = _onnx_engine(model, entry, store, device, onnx_dir)
+        engine = _onnx_engine(model, entry, store, device, onnx_dir, v1_retry_threads)
     return LoadedModel(entry, engine, engine.backend)
 
 
-def _onnx_engine(model, entry: ModelEntry, store: ModelStore, device: torch.device, onnx_dir) -> Engine:
+def _onnx_engine(
+    model, entry: ModelEntry, store: ModelStore, device: torch.device, onnx_dir, v1_retry_threads: tuple[int, ...]
+) -> Engine:
     """An engine whose stages run as ONNX graphs on ``device``; the glue (rounding, table
     look-ups), the portable float64 entropy path (onnxruntime has no float64 convolution)
     and, for exact blobs that need it, the torch-cpu entropy path run on the CPU."""
@@ -119,7 +127,10 @@ def _onnx_engine(model, entry: ModelEntry, store: ModelStore, device: torch.devi
         sessions, cfg.num_slices, [cfg.support_count(i) for i in range(cfg.num_slices)], name, threads, reopen
     )
     cpu = torch.device("cpu")
-    return Engine(model, cpu, stages=stages, decode_paths=(TorchStages(model, cpu),), portable_device=cpu)
+    return Engine(
+        model, cpu, stages=stages, decode_paths=(TorchStages(model, cpu),), portable_device=cpu,
+        v1_retry_threads=v1_retry_threads,
+    )
 
 
 @dataclass

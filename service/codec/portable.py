@@ -129,7 +129,8 @@ class PortableIndexes:
                 f"portable blob: this decoder's entropy parameters differ from the encoder's by more than the "
                 f"format tolerates (relative {TOLERANCE:.1e}; found at y symbol {at}): the float64 arithmetic "
                 "here is not IEEE-conformant or the model files differ from the encoder's despite equal "
-                "hashes; please report it with the output of `tcm inspect --json`"
+                "hashes; please report it with the blob, the store's manifest entry, this machine's CPU and "
+                "torch.__config__.show()"
             )
         idx[local] = indexes[lo:hi]
         return idx
