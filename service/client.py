@@ -105,12 +105,14 @@ def _input_bytes(data: ImageInput, what: str = "image") -> bytes:
         raise error(f"cannot read {what} file {data}: {exc.strerror or exc}") from None
 
 
-def _compress_request(image: ImageInput, quality: int | None, drop_alpha: bool) -> dict[str, Any]:
+def _compress_request(image: ImageInput, quality: int | None, drop_alpha: bool, bitstream: str | None) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if quality is not None:
         params["quality"] = quality
     if drop_alpha:
         params["drop_alpha"] = "true"
+    if bitstream is not None:
+        params["bitstream"] = bitstream
     return {
         "content": _input_bytes(image),
         "params": params,
@@ -204,12 +206,17 @@ class TcmClient:
         except httpx.TransportError as exc:
             raise ConnectionFailedError(f"{method} {url}: {exc or type(exc).__name__}") from None
 
-    def compress_full(self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False) -> CompressResult:
-        return _compress_result(self._send("POST", "/compress", **_compress_request(image, quality, drop_alpha)))
+    def compress_full(
+        self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False, bitstream: str | None = None
+    ) -> CompressResult:
+        """``bitstream``: ``portable`` or ``exact`` (default: the service's; docs/service.md)."""
+        return _compress_result(self._send("POST", "/compress", **_compress_request(image, quality, drop_alpha, bitstream)))
 
-    def compress(self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False) -> bytes:
+    def compress(
+        self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False, bitstream: str | None = None
+    ) -> bytes:
         """Image bytes or path -> .tcm blob."""
-        return self.compress_full(image, quality, drop_alpha).blob
+        return self.compress_full(image, quality, drop_alpha, bitstream).blob
 
     def decompress(self, blob: ImageInput) -> bytes:
         """.tcm blob (bytes or path) -> PNG bytes."""
@@ -251,11 +258,16 @@ class AsyncTcmClient:
         except httpx.TransportError as exc:
             raise ConnectionFailedError(f"{method} {url}: {exc or type(exc).__name__}") from None
 
-    async def compress_full(self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False) -> CompressResult:
-        return _compress_result(await self._send("POST", "/compress", **_compress_request(image, quality, drop_alpha)))
+    async def compress_full(
+        self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False, bitstream: str | None = None
+    ) -> CompressResult:
+        request = _compress_request(image, quality, drop_alpha, bitstream)
+        return _compress_result(await self._send("POST", "/compress", **request))
 
-    async def compress(self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False) -> bytes:
-        return (await self.compress_full(image, quality, drop_alpha)).blob
+    async def compress(
+        self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False, bitstream: str | None = None
+    ) -> bytes:
+        return (await self.compress_full(image, quality, drop_alpha, bitstream)).blob
 
     async def decompress(self, blob: ImageInput) -> bytes:
         content = _input_bytes(blob, ".tcm")

@@ -141,6 +141,23 @@ def test_quality_routing_and_default(app, service_images):
     assert r.headers["x-tcm-quality"] == "3"  # default: the highest served
 
 
+def test_bitstream_choice(app, service_images, local_model):
+    """Portable (version 2) by default; exact (version 1, the reference's strings) on request;
+    both decode through the API; anything else is a 422."""
+    data = service_images["rgb200x136"]
+    portable = post(app, "/compress?quality=3", data)
+    exact = post(app, "/compress?quality=3&bitstream=exact", data)
+    assert portable.headers["x-tcm-format-version"] == "2" and unpack(portable.content).header.backend == "portable-f64"
+    assert exact.headers["x-tcm-format-version"] == "1" and unpack(exact.content).header.backend == "torch-cpu"
+    assert post(app, "/compress?quality=3&bitstream=portable", data).content == portable.content
+    expected = compress_images(local_model, [decode_image(data)], portable=False)[0]
+    assert exact.content == expected.blob
+    for blob in (portable.content, exact.content):
+        assert post(app, "/decompress", blob).status_code == 200
+    body = assert_error(post(app, "/compress?bitstream=f32", data), 422, "bad_parameter")
+    assert "bitstream" in body["detail"]
+
+
 def test_drop_alpha(app):
     rgba = make_png(40, 50, "RGBA")
     assert_error(post(app, "/compress", rgba), 400, "bad_image")
@@ -641,11 +658,14 @@ def test_settings_from_environment(monkeypatch):
     monkeypatch.setenv("TCM_DEVICES", "cuda:0, cuda:1")
     monkeypatch.setenv("TCM_MAX_BATCH_SIZE", "8")
     monkeypatch.setenv("TCM_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("TCM_BITSTREAM", " Exact")
     s = load_settings(port=9001)
     assert s.qualities == [2, 3] and s.devices == "cuda:0,cuda:1" and s.max_batch_size == 8
-    assert s.port == 9001 and s.log_level == "debug"
+    assert s.port == 9001 and s.log_level == "debug" and s.bitstream == "exact"
+    monkeypatch.delenv("TCM_BITSTREAM")
+    assert load_settings().bitstream == "portable"
     for bad in ({"port": 70000}, {"devices": "gpu"}, {"qualities": "0"}, {"max_batch_size": 0},
-                {"qualities": "2", "default_quality": 3}, {"log_level": "loud"}):
+                {"qualities": "2", "default_quality": 3}, {"log_level": "loud"}, {"bitstream": "f32"}):
         with pytest.raises(ConfigError):
             load_settings(**bad)
 

@@ -115,9 +115,11 @@ def test_round_trip_with_the_client(server, service_images, tmp_path):
     with TcmClient(server.url) as c:
         res = c.compress_full(service_images["rgb140x260"], quality=2)
         assert (res.width, res.height, res.quality) == (260, 140, 2)
-        assert unpack(res.blob).header.quality == 2
+        assert unpack(res.blob).header.quality == 2 and unpack(res.blob).header.version == 2
         png = c.decompress(res.blob)
         assert png.startswith(b"\x89PNG")
+        exact = c.compress(service_images["rgb140x260"], quality=2, bitstream="exact")
+        assert unpack(exact).header.version == 1 and c.decompress(exact).startswith(b"\x89PNG")
         path = tmp_path / "in.png"
         path.write_bytes(service_images["gray64"])
         assert unpack(c.compress(path)).header.mode == "L"

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+from ..codec.container import BITSTREAMS
 from ..errors import TcmError
 from .argtypes import positive_int
 
@@ -48,6 +49,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--log-level", help="critical, error, warning, info (default) or debug")
     s.add_argument("--backend", help="torch (default, exact arithmetic) or onnx (ONNX Runtime, faster: docs/performance.md)")
     s.add_argument("--onnx-dir", help="where the onnx backend keeps exported graphs (default: the store directory)")
+    s.add_argument("--bitstream", help="what /compress makes by default: portable (decodes anywhere; default) or exact")
     s.set_defaults(handler=cmd_serve)
 
     r = sub.add_parser("remote", help="compress / decompress through a running service")
@@ -63,6 +65,7 @@ def add_parsers(sub) -> None:
     rc.add_argument("inputs", nargs="+", metavar="IN", help="image files or directories of images")
     rc.add_argument("-q", "--quality", type=_quality, help="quality level (default: the service's default)")
     rc.add_argument("--drop-alpha", action="store_true", help="discard an alpha channel instead of refusing the image")
+    rc.add_argument("--bitstream", choices=BITSTREAMS, help="portable or exact (default: the service's)")
     common(rc)
     rd = rsub.add_parser("decompress", help="decompress .tcm files to PNG via the service")
     rd.add_argument("inputs", nargs="+", metavar="IN", help=".tcm files or directories of them")
@@ -76,7 +79,7 @@ EXIT_UNHEALTHY = 3
 SETTINGS_FLAGS = (
     "host", "port", "store", "qualities", "default_quality", "devices", "max_batch_size", "max_batch_delay_ms",
     "max_queue", "coder_threads", "max_body_bytes", "max_pixels", "request_timeout_s", "shutdown_grace_s", "log_level",
-    "backend", "onnx_dir",
+    "backend", "onnx_dir", "bitstream",
 )
 
 
@@ -159,7 +162,7 @@ def cmd_remote(args) -> int:
                 raise TcmError(f"cannot read {src}: {exc.strerror or exc}") from None
             try:
                 if compress:
-                    res = client.compress_full(data, quality=args.quality, drop_alpha=args.drop_alpha)
+                    res = client.compress_full(data, quality=args.quality, drop_alpha=args.drop_alpha, bitstream=args.bitstream)
                     out = res.blob
                     total_bytes += len(out)
                     total_pixels += res.width * res.height
