@@ -9,6 +9,7 @@ serve: setup
 	.venv/bin/tcm serve
 
 test: setup
+	@command -v chromium >/dev/null 2>&1 || echo "make test: Chromium not found, so the browser tests (tests/test_web.py) are skipped; install it with: apt-get install chromium"
 	.venv/bin/python -m pytest -q
 
 test-all: setup

@@ -3,6 +3,7 @@ logs, config and the client's error mapping. The real server is in test_server.p
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import io
 import json
@@ -725,3 +726,74 @@ def test_an_image_that_decodes_too_slowly_gets_504_and_frees_its_place(app, serv
     assert (pool.batcher.depth, pool.batcher.reserved) == (0, 0)
     monkeypatch.undo()
     assert post(app, "/compress", service_images["gray64"]).status_code == 200
+
+
+# -- /compare ---------------------------------------------------------------------------------------
+def test_compare_gives_the_tcm_result_and_the_classics_at_its_size(app, service_images):
+    """The blob is the one /compress makes; its decoded image is what /decompress gives; JPEG
+    and WebP land within 3 % of its size; every score is there."""
+    data = service_images["rgb300x260"]
+    r = post(app, "/compare?quality=3", data)
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert (report["width"], report["height"], report["quality"], report["mode"]) == (300, 260, 3, "RGB")
+    tcm = report["tcm"]
+    blob = base64.b64decode(tcm["blob_base64"])
+    assert blob == post(app, "/compress?quality=3", data).content and tcm["bytes"] == len(blob)
+    assert tcm["format_version"] == 2 and tcm["bpp"] == pytest.approx(8 * len(blob) / (300 * 260))
+    decoded = post(app, "/decompress", blob).content
+    assert np.array_equal(png_pixels(base64.b64decode(tcm["png_base64"]))[1], png_pixels(decoded)[1])
+    assert png_pixels(base64.b64decode(report["original_png_base64"]))[1].shape == (260, 300, 3)
+    by_name = {c["name"]: c for c in report["codecs"]}
+    assert {"jpeg420", "webp"} <= set(by_name) and set(by_name) | set(report["unavailable"]) >= {"avif"}
+    for name in ("jpeg420", "webp"):
+        c = by_name[name]
+        assert c["reachable"] and abs(c["bytes"] - len(blob)) <= 0.03 * len(blob), c
+        assert 10 < c["psnr"] < 60 and 0 < c["ms_ssim"] <= 1
+        assert png_pixels(base64.b64decode(c["png_base64"]))[1].shape == (260, 300, 3)
+    assert 0 < tcm["psnr"] < 60 and tcm["compress_seconds"] > 0 and tcm["decompress_seconds"] > 0
+
+
+def test_compare_small_and_gray_images(app, service_images):
+    """An image too small for MS-SSIM's five scales gets null there; grayscale stays gray."""
+    report = post(app, "/compare", service_images["gray64"]).json()
+    assert report["mode"] == "L" and report["tcm"]["ms_ssim"] is None
+    assert all(c["ms_ssim"] is None for c in report["codecs"])
+    assert png_pixels(base64.b64decode(report["tcm"]["png_base64"]))[0] == "L"
+
+
+def test_compare_refuses_what_compress_refuses(app):
+    assert_error(post(app, "/compare", b"not an image"), 400, "bad_image")
+    assert_error(post(app, "/compare", make_png(420, 500)), 413, "too_large")  # over MAX_PIXELS
+    assert_error(post(app, "/compare?bitstream=exact", make_png(40, 40)), 422, "bad_parameter")
+    assert_error(post(app, "/compare?quality=9", make_png(40, 40)), 422, "bad_parameter")
+    assert_error(post(app, "/compare", b"{}", headers={"content-type": "application/json"}), 415)
+
+
+def test_compare_has_its_own_pixel_limit(service_store):
+    """compare_max_pixels bounds /compare below max_pixels (it does several times the work)."""
+    settings = load_settings(store=str(service_store), devices="cpu", qualities="3", compare_max_pixels=5000)
+    small = create_app(settings)
+    small.state.pool.start()
+    try:
+        assert small.state.pool.wait_ready(120), small.state.pool.not_ready_reason()
+        body = assert_error(post(small, "/compare", make_png(80, 80)), 413, "too_large")
+        assert "5,000" in body["detail"]
+        assert post(small, "/compress", make_png(80, 80)).status_code == 200
+    finally:
+        small.state.pool.shutdown(10)
+
+
+def test_compare_past_its_deadline_is_504(app, service_images, monkeypatch):
+    """The equal-size search checks the request deadline between encodes."""
+    import service.evaluation.equal_size as equal_size
+
+    real = equal_size.encode
+
+    def slow(*args, **kwargs):
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(equal_size, "encode", slow)
+    monkeypatch.setattr(app.state.settings, "request_timeout_s", 2.0)
+    assert_error(post(app, "/compare", service_images["gray64"]), 504, "deadline_exceeded")

@@ -224,8 +224,8 @@ def _schemathesis_run(app, examples: int) -> dict[str, int]:
 
 def test_schemathesis_openapi(app):
     counts = _schemathesis_run(app, examples=6)
-    assert set(counts) == {"POST /compress", "POST /decompress", "GET /v1/models", "GET /healthz", "GET /readyz",
-                           "GET /metrics"}, counts
+    assert set(counts) == {"POST /compress", "POST /decompress", "POST /compare", "GET /v1/models", "GET /healthz",
+                           "GET /readyz", "GET /metrics"}, counts
 
 
 @pytest.mark.slow
@@ -248,16 +248,18 @@ def test_not_ready_and_failure_answers_match_the_schema(kit_store, app):
                 ("/readyz", "GET"): await c.get("/readyz"),
                 ("/compress", "POST"): await c.post("/compress", content=b"x"),
                 ("/decompress", "POST"): await c.post("/decompress", content=b"x"),
+                ("/compare", "POST"): await c.post("/compare", content=b"x"),
                 ("/v1/models", "GET"): await c.get("/v1/models"),
             }
 
     answers = anyio.run(main)
     for (path, method), r in answers.items():
         schema[path][method].validate_response(r)
-    assert [r.status_code for r in answers.values()] == [503, 503, 503, 200]
+    assert [r.status_code for r in answers.values()] == [503, 503, 503, 503, 200]
 
 
 def test_openapi_quality_lists_what_is_served(app):
     spec = app.openapi()
-    (param,) = [p for p in spec["paths"]["/compress"]["post"]["parameters"] if p["name"] == "quality"]
-    assert param["schema"]["anyOf"][0]["enum"] == app.state.pool.qualities
+    for route in ("/compress", "/compare"):
+        (param,) = [p for p in spec["paths"][route]["post"]["parameters"] if p["name"] == "quality"]
+        assert param["schema"]["anyOf"][0]["enum"] == app.state.pool.qualities

@@ -4,11 +4,13 @@ Routes (exact paths; clients, probes and dashboards depend on them)::
 
     POST /compress     image (raw body or multipart field "file") -> application/x-tcm
     POST /decompress   .tcm blob (raw body or multipart field "file") -> image/png
+    POST /compare      image -> JSON: the .tcm result beside JPEG/WebP/AVIF at its size
     GET  /v1/models    served quality levels: config, lambda, weights hash, devices, state
     GET  /healthz      liveness (no model work)
     GET  /readyz       200 once every model is loaded and warmed up, else 503 with the reason
     GET  /metrics      Prometheus text format
-    GET  /docs         OpenAPI UI (/openapi.json)
+    GET  /             the web page (service/api/static/)
+    GET  /docs         OpenAPI UI (/openapi.json), assets from the fastapi-offline package
 
 State lives on ``app.state``: ``settings``, ``pool`` (:class:`~service.runtime.WorkerPool`)
 and ``metrics``. The lifespan starts the pool (models load in the background, so probes
@@ -44,6 +46,8 @@ from ..runtime.errors import (
     UnsupportedMediaTypeError,
 )
 from ..runtime.pool import WorkerPool
+from .compare import COMPARE_SCHEMA, comparison_report
+from .pages import install_pages
 from .errors import error_response, install_error_handlers
 from .logs import RequestContext, RequestContextMiddleware
 from .metrics import Metrics
@@ -115,7 +119,8 @@ def _json_doc(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 def _served_qualities_in_schema(schema: dict[str, Any], qualities: list[int]) -> dict[str, Any]:
     """Narrow ``quality`` from 1..255 to the levels this service actually serves, so that the
     published schema says which values succeed (any other is a 422)."""
-    for param in schema["paths"]["/compress"]["post"].get("parameters", []):
+    params = [p for route in ("/compress", "/compare") for p in schema["paths"][route]["post"].get("parameters", [])]
+    for param in params:
         if param.get("name") == "quality":
             param["schema"] = {
                 "anyOf": [{"type": "integer", "enum": list(qualities)}, {"type": "null"}],
@@ -229,6 +234,7 @@ def _only_query(request: Request, known: frozenset[str]) -> None:
 
 
 _COMPRESS_QUERY = frozenset({"quality", "drop_alpha", "bitstream"})
+_COMPARE_QUERY = frozenset({"quality", "drop_alpha"})
 _DECOMPRESS_QUERY: frozenset[str] = frozenset()
 
 
@@ -292,6 +298,8 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
         version="0.1.0",
         summary="Learned image compression (TCM, CVPR 2023) as a service",
         lifespan=lifespan,
+        docs_url=None,  # served below from packaged assets: /docs works offline
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.pool = pool
@@ -301,6 +309,26 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
 
     def ctx_of(request: Request) -> RequestContext:
         return request.state.ctx
+
+    async def read_image(request: Request, ctx: RequestContext, deadline: float, drop_alpha: bool, max_pixels: int):
+        """The request's image, decoded under ``max_pixels`` and the request deadline."""
+        data = await _payload_by(deadline, request, RAW_IMAGE_OK, "image/", settings.max_body_bytes, "the image")
+        t0 = time.monotonic()
+        decoding = in_io_thread(
+            decode_image, data, max_pixels=max_pixels, max_bytes=settings.max_body_bytes, drop_alpha=drop_alpha
+        )
+        try:
+            # under the deadline too: a pathological file (e.g. a progressive JPEG with
+            # thousands of scans) must not hold the queue place past it
+            image = await asyncio.wait_for(decoding, timeout=max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise DeadlineExceededError(
+                f"the image did not decode within the request deadline ({settings.request_timeout_s:g} s)"
+            ) from None
+        io_s = time.monotonic() - t0
+        ctx.timings["image_io"] = io_s
+        metrics.stage("image_io", io_s)
+        return image
 
     @app.post(
         "/compress",
@@ -340,22 +368,7 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
         # queue's capacity is refused (429) without spending a core on each refused image.
         with pool.reserve() as slot:
             deadline = ctx.start + settings.request_timeout_s
-            data = await _payload_by(deadline, request, RAW_IMAGE_OK, "image/", settings.max_body_bytes, "the image")
-            t0 = time.monotonic()
-            decoding = in_io_thread(
-                decode_image, data, max_pixels=settings.max_pixels, max_bytes=settings.max_body_bytes, drop_alpha=drop_alpha
-            )
-            try:
-                # under the deadline too: a pathological file (e.g. a progressive JPEG with
-                # thousands of scans) must not hold the queue place past it
-                image = await asyncio.wait_for(decoding, timeout=max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                raise DeadlineExceededError(
-                    f"the image did not decode within the request deadline ({settings.request_timeout_s:g} s)"
-                ) from None
-            io_s = time.monotonic() - t0
-            ctx.timings["image_io"] = io_s
-            metrics.stage("image_io", io_s)
+            image = await read_image(request, ctx, deadline, drop_alpha, settings.max_pixels)
             job = pool.submit_compress(image, q, deadline, slot, bitstream)
         result = await _await_job(pool, job, ctx)
         metrics.bpp.labels(str(q)).observe(result.bpp)
@@ -370,6 +383,49 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
                 "X-TCM-Format-Version": str(result.header.version),
             },
         )
+
+    @app.post(
+        "/compare",
+        summary="Compress an image and compare it with JPEG, WebP and AVIF at the same size",
+        responses={
+            200: _json_doc(
+                "the .tcm result and each classic codec's file closest to its size: bytes, bpp, ratio, PSNR, "
+                "MS-SSIM, and every decoded image as PNG (base64)", COMPARE_SCHEMA,
+            ),
+            **_errors_doc(400, 408, 413, 415, 422, 429, 503, 504),
+        },
+        openapi_extra=_body_doc(IMAGE_TYPES + RAW_IMAGE_OK, "PNG, JPEG, WebP, BMP or TIFF image"),
+    )
+    async def compare(
+        request: Request,
+        quality: Optional[int] = Query(None, ge=1, le=255, description="quality level (default: the service's default)"),
+        drop_alpha: bool = Query(False, description="discard an alpha channel instead of refusing the image"),
+    ) -> JSONResponse:
+        ctx = ctx_of(request)
+        _only_query(request, _COMPARE_QUERY)
+        q = pool.check_quality(quality)
+        ctx.quality = q
+        deadline = ctx.start + settings.request_timeout_s
+        with pool.reserve() as slot:
+            image = await read_image(request, ctx, deadline, drop_alpha, min(settings.max_pixels, settings.compare_max_pixels))
+            t0 = time.monotonic()
+            job = pool.submit_compress(image, q, deadline, slot, "portable")
+        compressed = await _await_job(pool, job, ctx)
+        compress_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        with pool.reserve() as slot:
+            job = pool.submit_decompress(compressed.blob, compressed.header, deadline, slot)
+        decoded = await _await_job(pool, job, ctx)
+        decompress_s = time.monotonic() - t0
+
+        def check_time() -> None:
+            if time.monotonic() > deadline:
+                raise DeadlineExceededError(f"the comparison did not finish within {settings.request_timeout_s:g} s")
+
+        report = await in_io_thread(
+            comparison_report, image, q, compressed, decoded, compress_s, decompress_s, check_time
+        )
+        return JSONResponse(report)
 
     @app.post(
         "/decompress",
@@ -470,6 +526,8 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
     )
     async def metrics_endpoint() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
+
+    install_pages(app)
 
     generate_openapi = app.openapi
 

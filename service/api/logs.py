@@ -22,8 +22,10 @@ from .metrics import Metrics
 access_log = logging.getLogger("tcm.access")
 
 #: Routes with their own metric label; any other path counts as "other" (bounded cardinality).
-ROUTES = frozenset({"/compress", "/decompress", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"})
-CODEC_ROUTES = frozenset({"/compress", "/decompress"})
+ROUTES = frozenset({
+    "/compress", "/decompress", "/compare", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/",
+})
+CODEC_ROUTES = frozenset({"/compress", "/decompress", "/compare"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
