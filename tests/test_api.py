@@ -797,3 +797,22 @@ def test_compare_past_its_deadline_is_504(app, service_images, monkeypatch):
     monkeypatch.setattr(equal_size, "encode", slow)
     monkeypatch.setattr(app.state.settings, "request_timeout_s", 2.0)
     assert_error(post(app, "/compare", service_images["gray64"]), 504, "deadline_exceeded")
+
+
+def test_devices_say_why_there_is_no_gpu(monkeypatch, caplog):
+    """``cuda`` without a usable GPU fails with the reason (GPU deployments ask for it, so a
+    node with a broken driver never serves at CPU speed); ``auto`` says why it chose the CPU."""
+    from service.runtime.pool import resolve_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(ConfigError, match=r"CUDA is not available: this torch \(.*\) is a CPU-only build"):
+        resolve_devices("cuda")
+    with caplog.at_level(logging.WARNING, logger="tcm.runtime"):
+        assert resolve_devices("auto") == [torch.device("cpu")]
+    assert any("serving on the CPU because this torch" in r.getMessage() for r in caplog.records), caplog.text
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "init", lambda: (_ for _ in ()).throw(RuntimeError(
+        "The NVIDIA driver on your system is too old (found version 12020).")))
+    with pytest.raises(ConfigError, match="driver on your system is too old"):
+        resolve_devices("cuda")

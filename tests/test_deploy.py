@@ -41,6 +41,7 @@ import pytest
 import yaml  # the test extra installs it; a missing one must fail, not skip the whole file
 
 from service.codec.geometry import padded_pixel_limit
+from service.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -72,13 +73,9 @@ CONTRACT_METRICS = {
     "tcm_queue_capacity": "gauge",
     "tcm_worker_restarts_total": "counter",
 }
-#: The service's settings (pydantic-settings, prefix TCM_) plus the CLI's store variable.
-CONTRACT_SETTINGS = (
-    "TCM_HOST", "TCM_PORT", "TCM_STORE", "TCM_QUALITIES", "TCM_DEFAULT_QUALITY", "TCM_DEVICES",
-    "TCM_MAX_BATCH_SIZE", "TCM_MAX_BATCH_DELAY_MS", "TCM_MAX_QUEUE", "TCM_CODER_THREADS",
-    "TCM_MAX_BODY_BYTES", "TCM_MAX_PIXELS", "TCM_REQUEST_TIMEOUT_S", "TCM_SHUTDOWN_GRACE_S",
-    "TCM_LOG_LEVEL", "TCM_MODEL_STORE",
-)
+#: The service's settings (pydantic-settings, prefix TCM_: every field of Settings, so a new
+#: setting must be documented in docs/deploy.md) plus the CLI's store variable.
+CONTRACT_SETTINGS = tuple(f"TCM_{name.upper()}" for name in Settings.model_fields) + ("TCM_MODEL_STORE",)
 
 
 def _series_names(metric: str, kind: str) -> set[str]:
@@ -285,7 +282,7 @@ def test_dockerfile_targets_are_non_root_compiler_free_and_serve():
         assert ("model_store/", env["TCM_MODEL_STORE"].rstrip("/") + "/") in copies(stage)
         assert "TCM_STORE" not in env, "TCM_STORE would split `tcm serve` from `tcm models import`"
     assert targets["cpu"].image_env()["TCM_DEVICES"] == "cpu"
-    assert targets["gpu"].image_env()["TCM_DEVICES"] == "auto"
+    assert targets["gpu"].image_env()["TCM_DEVICES"] == "cuda"  # no silent fall-back to the CPU
     # the two images differ only in the virtualenv and the device settings
     strip = {"TCM_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES"}
     gpu_env = {k: v for k, v in targets["gpu"].image_env().items() if k not in strip}
@@ -574,19 +571,34 @@ def test_deployment_probes_drain_and_wiring(overlay):
     assert spec["securityContext"]["runAsUser"] == image_uid(image)
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert tcm["securityContext"]["readOnlyRootFilesystem"] is True
-    # the model store: fetched by an init container into the volume the server reads
+    # the model store: fetched or seeded by init containers into the volume the server reads
+    # (what their commands do: test_init_containers_fill_the_store_both_ways)
     store = env["TCM_MODEL_STORE"]
     fetch = _container(spec, "fetch-checkpoints", init=True)
+    seed = _container(spec, "seed-models", init=True)
     verify = _container(spec, "verify-store", init=True)
+    assert [c["name"] for c in spec["initContainers"]] == ["fetch-checkpoints", "seed-models", "verify-store"]
     mounts = {m["mountPath"]: m["name"] for m in tcm["volumeMounts"]}
     assert mounts[store] == {m["mountPath"]: m["name"] for m in fetch["volumeMounts"]}[store]
+    assert {m["mountPath"]: m["name"] for m in seed["volumeMounts"]} == {"/seed": mounts[store]}
+    assert seed["image"] == tcm["image"]
     assert verify["image"] == tcm["image"] and verify["args"] == ["models", "list"]
     assert _env_of(docs, verify)["TCM_MODEL_STORE"] == store
     fetch_env = _env_of(docs, fetch)
-    assert fetch_env["CHECKPOINTS_SOURCE"].startswith("models:")
+    assert fetch_env["CHECKPOINTS_SOURCE"] == ""  # as shipped: the image's bundled store
     assert fetch_env["RCLONE_CONFIG_MODELS_TYPE"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert "emptyDir" in volumes[mounts[store]]
+    # the store is read-only in the server: the onnx backend's graphs go to a writable emptyDir
+    onnx_dir = env["TCM_ONNX_DIR"]
+    writable = [m for m in tcm["volumeMounts"] if onnx_dir.startswith(m["mountPath"] + "/") and not m.get("readOnly")]
+    assert writable and "emptyDir" in volumes[writable[0]["name"]]
+    # ephemeral storage requested by the containers that fill the emptyDirs, and bounded
+    for c in (fetch, seed, tcm):
+        assert "ephemeral-storage" in c["resources"]["requests"], c["name"]
+    assert _memory_bytes(tcm["resources"]["limits"]["ephemeral-storage"]) >= sum(
+        _memory_bytes(v["emptyDir"]["sizeLimit"]) for v in volumes.values() if "emptyDir" in v
+    )
     # the Service, PDB and HPA point at these pods
     labels = pod["metadata"]["labels"]
     svc = one(docs, "Service")
@@ -604,6 +616,62 @@ def test_deployment_probes_drain_and_wiring(overlay):
     assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == env["TCM_PORT"]
 
 
+def _init_script(container: dict, paths: dict[str, str]) -> str:
+    """An init container's shell script with its container paths moved to host paths."""
+    assert container["command"] == ["/bin/sh", "-c"], container["command"]
+    script = container["args"][0]
+    for inside, outside in sorted(paths.items(), key=lambda kv: -len(kv[0])):
+        script = script.replace(inside, outside)
+    return script
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_init_containers_fill_the_store_both_ways(overlay, tmp_path):
+    """The rendered init containers' own commands, run on the host: without a remote the pod
+    gets the image's bundled store; with one, the fetched store (rclone stood in for by a
+    script that copies a local folder) and not the bundled one. Then verify-store's command
+    accepts either."""
+    docs = render(overlay)
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    fetch, seed = _container(spec, "fetch-checkpoints", init=True), _container(spec, "seed-models", init=True)
+    image_store = tmp_path / "image-models"  # what the image holds at /models
+    shutil.copytree(ROOT / "model_store", image_store, ignore=shutil.ignore_patterns("*.onnx", "q*-g[0-9]*.json"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    remote = tmp_path / "bucket"
+    (bin_dir / "rclone").write_text(  # `rclone copy SRC DST ...` -> copy the local stand-in of SRC
+        f"#!/bin/sh\n[ \"$1\" = copy ] || exit 2\ncp -R {remote}/. \"$3\"/\n"
+    )
+    (bin_dir / "rclone").chmod(0o755)
+    env_base = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+    def fill(volume, source: str) -> None:
+        volume.mkdir()
+        env = {**env_base, **_env_of(docs, fetch), "CHECKPOINTS_SOURCE": source}
+        for container, paths in ((fetch, {"/models": str(volume)}),
+                                 (seed, {"/seed": str(volume), "/models": str(image_store)})):
+            r = subprocess.run(["/bin/sh", "-c", _init_script(container, paths)], env=env, capture_output=True,
+                               text=True, timeout=60)
+            assert r.returncode == 0, (container["name"], r.stdout, r.stderr)
+        listed = subprocess.run([sys.executable, "-m", "service.cli.main", "models", "list", "--store", str(volume)],
+                                capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert listed.returncode == 0, listed.stderr
+
+    bundled = tmp_path / "volume-bundled"
+    fill(bundled, "")  # as shipped
+    assert sorted(p.name for p in bundled.iterdir()) == sorted(p.name for p in image_store.iterdir())
+
+    other = tmp_path / "other-store"  # a store with one level of the bundled one, as uploaded
+    entry = json.loads((image_store / "manifest.json").read_text())["models"][0]
+    other.mkdir()
+    shutil.copy(image_store / entry["file"], other / entry["file"])
+    (other / "manifest.json").write_text(json.dumps({"format": 1, "models": [entry]}))
+    shutil.copytree(other, remote)
+    fetched = tmp_path / "volume-fetched"
+    fill(fetched, "models:tcm-checkpoints/store-v1")
+    assert sorted(p.name for p in fetched.iterdir()) == sorted(p.name for p in other.iterdir())
+
+
 def test_overlays_differ_where_the_hardware_does():
     gpu, cpu = render("gpu"), render("cpu")
     gpu_tcm = _container(one(gpu, "Deployment")["spec"]["template"]["spec"], "tcm")
@@ -613,7 +681,7 @@ def test_overlays_differ_where_the_hardware_does():
     assert any(t["key"] == "nvidia.com/gpu" for t in one(gpu, "Deployment")["spec"]["template"]["spec"]["tolerations"])
     assert "nvidia.com/gpu" not in json.dumps(cpu_tcm["resources"])
     genv, cenv = _env_of(gpu, gpu_tcm), _env_of(cpu, cpu_tcm)
-    assert genv["TCM_DEVICES"] in ("auto", "cuda") and cenv["TCM_DEVICES"] == "cpu"
+    assert genv["TCM_DEVICES"] == "cuda" and cenv["TCM_DEVICES"] == "cpu"
     assert int(cenv["TCM_MAX_BATCH_SIZE"]) == 1 < int(genv["TCM_MAX_BATCH_SIZE"])
     for env, tcm in ((genv, gpu_tcm), (cenv, cpu_tcm)):
         # torch's threads follow the cores the pod requests, not the node's core count

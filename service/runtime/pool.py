@@ -107,16 +107,42 @@ class NullObserver:
         pass
 
 
+def cuda_unavailable_reason() -> str:
+    """Why torch sees no CUDA device, in one line (a CPU-only torch build, a driver too old
+    for it, no device visible to the process, ...)."""
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is a CPU-only build"
+    try:
+        torch.cuda.init()
+    except Exception as exc:  # torch words the driver and device problems itself
+        return " ".join(str(exc).split())[:300] or type(exc).__name__
+    if torch.cuda.device_count() == 0:
+        return "no CUDA device is visible to this process (the pod's GPU request, CUDA_VISIBLE_DEVICES)"
+    return "torch.cuda.is_available() is false"
+
+
 def resolve_devices(spec: str) -> list[torch.device]:
     """``auto`` (every CUDA device, else the CPU), ``cpu``, ``cuda`` (every CUDA device) or
-    a comma-separated list such as ``cuda:0,cuda:1``."""
+    a comma-separated list such as ``cuda:0,cuda:1``.
+
+    ``cuda`` without a usable GPU is a :class:`ConfigError` that says why, so a GPU
+    deployment fails at start instead of serving at CPU speed; ``auto`` logs what it chose
+    and, when that is the CPU, why."""
     parts = [p for p in spec.replace(" ", "").lower().split(",") if p] or ["auto"]
     try:
         if parts == ["auto"]:
-            parts = ["cuda"] if torch.cuda.is_available() else ["cpu"]
+            if torch.cuda.is_available():
+                parts = ["cuda"]
+                log.info(f"devices auto: {torch.cuda.device_count()} CUDA device(s), serving on the GPU")
+            else:
+                parts = ["cpu"]
+                log.warning(
+                    f"devices auto: serving on the CPU because {cuda_unavailable_reason()} "
+                    "(set TCM_DEVICES=cuda where a GPU is expected, to fail instead)"
+                )
         if parts == ["cuda"]:
             if not torch.cuda.is_available():
-                raise ConfigError("devices 'cuda' requested but CUDA is not available on this machine")
+                raise ConfigError(f"devices 'cuda' requested but CUDA is not available: {cuda_unavailable_reason()}")
             parts = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
         devices = [resolve_device(p) for p in parts]
     except ModelNotFoundError as exc:  # resolve_device's way of saying "no such device"
