@@ -80,3 +80,13 @@ def test_async_client_checks_answers_too():
 
     with pytest.raises(RemoteError, match="HTTP 301"):
         anyio.run(main)
+
+
+def test_the_client_imports_without_torch():
+    """A program that only talks to a running service needs httpx, not torch, numpy or Pillow."""
+    import subprocess
+    import sys
+
+    code = "import sys, service.client; print(sorted(m for m in ('torch', 'numpy', 'PIL', 'onnxruntime') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)

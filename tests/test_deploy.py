@@ -41,6 +41,7 @@ import pytest
 import yaml  # the test extra installs it; a missing one must fail, not skip the whole file
 
 from service.codec.geometry import padded_pixel_limit
+from service.api.logs import CODEC_ROUTES
 from service.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -388,10 +389,16 @@ def test_dockerignore_sends_what_the_build_copies_and_nothing_heavy():
 
 
 # -- docker compose --------------------------------------------------------------------------
-def compose_config(*files: Path) -> dict:
-    """`docker-compose config` as JSON, with the defaults of the files (no TCM_/compose env)."""
+#: What a user must set before `docker compose up` (no default on purpose).
+COMPOSE_REQUIRED = {"GRAFANA_ADMIN_PASSWORD": "test-only-password"}
+
+
+def compose_config(*files: Path, required: dict[str, str] = COMPOSE_REQUIRED) -> dict:
+    """`docker-compose config` as JSON, with the defaults of the files (no TCM_/compose env)
+    and the variables a user must set (``required``)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("TCM_", "COMPOSE_", "DOCKER_", "GRAFANA_", "PROMETHEUS_"))}
+    env.update(required)
     cmd = [tool("docker-compose")]
     for f in files:
         cmd += ["-f", str(f)]
@@ -475,6 +482,13 @@ def test_compose_gpu_stack_is_valid_and_consistent_with_the_image():
     assert graf["environment"]["PROMETHEUS_URL"] == "http://prometheus:9090"
 
 
+def test_compose_has_no_default_grafana_password():
+    with pytest.raises(AssertionError, match="GRAFANA_ADMIN_PASSWORD"):
+        compose_config(COMPOSE, required={})
+    env = compose_config(COMPOSE)["services"]["grafana"]["environment"]
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == COMPOSE_REQUIRED["GRAFANA_ADMIN_PASSWORD"]
+
+
 def test_compose_cpu_override_drops_the_gpu():
     cfg = compose_config(COMPOSE, COMPOSE_CPU)
     svc = cfg["services"]["tcm"]
@@ -511,7 +525,7 @@ def test_overlay_renders_and_validates_against_kubernetes_schemas(overlay):
 
     docs = render(overlay)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(["ConfigMap", "ConfigMap", "Deployment", "HorizontalPodAutoscaler",
+    assert kinds == sorted(["ConfigMap", "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
                             "PodDisruptionBudget", "Service", "ServiceAccount"]), kinds
     for version in K8S_VERSIONS:
         for doc in docs:
@@ -611,6 +625,12 @@ def test_deployment_probes_drain_and_wiring(overlay):
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": dep["metadata"]["name"]}
     assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
     assert pdb["spec"].get("maxUnavailable", 0) < hpa["spec"]["minReplicas"]
+    # ingress only to the service port
+    policy = one(docs, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": "http"}]
     # Prometheus can find the pods
     ann = pod["metadata"]["annotations"]
     assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == env["TCM_PORT"]
@@ -735,9 +755,16 @@ def test_error_alert_counts_codec_requests_on_both_sides_of_the_ratio():
     fired the alert on an idle service (and x/0 = +Inf with no codec traffic)."""
     alerts = yaml.safe_load((MONITORING / "prometheus" / "alerts.yml").read_text())
     (expr,) = [r["expr"] for g in alerts["groups"] for r in g["rules"] if r.get("alert") == "TcmServeErrors"]
-    selectors = re.findall(r"tcm_requests_total\{([^}]*)\}", expr)
-    assert len(selectors) == 2, expr
-    assert all('endpoint=~"/compress|/decompress"' in sel for sel in selectors), selectors
+    # the dashboard's error-ratio panel too (it counted probe 503s above the line)
+    panel = json.loads(DASHBOARD.read_text())
+    ratios = [t["expr"] for p in panel["panels"] for t in p.get("targets", []) if 'code=~"5.."' in t["expr"] and "/" in t["expr"]]
+    assert ratios, "no error-ratio panel"
+    for text in (expr, *ratios):
+        selectors = re.findall(r"tcm_requests_total\{([^}]*)\}", text)
+        assert len(selectors) == 2, text
+        for sel in selectors:
+            (routes,) = re.findall(r'endpoint=~"([^"]+)"', sel)
+            assert set(routes.split("|")) == CODEC_ROUTES, sel
 
 
 def test_every_query_uses_only_contract_metrics():

@@ -1,5 +1,21 @@
-"""The service's runtime: device workers, dynamic batching, range-coding threads."""
+"""The service's runtime: device workers, dynamic batching, range-coding threads.
+
+The worker pool (and with it torch) is imported on first use of one of its names, so that
+``service.runtime.errors`` (the HTTP-level errors the Python client maps answers to) imports
+without torch: ``import service.client`` needs httpx only.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
 from .batcher import Batcher, Job
-from .pool import WorkerPool, decompress_batch, resolve_devices
 
 __all__ = ["Batcher", "Job", "WorkerPool", "decompress_batch", "resolve_devices"]
+_FROM_POOL = ("WorkerPool", "decompress_batch", "resolve_devices")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_POOL:
+        return getattr(import_module(".pool", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
