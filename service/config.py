@@ -76,9 +76,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(50 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image (width x height) accepted (413 above)")
     compare_max_pixels: int = Field(
-        12_000_000, ge=1,
-        description="largest image /compare takes (413 above): it also searches JPEG, WebP and AVIF at the same size "
-        "and scores every result, several times the work of /compress",
+        4_000_000, ge=1,
+        description="largest image /compare takes (413 above; also capped by max_pixels): it also searches JPEG, WebP "
+        "and AVIF at the same size and scores every result, several times the work and memory of /compress",
+    )
+    compare_concurrency: int = Field(
+        1, ge=1, le=64, description="comparisons (/compare) running at once; more are refused with 429"
     )
     # Upper bounds: a timeout past threading.TIMEOUT_MAX (~292 years) passes "finite" and then
     # raises OverflowError in Thread.join at shutdown; a day / an hour is already absurd here.

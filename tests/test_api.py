@@ -808,7 +808,7 @@ def test_devices_say_why_there_is_no_gpu(monkeypatch, caplog):
     monkeypatch.setattr(torch.version, "cuda", None)
     with pytest.raises(ConfigError, match=r"CUDA is not available: this torch \(.*\) is a CPU-only build"):
         resolve_devices("cuda")
-    with caplog.at_level(logging.WARNING, logger="tcm.runtime"):
+    with caplog.at_level(logging.INFO, logger="tcm.runtime"):
         assert resolve_devices("auto") == [torch.device("cpu")]
     assert any("serving on the CPU because this torch" in r.getMessage() for r in caplog.records), caplog.text
     monkeypatch.setattr(torch.version, "cuda", "13.0")
@@ -816,3 +816,30 @@ def test_devices_say_why_there_is_no_gpu(monkeypatch, caplog):
         "The NVIDIA driver on your system is too old (found version 12020).")))
     with pytest.raises(ConfigError, match="driver on your system is too old"):
         resolve_devices("cuda")
+
+
+def test_compare_concurrency_is_bounded(app, service_images, monkeypatch):
+    """A second comparison while one runs is refused (429, before its body is read); the
+    first completes."""
+    import service.evaluation.equal_size as equal_size
+
+    real = equal_size.encode
+    started = threading.Event()
+
+    def slow(*args, **kwargs):
+        started.set()
+        time.sleep(0.2)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(equal_size, "encode", slow)
+
+    async def scenario(c):
+        first = asyncio.create_task(c.post("/compare", content=service_images["gray64"]))
+        await asyncio.to_thread(started.wait, 60)
+        second = await c.post("/compare", content=service_images["gray64"])
+        return await first, second
+
+    first, second = run(app, scenario)
+    assert first.status_code == 200, first.text
+    body = assert_error(second, 429, "queue_full")
+    assert "compare_concurrency" in body["detail"] and second.headers["retry-after"] == "5"

@@ -599,7 +599,8 @@ def test_deployment_probes_drain_and_wiring(overlay):
     assert verify["image"] == tcm["image"] and verify["args"] == ["models", "list"]
     assert _env_of(docs, verify)["TCM_MODEL_STORE"] == store
     fetch_env = _env_of(docs, fetch)
-    assert fetch_env["CHECKPOINTS_SOURCE"] == ""  # as shipped: the image's bundled store
+    assert fetch_env["CHECKPOINTS_SOURCE"] == "bundled"  # as shipped: the image's bundled store
+    assert _env_of(docs, seed)["CHECKPOINTS_SOURCE"] == "bundled"
     assert fetch_env["RCLONE_CONFIG_MODELS_TYPE"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert "emptyDir" in volumes[mounts[store]]
@@ -665,20 +666,26 @@ def test_init_containers_fill_the_store_both_ways(overlay, tmp_path):
     (bin_dir / "rclone").chmod(0o755)
     env_base = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
+    def init(container: dict, paths: dict[str, str], source: str) -> subprocess.CompletedProcess:
+        env = {**env_base, **_env_of(docs, container), "CHECKPOINTS_SOURCE": source}
+        return subprocess.run(["/bin/sh", "-c", _init_script(container, paths)], env=env, capture_output=True,
+                              text=True, timeout=60)
+
     def fill(volume, source: str) -> None:
         volume.mkdir()
-        env = {**env_base, **_env_of(docs, fetch), "CHECKPOINTS_SOURCE": source}
         for container, paths in ((fetch, {"/models": str(volume)}),
                                  (seed, {"/seed": str(volume), "/models": str(image_store)})):
-            r = subprocess.run(["/bin/sh", "-c", _init_script(container, paths)], env=env, capture_output=True,
-                               text=True, timeout=60)
+            r = init(container, paths, source)
             assert r.returncode == 0, (container["name"], r.stdout, r.stderr)
         listed = subprocess.run([sys.executable, "-m", "service.cli.main", "models", "list", "--store", str(volume)],
                                 capture_output=True, text=True, timeout=120, cwd=ROOT)
         assert listed.returncode == 0, listed.stderr
 
+    # a lost value fails the pod's start with the reason, rather than serve the demo models
+    empty = init(fetch, {"/models": str(tmp_path / "nowhere")}, "")
+    assert empty.returncode == 1 and "CHECKPOINTS_SOURCE is empty" in empty.stderr
     bundled = tmp_path / "volume-bundled"
-    fill(bundled, "")  # as shipped
+    fill(bundled, "bundled")  # as shipped
     assert sorted(p.name for p in bundled.iterdir()) == sorted(p.name for p in image_store.iterdir())
 
     other = tmp_path / "other-store"  # a store with one level of the bundled one, as uploaded

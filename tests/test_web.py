@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,16 @@ import pytest
 from servers import Server
 from service.store import DEFAULT_STORE
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+def _working_chromium() -> str | None:
+    """Debian's chromium, if it runs (Ubuntu's chromium-browser can be a snap stub that does not)."""
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path and subprocess.run([path, "--version"], capture_output=True, timeout=60).returncode == 0:
+            return path
+    return None
+
+
+CHROMIUM = _working_chromium()
 try:
     from playwright.sync_api import sync_playwright
 except ImportError:  # pragma: no cover - the test extra installs it

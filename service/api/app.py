@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -41,12 +42,13 @@ from ..runtime.errors import (
     BadRequestError,
     ClientClosedError,
     DeadlineExceededError,
+    QueueFullError,
     RequestTimeoutError,
     RequestTooLargeError,
     UnsupportedMediaTypeError,
 )
 from ..runtime.pool import WorkerPool
-from .compare import COMPARE_SCHEMA, comparison_report
+from .compare import COMPARE_SCHEMA, comparison_json
 from .pages import install_pages
 from .errors import error_response, install_error_handlers
 from .logs import RequestContext, RequestContextMiddleware
@@ -280,6 +282,9 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
     # Image decoding and PNG encoding run off the event loop on a bounded pool, so that many
     # simultaneous uploads cannot decode more images at once than there are cores to do it.
     image_io = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="tcm-image-io")
+    # Comparisons (POST /compare) run on their own threads, never ahead of image decoding.
+    compare_worker = ThreadPoolExecutor(settings.compare_concurrency, thread_name_prefix="tcm-compare")
+    compare_slots = threading.BoundedSemaphore(settings.compare_concurrency)
 
     async def in_io_thread(fn, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(image_io, partial(fn, *args, **kwargs))
@@ -292,6 +297,7 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
         finally:
             await anyio.to_thread.run_sync(partial(pool.shutdown, settings.shutdown_grace_s))
             image_io.shutdown(wait=False)
+            compare_worker.shutdown(wait=False)
 
     app = FastAPI(
         title="tcm-serve",
@@ -400,32 +406,50 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
         request: Request,
         quality: Optional[int] = Query(None, ge=1, le=255, description="quality level (default: the service's default)"),
         drop_alpha: bool = Query(False, description="discard an alpha channel instead of refusing the image"),
-    ) -> JSONResponse:
+    ) -> Response:
         ctx = ctx_of(request)
         _only_query(request, _COMPARE_QUERY)
         q = pool.check_quality(quality)
         ctx.quality = q
         deadline = ctx.start + settings.request_timeout_s
-        with pool.reserve() as slot:
-            image = await read_image(request, ctx, deadline, drop_alpha, min(settings.max_pixels, settings.compare_max_pixels))
-            t0 = time.monotonic()
-            job = pool.submit_compress(image, q, deadline, slot, "portable")
-        compressed = await _await_job(pool, job, ctx)
-        compress_s = time.monotonic() - t0
-        t0 = time.monotonic()
-        with pool.reserve() as slot:
-            job = pool.submit_decompress(compressed.blob, compressed.header, deadline, slot)
-        decoded = await _await_job(pool, job, ctx)
-        decompress_s = time.monotonic() - t0
+        # At most compare_concurrency comparisons at once (each holds several times the
+        # memory and CPU of a /compress), refused before the body is read.
+        if not compare_slots.acquire(blocking=False):
+            raise QueueFullError(
+                f"{settings.compare_concurrency} comparison(s) already running (compare_concurrency): retry shortly",
+                retry_after=5,
+            )
+        try:
+            # both queue places up front: a full queue refuses before any model work
+            with pool.reserve() as compress_slot, pool.reserve() as decompress_slot:
+                image = await read_image(
+                    request, ctx, deadline, drop_alpha, min(settings.max_pixels, settings.compare_max_pixels)
+                )
+                t0 = time.monotonic()
+                job = pool.submit_compress(image, q, deadline, compress_slot, "portable")
+                compressed = await _await_job(pool, job, ctx)
+                compress_s = time.monotonic() - t0
+                t0 = time.monotonic()
+                job = pool.submit_decompress(compressed.blob, compressed.header, deadline, decompress_slot)
+                decoded = await _await_job(pool, job, ctx)
+                decompress_s = time.monotonic() - t0
 
-        def check_time() -> None:
-            if time.monotonic() > deadline:
-                raise DeadlineExceededError(f"the comparison did not finish within {settings.request_timeout_s:g} s")
+            def check_time() -> None:
+                if time.monotonic() > deadline:
+                    raise DeadlineExceededError(f"the comparison did not finish within {settings.request_timeout_s:g} s")
 
-        report = await in_io_thread(
-            comparison_report, image, q, compressed, decoded, compress_s, decompress_s, check_time
-        )
-        return JSONResponse(report)
+            running = asyncio.get_running_loop().run_in_executor(
+                compare_worker,
+                partial(comparison_json, image, q, compressed, decoded, compress_s, decompress_s, check_time),
+            )
+            try:
+                body = await asyncio.wait_for(running, timeout=max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:  # the worker stops at its next check_time
+                check_time()
+                raise
+        finally:
+            compare_slots.release()
+        return Response(body, media_type="application/json")
 
     @app.post(
         "/decompress",

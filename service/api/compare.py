@@ -10,6 +10,7 @@ deadline between encodes.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -53,9 +54,10 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _scores(original: np.ndarray, decoded: np.ndarray, size: int) -> dict[str, Any]:
+def _scores(original: np.ndarray, decoded: np.ndarray, size: int, check_time: Callable[[], None]) -> dict[str, Any]:
     """Size, bpp, ratio (raw 8-bit size / file size), PSNR and MS-SSIM (None for images too
     small for its five scales) of one decoded result."""
+    check_time()
     decoded = decoded.reshape(original.shape)
     h, w = original.shape[:2]
     small = min(h, w) < MS_SSIM_MIN_SIDE
@@ -90,7 +92,7 @@ def comparison_report(
         "mode": image.mode,
         "original_png_base64": _b64(encode_png(original)),
         "tcm": {
-            **_scores(original, decoded.pixels, budget),
+            **_scores(original, decoded.pixels, budget, check_time),
             "blob_base64": _b64(compressed.blob),
             "format_version": compressed.header.version,
             "compress_seconds": compress_seconds,
@@ -98,8 +100,24 @@ def comparison_report(
         },
         "codecs": [
             {"name": c.name, "label": c.label, "quality": c.quality, "reachable": c.reachable,
-             **_scores(original, c.pixels, len(c.data))}
+             **_scores(original, c.pixels, len(c.data), check_time)}
             for c in classics
         ],
         "unavailable": unavailable,
     }
+
+
+def comparison_json(
+    image: DecodedImage,
+    quality: int,
+    compressed: Compressed,
+    decoded: Decompressed,
+    compress_seconds: float,
+    decompress_seconds: float,
+    check_time: Callable[[], None],
+) -> bytes:
+    """:func:`comparison_report` as JSON bytes, made on the calling (worker) thread: a large
+    photo's answer is tens of MB, which must not be serialised on the event loop."""
+    report = comparison_report(image, quality, compressed, decoded, compress_seconds, decompress_seconds, check_time)
+    check_time()
+    return json.dumps(report, separators=(",", ":")).encode()

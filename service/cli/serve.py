@@ -44,7 +44,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--coder-threads", type=positive_int, help="range-coding threads (default 2)")
     s.add_argument("--max-body-bytes", type=positive_int, help="largest request body (default 50 MiB)")
     s.add_argument("--max-pixels", type=positive_int, help="largest image, width x height (default 40000000)")
-    s.add_argument("--compare-max-pixels", type=positive_int, help="largest image for /compare (default 12000000)")
+    s.add_argument("--compare-max-pixels", type=positive_int, help="largest image for /compare (default 4000000)")
+    s.add_argument("--compare-concurrency", type=positive_int, help="comparisons running at once (default 1)")
     s.add_argument("--request-timeout-s", type=float, help="per-request deadline, 504 past it (default 60)")
     s.add_argument("--shutdown-grace-s", type=float, help="time in-flight requests get on SIGTERM (default 30)")
     s.add_argument("--log-level", help="critical, error, warning, info (default) or debug")
@@ -80,7 +81,7 @@ EXIT_UNHEALTHY = 3
 SETTINGS_FLAGS = (
     "host", "port", "store", "qualities", "default_quality", "devices", "max_batch_size", "max_batch_delay_ms",
     "max_queue", "coder_threads", "max_body_bytes", "max_pixels", "request_timeout_s", "shutdown_grace_s", "log_level",
-    "backend", "onnx_dir", "bitstream", "compare_max_pixels",
+    "backend", "onnx_dir", "bitstream", "compare_max_pixels", "compare_concurrency",
 )
 
 

@@ -23,6 +23,10 @@ from .baselines import CODECS, PillowCodec, _to_pil, unavailable_reason
 DEFAULT_CODECS = ("jpeg420", "webp", "avif")
 #: Bisection steps: enough to land within ~1 % of the budget where the codec can.
 SEARCH_STEPS = 14
+#: A file this close below the budget ends the search.
+CLOSE_ENOUGH = 0.005
+#: How far from the budget still counts as "the same size".
+TOLERANCE = 0.03
 
 
 @dataclass(frozen=True)
@@ -38,8 +42,9 @@ class EqualSize:
 
     @property
     def reachable(self) -> bool:
-        """Within 3 % of the budget (a codec cannot go below its smallest file)."""
-        return abs(len(self.data) - self.target) <= 0.03 * self.target
+        """Within :data:`TOLERANCE` of the budget (a codec cannot go below its smallest file,
+        and AVIF's integer quality can step over the window)."""
+        return abs(len(self.data) - self.target) <= TOLERANCE * self.target
 
 
 @lru_cache(maxsize=None)
@@ -73,7 +78,9 @@ def encode(codec: PillowCodec, pixels: np.ndarray, quality: float) -> bytes:
 
 
 def _search(codec: PillowCodec, pixels: np.ndarray, target: int, check_time: Callable[[], None]) -> tuple[float, bytes]:
-    """(quality, file) with the size closest to ``target``; sizes grow with quality."""
+    """(quality, file): the largest file within :data:`TOLERANCE` at or below ``target``
+    (never a bigger budget than the .tcm had), else the one closest to it; sizes grow with
+    quality. Stops early once a file is within :data:`CLOSE_ENOUGH` below the target."""
     lo, hi = (float(v) for v in codec.quality_range)
     lo = max(lo, 1.0) if codec.format == "JPEG" else lo
     integer = codec.format not in ("JPEG", "WEBP")
@@ -90,11 +97,18 @@ def _search(codec: PillowCodec, pixels: np.ndarray, target: int, check_time: Cal
             mid = round((lo + hi) / 2) if integer else (lo + hi) / 2
             if mid in (lo, hi):
                 break
-            if at(mid) <= target:
+            size = at(mid)
+            if (1 - CLOSE_ENOUGH) * target <= size <= target:
+                break
+            if size <= target:
                 lo = mid
             else:
                 hi = mid
-    best = min(tried, key=lambda q: (abs(len(tried[q]) - target), q))
+    under = [q for q in tried if (1 - TOLERANCE) * target <= len(tried[q]) <= target]
+    if under:
+        best = max(under, key=lambda q: len(tried[q]))
+    else:
+        best = min(tried, key=lambda q: (abs(len(tried[q]) - target), q))
     return best, tried[best]
 
 

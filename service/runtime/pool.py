@@ -136,7 +136,7 @@ def resolve_devices(spec: str) -> list[torch.device]:
                 log.info(f"devices auto: {torch.cuda.device_count()} CUDA device(s), serving on the GPU")
             else:
                 parts = ["cpu"]
-                log.warning(
+                log.info(
                     f"devices auto: serving on the CPU because {cuda_unavailable_reason()} "
                     "(set TCM_DEVICES=cuda where a GPU is expected, to fail instead)"
                 )

@@ -4,7 +4,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, images: {}, order: [], urls: [] };
+// seq: the number of the latest request; an older one's answer is ignored when it arrives.
+const state = { file: null, images: {}, urls: [], seq: 0, abort: null };
 
 // -- talking to the API ---------------------------------------------------------------------
 class ApiError extends Error {}
@@ -14,10 +15,11 @@ async function call(path, options) {
   try {
     response = await fetch(path, options);
   } catch (err) {
+    if (err.name === "AbortError") throw err;
     throw new ApiError(`cannot reach the service (${err.message})`);
   }
   if (!response.ok) {
-    let detail = `${response.status} ${response.statusText}`;
+    let detail = `the service answered ${response.status}${response.statusText ? ` ${response.statusText}` : ""}`;
     try {
       const body = await response.json();
       if (body && body.detail) detail = body.detail;
@@ -38,6 +40,24 @@ function setBusy(on) {
   $("go").disabled = on || !state.file || isTcm(state.file);
 }
 
+// A new request: the previous one is cancelled, and its answer, if it still comes, ignored.
+function begin() {
+  if (state.abort) state.abort.abort();
+  state.abort = new AbortController();
+  state.seq += 1;
+  setBusy(true);
+  showError("");
+  return { seq: state.seq, signal: state.abort.signal };
+}
+
+const current = (req) => req.seq === state.seq;
+
+function finish(req, err) {
+  if (!current(req)) return;
+  if (err && err.name !== "AbortError") showError(err.message);
+  setBusy(false);
+}
+
 // -- service status and quality levels --------------------------------------------------------
 async function watchStatus() {
   const el = $("status");
@@ -46,6 +66,7 @@ async function watchStatus() {
     if (r.ok) {
       el.textContent = "service ready";
       el.className = "status ready";
+      setTimeout(watchStatus, 10000);
       return;
     }
     const body = await r.json().catch(() => ({}));
@@ -69,7 +90,8 @@ async function loadQualities() {
       select.add(option);
     }
   } catch (err) {
-    showError(err.message);
+    showError(`${err.message} (quality levels: retrying)`);
+    setTimeout(loadQualities, 3000);
   }
 }
 
@@ -87,7 +109,10 @@ function choose(file) {
 }
 
 function wireInput() {
-  $("file").addEventListener("change", (e) => choose(e.target.files[0]));
+  $("file").addEventListener("change", (e) => {
+    choose(e.target.files[0]);
+    e.target.value = "";  // choosing the same file again is a change too
+  });
   const drop = $("drop");
   for (const ev of ["dragenter", "dragover"]) {
     drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("over"); });
@@ -117,6 +142,9 @@ function bytesOf(base64) {
   for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
   return out;
 }
+
+// Blob URLs, not data: URLs: a large photo's PNG is past what browsers take in a data: URL.
+const pngUrl = (base64) => objectUrl(new Blob([bytesOf(base64)], { type: "image/png" }));
 
 const fmt = {
   bytes: (n) => `${n.toLocaleString("en-US")} B`,
@@ -160,8 +188,8 @@ function showComparison(report) {
   }
   const missing = Object.entries(report.unavailable).map(([, why]) => why);
   $("note").textContent =
-    "JPEG, WebP and AVIF are encoded by the service at the file size closest to the .tcm's; PSNR and MS-SSIM " +
-    "against the original." +
+    "JPEG, WebP and AVIF are encoded by the service at the largest size not over the .tcm's (within 3%); " +
+    "PSNR and MS-SSIM against the original." +
     (unreached.length ? ` Cannot get within 3% of that size: ${unreached.join(", ")}.` : "") +
     (missing.length ? ` ${missing.join(" ")}` : "");
 
@@ -169,53 +197,56 @@ function showComparison(report) {
   tcmLink.href = objectUrl(new Blob([bytesOf(tcm.blob_base64)], { type: "application/x-tcm" }));
   tcmLink.download = `${baseName()}.tcm`;
   tcmLink.hidden = false;
+  const decodedUrl = pngUrl(tcm.png_base64);
   const pngLink = $("download-png");
-  pngLink.href = `data:image/png;base64,${tcm.png_base64}`;
+  pngLink.href = decodedUrl;
   pngLink.download = `${baseName()}.tcm.png`;
   pngLink.hidden = false;
   $("result").hidden = false;
 
-  state.images = { original: { label: "Original", src: `data:image/png;base64,${report.original_png_base64}` },
-                   tcm: { label: "TCM", src: `data:image/png;base64,${tcm.png_base64}` } };
-  for (const c of report.codecs) state.images[c.name] = { label: c.label, src: `data:image/png;base64,${c.png_base64}` };
+  state.images = { original: { label: "Original", src: pngUrl(report.original_png_base64) },
+                   tcm: { label: "TCM", src: decodedUrl } };
+  for (const c of report.codecs) state.images[c.name] = { label: c.label, src: pngUrl(c.png_base64) };
   showViewer("original", "tcm");
 }
 
 async function compare() {
   const file = state.file;
-  setBusy(true);
-  showError("");
+  const req = begin();
   try {
-    const q = $("quality").value;
-    const response = await call(`/compare${q ? `?quality=${encodeURIComponent(q)}` : ""}`, {
-      method: "POST", body: file, headers: { "Content-Type": file.type || "application/octet-stream" },
+    const params = new URLSearchParams();
+    if ($("quality").value) params.set("quality", $("quality").value);
+    if ($("drop-alpha").checked) params.set("drop_alpha", "true");
+    const response = await call(`/compare?${params}`, {
+      method: "POST", body: file, signal: req.signal,
+      headers: { "Content-Type": file.type || "application/octet-stream" },
     });
-    showComparison(await response.json());
+    const report = await response.json().catch(() => { throw new ApiError("the service's answer is not JSON"); });
+    if (current(req)) showComparison(report);
+    finish(req);
   } catch (err) {
-    showError(err.message);
-  } finally {
-    setBusy(false);
+    finish(req, err);
   }
 }
 
 async function decompress() {
   const file = state.file;
-  setBusy(true);
-  showError("");
+  const req = begin();
   try {
     const response = await call("/decompress", {
-      method: "POST", body: file, headers: { "Content-Type": "application/x-tcm" },
+      method: "POST", body: file, signal: req.signal, headers: { "Content-Type": "application/x-tcm" },
     });
     const png = await response.blob();
+    if (!current(req)) return;
     resetUrls();
     const url = objectUrl(png);
-    const w = response.headers.get("X-TCM-Width"), h = response.headers.get("X-TCM-Height");
+    const w = Number(response.headers.get("X-TCM-Width")), h = Number(response.headers.get("X-TCM-Height"));
     $("result-title").textContent = `Decoded ${file.name}: ${w} x ${h}, quality ${response.headers.get("X-TCM-Quality")}`;
     const body = $("stats").tBodies[0];
     body.innerHTML = "";
-    const bpp = (8 * file.size) / (Number(w) * Number(h));
-    body.appendChild(row("tcm", "TCM (.tcm)", { bytes: file.size, bpp, ratio: (3 * w * h) / file.size, psnr: null, ms_ssim: null }, "decoded"));
-    $("note").textContent = "PSNR needs the original: compress an image to see it.";
+    const stats = { bytes: file.size, bpp: (8 * file.size) / (w * h), ratio: (3 * w * h) / file.size, psnr: null, ms_ssim: null };
+    body.appendChild(row("tcm", "TCM (.tcm)", stats, "decoded"));
+    $("note").textContent = "PSNR needs the original: compress an image to see it. The ratio assumes 8-bit RGB.";
     $("download-tcm").hidden = true;
     const pngLink = $("download-png");
     pngLink.href = url;
@@ -224,10 +255,9 @@ async function decompress() {
     $("result").hidden = false;
     state.images = { decoded: { label: "Decoded", src: url } };
     showViewer("decoded", "decoded");
+    finish(req);
   } catch (err) {
-    showError(err.message);
-  } finally {
-    setBusy(false);
+    finish(req, err);
   }
 }
 
