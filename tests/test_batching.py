@@ -18,7 +18,6 @@ import torch
 
 from conftest import make_png
 from service.codec.container import pack, unpack
-from service.codec.engine import CodedImage
 from service.codec.padding import pad, padding_for, pixels_to_tensor
 from service.codec.pipeline import compress_images, decompress_blob, load_model
 from service.config import load_settings

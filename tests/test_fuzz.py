@@ -12,7 +12,6 @@ import os
 
 import anyio
 import httpx
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from PIL import Image

@@ -20,19 +20,16 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import dataclasses
-import hashlib
 import io
 import json
 import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,7 +48,6 @@ from service.codec.container import BACKENDS, pack, unpack
 from service.codec.pipeline import decompress_blob, load_model
 from service.config import load_settings
 from service.errors import BitstreamError, DriftError, StoreError
-from service.imageio import decode_image
 from service.runtime import pool as pool_module
 from service.store import MANIFEST, ModelStore
 

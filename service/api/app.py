@@ -29,7 +29,7 @@ from typing import Any, Literal, Optional
 
 import anyio
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
@@ -48,7 +48,7 @@ from ..runtime.errors import (
     UnsupportedMediaTypeError,
 )
 from ..runtime.pool import WorkerPool
-from .compare import COMPARE_SCHEMA, comparison_json
+from .compare import COMPARE_SCHEMA, CodedResult, comparison_json
 from .pages import install_pages
 from .errors import error_response, install_error_handlers
 from .logs import RequestContext, RequestContextMiddleware
@@ -438,10 +438,8 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
                 if time.monotonic() > deadline:
                     raise DeadlineExceededError(f"the comparison did not finish within {settings.request_timeout_s:g} s")
 
-            running = asyncio.get_running_loop().run_in_executor(
-                compare_worker,
-                partial(comparison_json, image, q, compressed, decoded, compress_s, decompress_s, check_time),
-            )
+            result = CodedResult(image, q, compressed, decoded, compress_s, decompress_s)
+            running = asyncio.get_running_loop().run_in_executor(compare_worker, comparison_json, result, check_time)
             try:
                 body = await asyncio.wait_for(running, timeout=max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:  # the worker stops at its next check_time

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,32 +72,36 @@ def _scores(original: np.ndarray, decoded: np.ndarray, size: int, check_time: Ca
     }
 
 
-def comparison_report(
-    image: DecodedImage,
-    quality: int,
-    compressed: Compressed,
-    decoded: Decompressed,
-    compress_seconds: float,
-    decompress_seconds: float,
-    check_time: Callable[[], None],
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CodedResult:
+    """What the service made of one image: the input, the blob, its decoding, and timings."""
+
+    image: DecodedImage
+    quality: int
+    compressed: Compressed
+    decoded: Decompressed
+    compress_seconds: float
+    decompress_seconds: float
+
+
+def comparison_report(result: CodedResult, check_time: Callable[[], None]) -> dict[str, Any]:
     """The answer of ``POST /compare`` (schema: :data:`COMPARE_SCHEMA`); ``check_time``
     raises once the request's deadline has passed."""
-    original = image.pixels
-    budget = len(compressed.blob)
+    original = result.image.pixels
+    budget = len(result.compressed.blob)
     classics, unavailable = at_equal_size(original, budget, check_time=check_time)
     return {
-        "quality": quality,
-        "width": image.width,
-        "height": image.height,
-        "mode": image.mode,
+        "quality": result.quality,
+        "width": result.image.width,
+        "height": result.image.height,
+        "mode": result.image.mode,
         "original_png_base64": _b64(encode_png(original)),
         "tcm": {
-            **_scores(original, decoded.pixels, budget, check_time),
-            "blob_base64": _b64(compressed.blob),
-            "format_version": compressed.header.version,
-            "compress_seconds": compress_seconds,
-            "decompress_seconds": decompress_seconds,
+            **_scores(original, result.decoded.pixels, budget, check_time),
+            "blob_base64": _b64(result.compressed.blob),
+            "format_version": result.compressed.header.version,
+            "compress_seconds": result.compress_seconds,
+            "decompress_seconds": result.decompress_seconds,
         },
         "codecs": [
             {"name": c.name, "label": c.label, "quality": c.quality, "reachable": c.reachable,
@@ -107,17 +112,9 @@ def comparison_report(
     }
 
 
-def comparison_json(
-    image: DecodedImage,
-    quality: int,
-    compressed: Compressed,
-    decoded: Decompressed,
-    compress_seconds: float,
-    decompress_seconds: float,
-    check_time: Callable[[], None],
-) -> bytes:
+def comparison_json(result: CodedResult, check_time: Callable[[], None]) -> bytes:
     """:func:`comparison_report` as JSON bytes, made on the calling (worker) thread: a large
     photo's answer is tens of MB, which must not be serialised on the event loop."""
-    report = comparison_report(image, quality, compressed, decoded, compress_seconds, decompress_seconds, check_time)
+    report = comparison_report(result, check_time)
     check_time()
     return json.dumps(report, separators=(",", ":")).encode()
