@@ -175,6 +175,12 @@ def _check(r: httpx.Response) -> httpx.Response:
     return r
 
 
+def _auth(api_key: str | None) -> dict[str, str]:
+    """The Authorization header for ``api_key``, else ``$TCM_API_KEY``, else none."""
+    key = api_key if api_key is not None else os.environ.get("TCM_API_KEY", "")
+    return {"Authorization": f"Bearer {key.strip()}"} if key and key.strip() else {}
+
+
 def _http_client(cls: type, base_url: str, **kw: Any) -> Any:
     """An httpx client; a malformed URL is a one-line error, not httpx's InvalidURL."""
     try:
@@ -186,8 +192,13 @@ def _http_client(cls: type, base_url: str, **kw: Any) -> Any:
 class TcmClient:
     """Synchronous client. ``transport`` lets tests plug in e.g. ``httpx.MockTransport``."""
 
-    def __init__(self, base_url: str, timeout: float = 120.0, transport: httpx.BaseTransport | None = None) -> None:
-        self._http = _http_client(httpx.Client, base_url, timeout=timeout, transport=transport)
+    def __init__(
+        self, base_url: str, timeout: float = 120.0, transport: httpx.BaseTransport | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        """``api_key``: sent as ``Authorization: Bearer <key>`` (services with keys; default
+        ``$TCM_API_KEY``)."""
+        self._http = _http_client(httpx.Client, base_url, timeout=timeout, transport=transport, headers=_auth(api_key))
 
     def __enter__(self) -> "TcmClient":
         return self
@@ -237,9 +248,12 @@ class AsyncTcmClient:
     """Asynchronous client with the same methods as :class:`TcmClient` (awaitable)."""
 
     def __init__(
-        self, base_url: str, timeout: float = 120.0, transport: httpx.AsyncBaseTransport | None = None
+        self, base_url: str, timeout: float = 120.0, transport: httpx.AsyncBaseTransport | None = None,
+        api_key: str | None = None,
     ) -> None:
-        self._http = _http_client(httpx.AsyncClient, base_url, timeout=timeout, transport=transport)
+        self._http = _http_client(
+            httpx.AsyncClient, base_url, timeout=timeout, transport=transport, headers=_auth(api_key)
+        )
 
     async def __aenter__(self) -> "AsyncTcmClient":
         return self

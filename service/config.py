@@ -80,6 +80,14 @@ class Settings(BaseSettings):
         description="largest image /compare takes (413 above; also capped by max_pixels): it also searches JPEG, WebP "
         "and AVIF at the same size and scores every result, several times the work and memory of /compress",
     )
+    api_keys_file: Optional[str] = Field(
+        None,
+        description="a file of API keys, one per line: when set, requests need Authorization: Bearer <key> "
+        "(except open_paths and the page's assets); read again when it changes (rotation). Unset: no keys",
+    )
+    open_paths: Annotated[list[str], NoDecode] = Field(
+        ["/healthz", "/readyz", "/metrics"], description="paths that need no API key, e.g. /healthz,/readyz"
+    )
     compare_concurrency: int = Field(
         1, ge=1, le=64, description="comparisons (/compare) running at once; more are refused with 429"
     )
@@ -96,6 +104,14 @@ class Settings(BaseSettings):
     def _parse_qualities(cls, v: Any) -> Any:
         v = _split_list(v)
         return None if v == [] else v
+
+    @field_validator("open_paths", mode="before")
+    @classmethod
+    def _parse_open_paths(cls, v: Any) -> Any:
+        paths = _split_list(v)
+        if any(not isinstance(p, str) or not p.startswith("/") for p in paths):
+            raise ValueError(f"open_paths must be absolute paths such as /healthz, got {v!r}")
+        return paths
 
     @field_validator("qualities")
     @classmethod

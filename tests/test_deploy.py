@@ -482,6 +482,14 @@ def test_compose_gpu_stack_is_valid_and_consistent_with_the_image():
     assert graf["environment"]["PROMETHEUS_URL"] == "http://prometheus:9090"
 
 
+def test_compose_stack_requires_api_keys():
+    tcm = compose_config(COMPOSE)["services"]["tcm"]
+    secret = next(s for s in tcm["secrets"] if s["source"] == "api_keys")
+    assert tcm["environment"]["TCM_API_KEYS_FILE"] == secret.get("target", "/run/secrets/api_keys")
+    ignored = (ROOT / ".gitignore").read_text().split()
+    assert "/api-keys" in ignored  # the keys file never lands in git
+
+
 def test_compose_has_no_default_grafana_password():
     with pytest.raises(AssertionError, match="GRAFANA_ADMIN_PASSWORD"):
         compose_config(COMPOSE, required={})
@@ -626,6 +634,11 @@ def test_deployment_probes_drain_and_wiring(overlay):
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": dep["metadata"]["name"]}
     assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
     assert pdb["spec"].get("maxUnavailable", 0) < hpa["spec"]["minReplicas"]
+    # API keys on, from a Secret mounted where TCM_API_KEYS_FILE points; probes and metrics open
+    keys_dir = os.path.dirname(env["TCM_API_KEYS_FILE"])
+    keys_mount = next(m for m in tcm["volumeMounts"] if m["mountPath"] == keys_dir)
+    assert keys_mount["readOnly"] and volumes[keys_mount["name"]]["secret"]["secretName"] == "tcm-serve-api-keys"
+    assert "TCM_OPEN_PATHS" not in env  # the default: /healthz, /readyz, /metrics
     # ingress only to the service port
     policy = one(docs, "NetworkPolicy")
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()

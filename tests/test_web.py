@@ -222,3 +222,31 @@ def test_api_docs_work_offline(page, web_server):
     page.goto(web_server.url + "/docs")
     page.wait_for_selector(".swagger-ui .info", timeout=WAIT_MS)
     assert "/compare" in page.inner_text(".swagger-ui")
+
+
+def test_a_service_with_api_keys_asks_for_one(browser, tmp_path_factory, kodak_dir):
+    """With keys on, the page asks for one (the API's 401), then works with it."""
+    key = "k" * 24 + "-page-test"
+    keys = tmp_path_factory.mktemp("keys") / "api-keys"
+    keys.write_text(key + "\n")
+    srv = Server(DEFAULT_STORE, tmp_path_factory.mktemp("web-keys") / "serve.log", "--qualities", "2",
+                 "--api-keys-file", str(keys))
+    try:
+        srv.wait_ready()
+        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        pg = context.new_page()
+        pg.goto(srv.url + "/")
+        pg.wait_for_selector("#auth:not([hidden])", timeout=WAIT_MS)
+        assert "API key" in pg.inner_text("#error")
+        pg.fill("#api-key", "not-the-key-but-long-enough")
+        pg.click("#auth button")
+        pg.wait_for_function("document.getElementById('error').textContent.includes('not valid')", timeout=WAIT_MS)
+        pg.fill("#api-key", key)
+        pg.click("#auth button")
+        pg.wait_for_function("document.getElementById('quality').options.length === 1", timeout=WAIT_MS)
+        pg.set_input_files("#file", str(kodak_dir / "kodim05.png"))
+        pg.wait_for_selector("#viewer:not([hidden])", timeout=WAIT_MS)
+        assert not pg.is_visible("#error") and not pg.is_visible("#auth")
+        context.close()
+    finally:
+        srv.stop()

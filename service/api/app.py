@@ -48,6 +48,7 @@ from ..runtime.errors import (
     UnsupportedMediaTypeError,
 )
 from ..runtime.pool import WorkerPool
+from .auth import ApiKeyMiddleware, ApiKeys
 from .compare import COMPARE_SCHEMA, CodedResult, comparison_json
 from .pages import install_pages
 from .errors import error_response, install_error_handlers
@@ -311,6 +312,8 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
     app.state.pool = pool
     app.state.metrics = metrics
     install_error_handlers(app)
+    if settings.api_keys_file:  # inside the request context: refusals are logged and counted
+        app.add_middleware(ApiKeyMiddleware, keys=ApiKeys(settings.api_keys_file), open_paths=settings.open_paths)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
 
     def ctx_of(request: Request) -> RequestContext:

@@ -38,6 +38,7 @@ from ..runtime.errors import (
     RetryableError,
     ServiceError,
     ShuttingDownError,
+    UnauthorizedError,
     UnsupportedMediaTypeError,
 )
 
@@ -54,6 +55,7 @@ STATUS: dict[type[BaseException], int] = {
     UnsupportedMediaTypeError: 415,  # Content-Type the endpoint does not take
     RequestTimeoutError: 408,  # the body did not arrive in time (slow upload)
     ClientClosedError: 499,  # the client disconnected mid-upload (nobody reads the answer)
+    UnauthorizedError: 401,  # no API key, or not a valid one (service/api/auth.py)
     BadParameterError: 422,
     ModelNotFoundError: 422,  # quality not served / blob from a model this service lacks
     # the service's state

@@ -46,6 +46,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--max-pixels", type=positive_int, help="largest image, width x height (default 40000000)")
     s.add_argument("--compare-max-pixels", type=positive_int, help="largest image for /compare (default 4000000)")
     s.add_argument("--compare-concurrency", type=positive_int, help="comparisons running at once (default 1)")
+    s.add_argument("--api-keys-file", help="require API keys: a file of keys, one per line (default: none required)")
+    s.add_argument("--open-paths", help="paths that need no key (default /healthz,/readyz,/metrics)")
     s.add_argument("--request-timeout-s", type=float, help="per-request deadline, 504 past it (default 60)")
     s.add_argument("--shutdown-grace-s", type=float, help="time in-flight requests get on SIGTERM (default 30)")
     s.add_argument("--log-level", help="critical, error, warning, info (default) or debug")
@@ -58,7 +60,7 @@ def add_parsers(sub) -> None:
     rsub = r.add_subparsers(dest="remote_command", required=True, parser_class=type(r))
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", required=True, help="service base URL, e.g. http://127.0.0.1:8000")
+        p.add_argument("--url", required=True, help="service base URL, e.g. http://127.0.0.1:8000 (API key, if it needs one: $TCM_API_KEY)")
         p.add_argument("-o", "--output", help="output file (one input) or directory (default: next to each input)")
         p.add_argument("--force", action="store_true", help="overwrite existing output files")
         p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
@@ -81,7 +83,7 @@ EXIT_UNHEALTHY = 3
 SETTINGS_FLAGS = (
     "host", "port", "store", "qualities", "default_quality", "devices", "max_batch_size", "max_batch_delay_ms",
     "max_queue", "coder_threads", "max_body_bytes", "max_pixels", "request_timeout_s", "shutdown_grace_s", "log_level",
-    "backend", "onnx_dir", "bitstream", "compare_max_pixels", "compare_concurrency",
+    "backend", "onnx_dir", "bitstream", "compare_max_pixels", "compare_concurrency", "api_keys_file", "open_paths",
 )
 
 

@@ -38,6 +38,12 @@ class UnsupportedMediaTypeError(ServiceError):
     code = "unsupported_media_type"
 
 
+class UnauthorizedError(ServiceError):
+    """The request carries no API key, or one the service does not accept (HTTP 401)."""
+
+    code = "unauthorized"
+
+
 class RetryableError(ServiceError):
     """The service cannot take the request now; ``retry_after`` seconds is a fair wait."""
 

@@ -5,26 +5,37 @@
 
 const $ = (id) => document.getElementById(id);
 // seq: the number of the latest request; an older one's answer is ignored when it arrives.
-const state = { file: null, images: {}, urls: [], seq: 0, abort: null };
+const state = { file: null, images: {}, urls: [], seq: 0, abort: null,
+                key: sessionStorage.getItem("tcm-api-key") || "" };
 
 // -- talking to the API ---------------------------------------------------------------------
-class ApiError extends Error {}
+class ApiError extends Error {
+  constructor(message, code) {
+    super(message);
+    this.code = code;
+  }
+}
 
-async function call(path, options) {
+async function call(path, options = {}) {
   let response;
+  const headers = { ...(options.headers || {}) };
+  if (state.key) headers.Authorization = `Bearer ${state.key}`;
   try {
-    response = await fetch(path, options);
+    response = await fetch(path, { ...options, headers });
   } catch (err) {
     if (err.name === "AbortError") throw err;
     throw new ApiError(`cannot reach the service (${err.message})`);
   }
   if (!response.ok) {
     let detail = `the service answered ${response.status}${response.statusText ? ` ${response.statusText}` : ""}`;
+    let code = null;
     try {
       const body = await response.json();
       if (body && body.detail) detail = body.detail;
+      if (body && body.error) code = body.error;
     } catch (_) { /* not JSON: keep the status line */ }
-    throw new ApiError(detail);
+    if (response.status === 401) askForKey();
+    throw new ApiError(detail, code);
   }
   return response;
 }
@@ -56,6 +67,24 @@ function finish(req, err) {
   if (!current(req)) return;
   if (err && err.name !== "AbortError") showError(err.message);
   setBusy(false);
+}
+
+// -- API keys (services that need one answer 401 until the page has it) -----------------------
+function askForKey() {
+  $("auth").hidden = false;
+  $("api-key").focus();
+}
+
+function wireKey() {
+  $("auth").addEventListener("submit", (e) => {
+    e.preventDefault();
+    state.key = $("api-key").value.trim();
+    sessionStorage.setItem("tcm-api-key", state.key);  // this tab only
+    $("auth").hidden = true;
+    showError("");
+    loadQualities();
+    if (state.file) choose(state.file);
+  });
 }
 
 // -- service status and quality levels --------------------------------------------------------
@@ -329,5 +358,6 @@ function wireViewer() {
 
 wireInput();
 wireViewer();
+wireKey();
 loadQualities();
 watchStatus();
