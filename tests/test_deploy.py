@@ -506,7 +506,7 @@ def test_compose_cpu_override_drops_the_gpu():
     limits = svc["deploy"]["resources"]["limits"]
     assert float(limits["cpus"]) == float(svc["environment"]["OMP_NUM_THREADS"])
     assert_limits_fit({**final_targets()["cpu"].image_env(), **svc["environment"]}, limits["memory"], "compose cpu")
-    assert set(cfg["services"]) == {"tcm", "prometheus", "grafana"}
+    assert set(cfg["services"]) == {"tcm", "prometheus", "alertmanager", "alert-log", "grafana"}
 
 
 # -- Kubernetes ------------------------------------------------------------------------------
@@ -816,6 +816,15 @@ def test_promtool_accepts_configs_and_queries(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def test_amtool_accepts_the_alertmanager_config():
+    """amtool is not on PyPI (Debian: apt-get install prometheus-alertmanager)."""
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.skip("amtool not installed (apt-get install prometheus-alertmanager); alertmanager.yml checked statically only")
+    res = run([amtool, "check-config", str(MONITORING / "alertmanager" / "alertmanager.yml")])
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 def test_kubernetes_scrape_job_labels_what_the_adapter_maps():
     cfg = yaml.safe_load((MONITORING / "prometheus" / "prometheus-kubernetes.yml").read_text())
     job = next(j for j in cfg["scrape_configs"] if j["job_name"] == "tcm-serve")
@@ -986,3 +995,72 @@ def test_image_entrypoint_serves_round_trip(kit_store, tmp_path):
             proc.kill()
             proc.wait(timeout=10)
         log.close()
+
+
+# -- monitoring under the Prometheus Operator; alerts in compose --------------------------------
+def render_with_operator_component(overlay: str, tmp_path: Path) -> tuple[dict, ...]:
+    """An overlay with deploy/components/prometheus-operator, as a user's kustomization has it."""
+    here = tmp_path / "with-operator"
+    here.mkdir()
+    rel = lambda p: os.path.relpath(p, here)  # noqa: E731
+    (here / "kustomization.yaml").write_text(
+        f"resources: [{rel(DEPLOY / 'overlays' / overlay)}]\ncomponents: [{rel(DEPLOY / 'components' / 'prometheus-operator')}]\n"
+    )
+    res = run([tool("kubectl"), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(here)])
+    assert res.returncode == 0, res.stderr
+    return tuple(d for d in yaml.safe_load_all(res.stdout) if d)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_operator_component_scrapes_the_service_and_carries_the_alerts(overlay, tmp_path):
+    docs = render_with_operator_component(overlay, tmp_path)
+    svc, monitor, rule = one(docs, "Service"), one(docs, "ServiceMonitor"), one(docs, "PrometheusRule")
+    assert monitor["metadata"]["namespace"] == svc["metadata"]["namespace"] == rule["metadata"]["namespace"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in svc["spec"]["ports"]} and endpoint["path"] == "/metrics"
+    assert monitor["metadata"]["labels"]["release"] == rule["metadata"]["labels"]["release"]
+    alerts = yaml.safe_load((MONITORING / "prometheus" / "alerts.yml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"], "prometheusrule.yaml differs from alerts.yml: copy its groups"
+    # under the Operator the job label is the Service's name, which the alerts select on
+    assert any('job="tcm-serve"' in r["expr"] for g in alerts["groups"] for r in g["rules"])
+    assert svc["metadata"]["name"] == "tcm-serve"
+
+
+def test_compose_alerts_reach_alertmanager_and_its_log_receiver():
+    cfg = compose_config(COMPOSE)["services"]
+    prom = yaml.safe_load((MONITORING / "prometheus" / "prometheus.yml").read_text())
+    (target,) = prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    host, port = target.split(":")
+    assert host in cfg and any(str(p["target"]) == port for p in cfg[host]["ports"])
+    am = yaml.safe_load((MONITORING / "alertmanager" / "alertmanager.yml").read_text())
+    receivers = {r["name"]: r for r in am["receivers"]}
+    url = receivers[am["route"]["receiver"]]["webhook_configs"][0]["url"]
+    log_host, log_port = url.split("//")[1].rstrip("/").split(":")
+    assert log_host in cfg and cfg[log_host]["command"][-1] == log_port
+
+
+def test_the_log_receiver_prints_each_alert(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, str(MONITORING / "alertmanager" / "log_receiver.py"), str(port)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        note = {"alerts": [{"status": "firing", "labels": {"alertname": "TcmServeDown"},
+                            "annotations": {"summary": "down"}, "startsAt": "2026-12-02T00:00:00Z"}]}
+        end = time.monotonic() + 30
+        while True:
+            try:
+                import httpx
+
+                r = httpx.post(f"http://127.0.0.1:{port}/", json=note, timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < end, "the receiver did not start"
+                time.sleep(0.1)
+        assert r.status_code == 200
+        line = json.loads(proc.stdout.readline())
+        assert line == {"labels": {"alertname": "TcmServeDown"}, "startsAt": "2026-12-02T00:00:00Z",
+                        "status": "firing", "summary": "down"}
+    finally:
+        proc.terminate()
+        proc.wait(10)
