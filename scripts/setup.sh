@@ -18,7 +18,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 # Re-run the install only when the project's dependency declarations changed.
-want="$(cat pyproject.toml setup.py scripts/setup.sh service/codec/_rans.c | sha256sum | cut -d' ' -f1)"
+want="$(cat pyproject.toml setup.py scripts/setup.sh service/codec/_rans.c requirements.lock | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -32,6 +32,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 echo "setup: installing tcm-serve (editable, with test extras; builds the C range coder)"
-pip_install -e ".[test]"
+# Runtime dependencies at the versions of requirements.lock (the images install the same).
+pip_install --constraint requirements.lock -e ".[test]"
 echo "$want" > "$stamp"
 echo "setup: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

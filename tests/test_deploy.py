@@ -1064,3 +1064,33 @@ def test_the_log_receiver_prints_each_alert(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# -- reproducible builds -------------------------------------------------------------------------
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"requirements.lock: {line!r} is not pinned with =="
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def test_every_runtime_dependency_is_locked_and_installed_from_the_lock():
+    import tomllib
+
+    pins = _lock()
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        name = re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[ ;]", dep, maxsplit=1)[0]).lower()
+        assert name == "torch" or name in pins, f"{name} is a dependency but not in requirements.lock"
+    # the GPU image's onnxruntime-gpu is the locked onnxruntime's version
+    gpu_ort = re.search(r"^ARG ONNXRUNTIME_GPU_VERSION=(\S+)", DOCKERFILE.read_text(), re.M).group(1)
+    assert pins["onnxruntime"] == gpu_ort
+    # both images' venvs and the set-up command install with it
+    stages = parse_dockerfile()
+    for name in ("venv-cpu", "venv-gpu"):
+        assert "--constraint /opt/venv/requirements.lock" in " ".join(stages[name].all("RUN")), name
+        assert ("requirements.lock", "/opt/venv/requirements.lock") in copies(stages[name]), name
+    assert "--constraint requirements.lock" in (ROOT / "scripts" / "setup.sh").read_text()
