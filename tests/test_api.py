@@ -502,6 +502,7 @@ def test_status_table_covers_the_hierarchy():
         "UnsupportedVersionError": 400, "BadParameterError": 422, "BadRequestError": 400,
         "ClientClosedError": 499, "DeadlineExceededError": 504, "InternalError": 500, "NotReadyError": 503,
         "QueueFullError": 429, "RequestTimeoutError": 408, "RequestTooLargeError": 413, "RetryableError": 503,
+        "UnauthorizedError": 401,
         "ServiceError": 500, "ShuttingDownError": 503, "UnsupportedMediaTypeError": 415, "WorkerDiedError": 503,
         # the client's and the CLI's own errors (never raised by the service)
         "ConnectionFailedError": 500, "RemoteError": 500, "CliError": 500, "ExportError": 500, "EvalError": 500,
