@@ -371,7 +371,17 @@ class Engine:
         if c.portable:
             n_symbols = self.cfg.M * (4 * zh) * (4 * zw)
             hints = decode_hints(c.hints, n_symbols, self.y_table.num_tables)
-            return self._decode_latent(c, z_syms, z_shape, path, path.rule(hints))
+            try:
+                return self._decode_latent(c, z_syms, z_shape, path, path.rule(hints))
+            except DriftError:
+                raise
+            except BitstreamError as exc:  # the container's CRC held: the bytes are as written
+                raise DriftError(
+                    f"entropy-parameter drift: this portable blob's y stream does not decode with the entropy "
+                    f"parameters computed here ({exc}), although its container is intact: the float64 arithmetic "
+                    "here deviates beyond the format's tolerance, or the blob was written wrongly; please report "
+                    "it with the blob"
+                ) from None
         try:
             return self._decode_latent(c, z_syms, z_shape, path, path.rule())
         except (BitstreamError, DriftError):
