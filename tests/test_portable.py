@@ -44,13 +44,6 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 CPU = torch.device("cpu")
 
 
-def symbols_sha256(symbols) -> str:
-    h = hashlib.sha256()
-    for a in (symbols.z_symbols, symbols.y_symbols, symbols.y_indexes):
-        h.update(a.astype("<i4").tobytes())
-    return h.hexdigest()
-
-
 @pytest.fixture
 def threads():
     """Set torch's thread count inside a test; restored after."""
@@ -99,7 +92,7 @@ def test_golden_blobs_decode_to_their_symbols_everywhere(record, kit, bundled, t
     for k in (1, 2, 3):
         threads(k)
         _, symbols = engine.decode_latent(coded_image(f), f.header.z_shape)
-        assert symbols_sha256(symbols) == record["symbols_sha256"], f"{k} threads"
+        assert symbols.sha256() == record["symbols_sha256"], f"{k} threads"
         out = decompress_blob(blob, lambda h: _as_loaded(engine, h))
         diff = np.abs(out.pixels.reshape(expected.shape).astype(int) - expected.astype(int))
         assert diff.max() <= 1, f"{k} threads: a pixel differs by {diff.max()} levels"
@@ -142,7 +135,7 @@ def photo_reference(lite, photo_blobs):
     for blob in photo_blobs:
         f = unpack(blob)
         _, symbols = lite.engine.decode_latent(coded_image(f), f.header.z_shape)
-        out.append((symbols_sha256(symbols), decompress_blob(blob, lambda h: lite).pixels))
+        out.append((symbols.sha256(), decompress_blob(blob, lambda h: lite).pixels))
     return out
 
 
@@ -150,7 +143,7 @@ def assert_decodes_like(model, blob: bytes, sha: str, pixels: np.ndarray, what: 
     """``model`` decodes ``blob`` to the symbols of SHA-256 ``sha`` and to ``pixels`` within a level."""
     f = unpack(blob)
     _, symbols = model.engine.decode_latent(coded_image(f), f.header.z_shape)
-    assert symbols_sha256(symbols) == sha, what
+    assert symbols.sha256() == sha, what
     got = decompress_blob(blob, lambda h: model).pixels
     assert np.abs(got.astype(int) - pixels.astype(int)).max() <= 1, what
 
@@ -207,7 +200,7 @@ def test_portability_on_every_kodak_image_and_larger_photos(bundled, kodak_dir, 
         pixels = decompress_blob(res.blob, lambda h: lm).pixels
         for k, model in ((1, lm), (3, lm), (2, onnx)):
             threads(k)
-            assert_decodes_like(model, res.blob, symbols_sha256(ref), pixels, (path.name, k, model.backend))
+            assert_decodes_like(model, res.blob, ref.sha256(), pixels, (path.name, k, model.backend))
 
 
 # -- the tolerance, adversarially --------------------------------------------------------------------
@@ -290,7 +283,7 @@ def test_shipped_margin_tolerates_its_claim_on_a_real_photo(lite, photo_blobs, p
     """With the shipped margin: sigma off by the full tolerance decodes exactly, and by a
     thousand times float32's rounding (what a float32 decoder would see) fails cleanly."""
     blob, (sha, _) = photo_blobs[0], photo_reference[0]
-    assert symbols_sha256(_decode_perturbed(lite.engine, blob, portable.TOLERANCE * (1 - 1e-6))) == sha
+    assert _decode_perturbed(lite.engine, blob, portable.TOLERANCE * (1 - 1e-6)).sha256() == sha
     with pytest.raises((DriftError, BitstreamError)):
         _decode_perturbed(lite.engine, blob, 1e-4)
 

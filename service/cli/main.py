@@ -213,12 +213,13 @@ class _PerFile:
             if isinstance(exc, OSError):
                 where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
                 exc = CliError(f"{exc.strerror or exc}{where}")
+            message = str(exc) if str(exc).startswith(str(src)) else f"{src}: {exc}"  # name the file once
             if len(self.files) == 1:
-                raise type(exc)(f"{src}: {exc}") from None
+                raise type(exc)(message) from None
             self.failed.append(src)
             if self.progress.show:
                 sys.stderr.write("\r\033[K")  # clear the progress line before the message
-            print(f"tcm: error: {src}: {exc}", file=sys.stderr)
+            print(f"tcm: error: {message}", file=sys.stderr)
         self.progress.step(src.name)
 
     def finish(self, verb: str, elapsed: float, extra: str = "") -> int:

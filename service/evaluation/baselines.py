@@ -35,7 +35,7 @@ class PillowCodec:
     def encode(self, pixels: np.ndarray, quality: int) -> bytes:
         """Encode (H, W, 1|3) uint8 pixels at ``quality``."""
         buf = io.BytesIO()
-        _to_pil(pixels).save(buf, format=self.format, quality=int(quality), **self.options)
+        to_pil(pixels).save(buf, format=self.format, quality=int(quality), **self.options)
         return buf.getvalue()
 
     def decode(self, data: bytes, channels: int) -> np.ndarray:
@@ -46,7 +46,8 @@ class PillowCodec:
         return out[:, :, None] if out.ndim == 2 else out
 
 
-def _to_pil(pixels: np.ndarray) -> Image.Image:
+def to_pil(pixels: np.ndarray) -> Image.Image:
+    """(H, W, 1|3) uint8 pixels as a Pillow image (L or RGB)."""
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         return Image.fromarray(np.ascontiguousarray(pixels[:, :, 0]), "L")
     return Image.fromarray(np.ascontiguousarray(pixels), "RGB")

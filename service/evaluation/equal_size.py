@@ -17,7 +17,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from .baselines import CODECS, PillowCodec, _to_pil, unavailable_reason
+from .baselines import CODECS, PillowCodec, to_pil, unavailable_reason
 
 #: The codecs compared by default, in display order.
 DEFAULT_CODECS = ("jpeg420", "webp", "avif")
@@ -69,11 +69,11 @@ def encode(codec: PillowCodec, pixels: np.ndarray, quality: float) -> bytes:
     """``codec`` at a (possibly fractional) ``quality``."""
     buf = io.BytesIO()
     if codec.format == "JPEG":
-        _to_pil(pixels).save(buf, format="JPEG", qtables=jpeg_tables(quality), **codec.options)
+        to_pil(pixels).save(buf, format="JPEG", qtables=jpeg_tables(quality), **codec.options)
     elif codec.format == "WEBP":
-        _to_pil(pixels).save(buf, format="WEBP", quality=float(quality), **codec.options)
+        to_pil(pixels).save(buf, format="WEBP", quality=float(quality), **codec.options)
     else:
-        _to_pil(pixels).save(buf, format=codec.format, quality=int(round(quality)), **codec.options)
+        to_pil(pixels).save(buf, format=codec.format, quality=int(round(quality)), **codec.options)
     return buf.getvalue()
 
 

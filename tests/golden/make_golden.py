@@ -30,14 +30,6 @@ GOLDEN = (
 )
 
 
-def symbols_sha256(symbols) -> str:
-    """SHA-256 of the decoded z symbols, y symbols and y indexes (int32 little-endian)."""
-    h = hashlib.sha256()
-    for a in (symbols.z_symbols, symbols.y_symbols, symbols.y_indexes):
-        h.update(a.astype("<i4").tobytes())
-    return h.hexdigest()
-
-
 def main() -> None:
     import torch
 
@@ -69,7 +61,7 @@ def main() -> None:
         records.append({
             "name": name, "model": model, "quality": quality, "image": vector,
             "weights_sha256": lm.entry.sha256, "blob_sha256": hashlib.sha256(res.blob).hexdigest(),
-            "symbols_sha256": symbols_sha256(symbols), "bytes": len(res.blob),
+            "symbols_sha256": symbols.sha256(), "bytes": len(res.blob),
             "hints": int(decode_hints(f.hints, symbols.y_symbols.size, 64)[0].size),
         })
         print(name, len(res.blob), "bytes", records[-1]["symbols_sha256"][:16])

@@ -119,6 +119,7 @@ async function loadQualities() {
       select.add(option);
     }
   } catch (err) {
+    if (err.code === "unauthorized") return showError(err.message);  // the key prompt retries
     showError(`${err.message} (quality levels: retrying)`);
     setTimeout(loadQualities, 3000);
   }
