@@ -1,4 +1,4 @@
-"""Build hook for the C range coder (service.codec._rans).
+"""Build hook for the C range coder (tcm_serve.codec._rans).
 
 Everything else lives in pyproject.toml; setuptools still needs setup.py to declare a
 C extension portably across its versions.
@@ -8,8 +8,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "service.codec._rans",
-            sources=["service/codec/_rans.c"],
+            "tcm_serve.codec._rans",
+            sources=["tcm_serve/codec/_rans.c"],
             extra_compile_args=["-O3", "-std=c99"],
         )
     ]

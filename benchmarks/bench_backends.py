@@ -42,9 +42,9 @@ PIPELINES = ("reference", "torch", "onnx")
 def _model(preset_name: str):
     import torch
 
-    from service.codec.engine import prepare_entropy_tables
-    from service.model.config import preset
-    from service.model.tcm import TCM
+    from tcm_serve.codec.engine import prepare_entropy_tables
+    from tcm_serve.model.config import preset
+    from tcm_serve.model.tcm import TCM
 
     torch.manual_seed(0)
     model = TCM(preset(preset_name)).eval()
@@ -54,7 +54,7 @@ def _model(preset_name: str):
 
 def _entry(model, preset_name: str):
     """A store entry for the random weights (the ONNX graph cache is keyed by its hash)."""
-    from service.store import ModelEntry
+    from tcm_serve.store import ModelEntry
 
     h = hashlib.sha256()
     for k, v in model.state_dict().items():
@@ -69,7 +69,7 @@ def _images(kodak: str, count: int):
     import numpy as np
     from PIL import Image
 
-    from service.codec.padding import pad, padding_for, pixels_to_tensor
+    from tcm_serve.codec.padding import pad, padding_for, pixels_to_tensor
 
     out = []
     for f in sorted(Path(kodak).glob("kodim*.png"))[:count]:
@@ -101,9 +101,9 @@ def _worker(conn, kind: str, args: argparse.Namespace) -> None:  # noqa: C901 - 
     import torch
 
     torch.set_num_threads(args.threads)
-    from service.codec import engine as engine_mod
-    from service.codec.pipeline import resolve_device
-    from service.tuning import tune_malloc
+    from tcm_serve.codec import engine as engine_mod
+    from tcm_serve.codec.pipeline import resolve_device
+    from tcm_serve.tuning import tune_malloc
 
     if kind != "reference":
         tune_malloc()
@@ -120,8 +120,8 @@ def _worker(conn, kind: str, args: argparse.Namespace) -> None:  # noqa: C901 - 
     elif kind == "torch":
         engine = engine_mod.Engine(model, device)
     else:
-        from service.codec.backends import OnnxStages
-        from service.codec.onnx_graphs import ensure_graphs, open_sessions
+        from tcm_serve.codec.backends import OnnxStages
+        from tcm_serve.codec.onnx_graphs import ensure_graphs, open_sessions
 
         graphs, _ = ensure_graphs(model, _entry(model, args.preset), args.onnx_dir)
         sessions, name = open_sessions(graphs, device, args.threads)
@@ -241,7 +241,7 @@ def _nominal_peak_gflops(threads: int) -> tuple[float, str]:
 
 def _coder_scaling(symbols, max_threads: int, jobs_per_thread: int = 2) -> list[tuple[int, float]]:
     """(threads, Msym/s) for encode+decode jobs of one image's y symbols on 1..N threads."""
-    from service.codec.rans import EntropyTable, RansDecoder, encode
+    from tcm_serve.codec.rans import EntropyTable, RansDecoder, encode
 
     sym, idx, cdf, length, offset = symbols
     table = EntropyTable(cdf, length, offset)

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from service.codec.engine import Engine
-from service.codec.padding import pad, padding_for, pixels_to_tensor
-from service.model.config import preset
-from service.model.tcm import TCM
-from service.store import ModelStore
+from tcm_serve.codec.engine import Engine
+from tcm_serve.codec.padding import pad, padding_for, pixels_to_tensor
+from tcm_serve.model.config import preset
+from tcm_serve.model.tcm import TCM
+from tcm_serve.store import ModelStore
 
 KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
 

@@ -32,7 +32,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from benchmarks.bench_service import free_port, wait_ready  # noqa: E402
 from fuzzing import proc_status  # noqa: E402
-from service.client import TcmClient  # noqa: E402
+from tcm_serve.client import TcmClient  # noqa: E402
 
 
 def peak_rss_gib(pid: int) -> float:
@@ -68,7 +68,7 @@ def measure(store: str, qualities: str, backend: str, images: list[tuple[str, by
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
     with tempfile.TemporaryDirectory() as onnx_dir, tempfile.TemporaryFile() as log:
-        cmd = [sys.executable, "-m", "service.cli.main", "serve", "--store", store, "--port", str(port),
+        cmd = [sys.executable, "-m", "tcm_serve.cli.main", "serve", "--store", store, "--port", str(port),
                "--devices", "cpu", "--max-batch-size", "1", "--qualities", qualities, "--backend", backend,
                "--onnx-dir", onnx_dir, "--max-pixels", str(4 * 1536 * 1024), "--log-level", "warning"]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -102,8 +102,8 @@ def main() -> int:
                     help="quality sets to serve, one server each (default: the lowest level alone, then all)")
     ap.add_argument("--backend", default="torch", choices=("torch", "onnx"))
     args = ap.parse_args()
-    from service.errors import TcmError
-    from service.store import ModelStore
+    from tcm_serve.errors import TcmError
+    from tcm_serve.store import ModelStore
 
     try:
         levels = sorted(e.quality for e in ModelStore(args.store).entries())

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from service.codec.container import unpack
-from service.codec.hints import decode_hints
-from service.codec.pipeline import LoadedModel, compress_images, decompress_blob, load_model
-from service.evaluation.metrics import psnr
-from service.imageio import read_image
-from service.model.config import preset
-from service.model.tcm import TCM
-from service.store import ModelStore
+from tcm_serve.codec.container import unpack
+from tcm_serve.codec.hints import decode_hints
+from tcm_serve.codec.pipeline import LoadedModel, compress_images, decompress_blob, load_model
+from tcm_serve.evaluation.metrics import psnr
+from tcm_serve.imageio import read_image
+from tcm_serve.model.config import preset
+from tcm_serve.model.tcm import TCM
+from tcm_serve.store import ModelStore
 
 KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
 MODES = {"exact": False, "portable": True}

@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from service.model.config import preset
-from service.model.tcm import TCM
-from service.training.loss import rate_distortion
+from tcm_serve.model.config import preset
+from tcm_serve.model.tcm import TCM
+from tcm_serve.training.loss import rate_distortion
 
 
 def forward_time(model: TCM, x: torch.Tensor) -> float:

@@ -46,8 +46,8 @@ def free_port() -> int:
 
 
 def make_store(tmp: Path) -> tuple[Path, int]:
-    from service.model.config import preset
-    from service.store import ModelStore
+    from tcm_serve.model.config import preset
+    from tcm_serve.store import ModelStore
 
     ckpt = SHARED / "conformance" / "tcm-small-conformance.pth.tar"
     ModelStore(tmp).import_checkpoint(ckpt, 3, preset("conformance-small"), lmbda=0.013, source="conformance kit")
@@ -163,7 +163,7 @@ def load(url: str, op: str, payloads: list[bytes], quality: int, conc: int, n: i
 def serve(store: Path, port: int, batch: int, delay_ms: float, coder_threads: int, log) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "service.cli.main", "serve", "--store", str(store), "--port", str(port),
+        [sys.executable, "-m", "tcm_serve.cli.main", "serve", "--store", str(store), "--port", str(port),
          "--devices", "cpu", "--max-batch-size", str(batch), "--max-batch-delay-ms", str(delay_ms),
          "--coder-threads", str(coder_threads), "--max-queue", "256", "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -189,9 +189,9 @@ def direct_rows(
 ) -> list[Row]:
     import torch
 
-    from service.codec.pipeline import compress_images, decompress_blob, load_model
-    from service.imageio import decode_image
-    from service.store import ModelStore
+    from tcm_serve.codec.pipeline import compress_images, decompress_blob, load_model
+    from tcm_serve.imageio import decode_image
+    from tcm_serve.store import ModelStore
 
     lm = load_model(ModelStore(store), quality, torch.device("cpu"))
     rows = []
@@ -238,9 +238,9 @@ def main() -> None:
         pngs = images(8, args.size)
         import torch
 
-        from service.codec.pipeline import compress_images, load_model
-        from service.imageio import decode_image
-        from service.store import ModelStore
+        from tcm_serve.codec.pipeline import compress_images, load_model
+        from tcm_serve.imageio import decode_image
+        from tcm_serve.store import ModelStore
 
         lm = load_model(ModelStore(store), quality, torch.device("cpu"))
         blobs = [compress_images(lm, [decode_image(p)])[0].blob for p in pngs]

@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from service.model.checkpoint import load_into, read_state_dict  # noqa: E402
-from service.model.config import preset  # noqa: E402
-from service.model.tcm import TCM  # noqa: E402
-from service.training.loss import rate_distortion  # noqa: E402
-from service.training.trainer import TrainConfig  # noqa: E402
+from tcm_serve.model.checkpoint import load_into, read_state_dict  # noqa: E402
+from tcm_serve.model.config import preset  # noqa: E402
+from tcm_serve.model.tcm import TCM  # noqa: E402
+from tcm_serve.training.loss import rate_distortion  # noqa: E402
+from tcm_serve.training.trainer import TrainConfig  # noqa: E402
 
 
 def one_step(model: TCM, x: torch.Tensor, lmbda: float) -> tuple[float, float]:

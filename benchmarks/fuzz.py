@@ -10,7 +10,7 @@ Every case ends in a clean one-line TcmError or a correct decode (see tests/fuzz
 for the oracle); any other outcome fails the run with hypothesis's shrunk example. A case
 that runs past --case-timeout-s dumps every thread's stack and exits 1 (a hang cannot
 pass). Resident memory is reported at start, end and peak (VmHWM), with --max-rss-growth-mb
-as the budget. The model is the conformance kit's (tests/conftest.py finds ../shared).
+as the budget. The model is the conformance kit's (tests/helpers.py finds ../shared).
 """
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from conftest import KIT_CHECKPOINT, KIT_QUALITY  # noqa: E402
+from helpers import KIT_CHECKPOINT, KIT_QUALITY  # noqa: E402
 from fuzzing import main_progress, make_context, run_image_fuzz, run_tcm_fuzz  # noqa: E402
 
 
 def kit_store(root: Path) -> Path:
-    from service.model.config import preset
-    from service.store import ModelStore
+    from tcm_serve.model.config import preset
+    from tcm_serve.store import ModelStore
 
     ModelStore(root).import_checkpoint(KIT_CHECKPOINT, KIT_QUALITY, preset("conformance-small"), lmbda=0.013,
                                        source="conformance kit")
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     if args.image_cases:
         rep = run_image_fuzz(args.image_cases, seed=args.seed, case_timeout_s=args.case_timeout_s)
-        print("## image decoding (service.imageio, mutated odd images, max_pixels 1 MP)")
+        print("## image decoding (tcm_serve.imageio, mutated odd images, max_pixels 1 MP)")
         print(rep.summary(), flush=True)
         failed |= rep.peak_rss_mb - rep.rss_start_mb > args.max_rss_growth_mb
     if args.tcm_cases:

@@ -5,7 +5,7 @@ For a preset's layout (fixed random initialisation) on one Kodak-size input (768
 * the PyTorch profiler's share of CPU time by operator, for g_a, the entropy-parameter
   path (h_a, hyper-synthesis, every slice) and g_s (after a warm-up pass);
 * minor page faults, user and system CPU time of a g_a forward pass, in two fresh
-  processes: glibc defaults, then with ``service.tuning.tune_malloc`` (docs/performance.md).
+  processes: glibc defaults, then with ``tcm_serve.tuning.tune_malloc`` (docs/performance.md).
 
     .venv/bin/python benchmarks/profile_stages.py --preset official-small
 """
@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 def _model(name: str):
     import torch
 
-    from service.codec.engine import Engine
-    from service.model.config import preset
-    from service.model.tcm import TCM
+    from tcm_serve.codec.engine import Engine
+    from tcm_serve.model.config import preset
+    from tcm_serve.model.tcm import TCM
 
     torch.manual_seed(0)
     return Engine(TCM(preset(name)), torch.device("cpu"))
@@ -66,7 +66,7 @@ def faults(name: str, tuned: bool) -> None:
     import torch
 
     if tuned:
-        from service.tuning import tune_malloc
+        from tcm_serve.tuning import tune_malloc
 
         tune_malloc()
     m = _model(name).model

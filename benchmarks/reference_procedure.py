@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from service.codec.rans import EntropyTable, RansDecoder, encode
-from service.codec.tables import build_indexes
-from service.model import layers
-from service.model.tcm import TCM
+from tcm_serve.codec.rans import EntropyTable, RansDecoder, encode
+from tcm_serve.codec.tables import build_indexes
+from tcm_serve.model import layers
+from tcm_serve.model.tcm import TCM
 
 
 # -- the reference's window attention: out-of-place, mask and bias rebuilt on every call -----

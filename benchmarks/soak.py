@@ -45,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from conftest import KIT_CHECKPOINT, make_png  # noqa: E402
+from helpers import KIT_CHECKPOINT, make_png  # noqa: E402
 
 QUALITY = 3
 
@@ -58,8 +58,8 @@ def free_port() -> int:
 
 
 def make_store(root: Path) -> Path:
-    from service.model.config import preset
-    from service.store import ModelStore
+    from tcm_serve.model.config import preset
+    from tcm_serve.store import ModelStore
 
     ModelStore(root).import_checkpoint(KIT_CHECKPOINT, QUALITY, preset("conformance-small"), lmbda=0.013,
                                        source="conformance kit")
@@ -68,7 +68,7 @@ def make_store(root: Path) -> Path:
 
 def start_server(store: Path, port: int, log: Path, max_queue: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
-    cmd = [sys.executable, "-m", "service.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port),
+    cmd = [sys.executable, "-m", "tcm_serve.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--store", str(store), "--devices", "cpu", "--max-batch-size", "1", "--max-queue", str(max_queue),
            "--request-timeout-s", "120", "--shutdown-grace-s", "60"]
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -222,7 +222,7 @@ def cli_spot_check(store: Path, traffic: Traffic, tmp: Path) -> bool:
     k = "rgb300x260"
     (tmp / f"{k}.tcm").write_bytes(traffic.blobs[k])
     env = {kk: v for kk, v in os.environ.items() if not kk.startswith("TCM_")}
-    r = subprocess.run([sys.executable, "-m", "service.cli.main", "decompress", str(tmp / f"{k}.tcm"), "-o",
+    r = subprocess.run([sys.executable, "-m", "tcm_serve.cli.main", "decompress", str(tmp / f"{k}.tcm"), "-o",
                         str(tmp / f"{k}.cli.png"), "--store", str(store), "--device", "cpu", "--force"],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     if r.returncode != 0:

@@ -18,7 +18,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 # Re-run the install only when the project's dependency declarations changed.
-want="$(cat pyproject.toml setup.py scripts/setup.sh service/codec/_rans.c requirements.lock | sha256sum | cut -d' ' -f1)"
+want="$(cat pyproject.toml setup.py scripts/setup.sh tcm_serve/codec/_rans.c requirements.lock | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi

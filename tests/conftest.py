@@ -1,124 +1,40 @@
 """Shared pytest fixtures (several test modules append here; never overwrite).
 
-The conformance kit and the Kodak images live in ``../shared`` beside the repository
-(override with ``TCM_SHARED_DIR``). They are required: a missing kit fails the tests
-loudly instead of skipping the proofs of conformance.
+Plain constants and helpers live in ``tests/helpers.py``: tests import them from there,
+never from this file.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-#: ../shared next to the repository checkout, and the conformance kit inside it.
-SHARED = Path(os.environ.get("TCM_SHARED_DIR") or Path(__file__).resolve().parents[1].parent / "shared")
-CONFORMANCE = SHARED / "conformance"
-KODAK = SHARED / "data" / "kodak"
-KIT_CHECKPOINT = CONFORMANCE / "tcm-small-conformance.pth.tar"
-KIT_VECTORS = ("coffee-136x200", "coffee-140x260")
-#: Quality level under which test stores hold the kit checkpoint.
-KIT_QUALITY = 3
-
-
-#: How close (relative) the reference's float32 sigma may lie to a scale-table boundary for
-#: another CPU's float32 sigma to land on the other side of it. The kit saw float32 entropy
-#: parameters differ by ~2.4e-7 between thread counts; a non-AVX-512 AMD EPYC moves two of
-#: coffee-140x260's 122,880 y indexes, whose reference sigmas sit 4e-7 and 1e-7 (relative)
-#: from a boundary. 1e-5 is ~80 float32 ulps: wide enough for any CPU, far too narrow to
-#: excuse a real error (a wrong index is typically off by many percent of sigma).
-CLOSE_CALL_REL = 1e-5
-
-
-def reference_close_calls(vector: str) -> np.ndarray:
-    """Positions (in the y symbol list) where the reference's own sigma is a close call:
-    within :data:`CLOSE_CALL_REL` of a scale-table entry, so that the version-1 (exact)
-    table index there depends on the CPU's last float32 bits (why format version 2 exists)."""
-    internals = np.load(CONFORMANCE / "vectors" / vector / "compress_internals.npz")
-    table = np.load(CONFORMANCE / "cdf_tables.npz")["gaussian_conditional.scale_table"].astype(np.float64)
-    slices = sorted(k for k in internals.files if k.startswith("compress_scale_slice"))
-    sigma = np.concatenate([internals[k].reshape(-1) for k in slices]).astype(np.float64)
-    sigma = np.maximum(sigma, 0.11)
-    nearest = np.abs(sigma[:, None] - table[None, :]).min(axis=1)
-    return np.nonzero(nearest <= CLOSE_CALL_REL * sigma)[0]
-
-
-def index_drift(ours: np.ndarray, vector: str) -> np.ndarray:
-    """Where this CPU's exact (version-1) y indexes differ from the reference's, after
-    checking that each such position is a reference close call (anything else fails)."""
-    ref = np.load(CONFORMANCE / "vectors" / vector / "compress_internals.npz")["y_indexes"]
-    differ = np.nonzero(ours != ref)[0]
-    stray = np.setdiff1d(differ, reference_close_calls(vector))
-    assert stray.size == 0, f"{vector}: y indexes differ from the reference away from any close call at {stray[:10]}"
-    assert np.abs(ours[differ].astype(int) - ref[differ]).max(initial=0) <= 1
-    return differ
-
-
-def _require(path: Path) -> Path:
-    if not path.exists():
-        pytest.fail(f"test data not found at {path} (set TCM_SHARED_DIR to the shared/ folder)")
-    return path
+from helpers import (
+    CONFORMANCE,
+    KIT_CHECKPOINT,
+    KODAK,
+    SERVICE_QUALITIES,
+    SHARED,
+    kit_model,
+    kit_store_at,
+    make_png,
+    require,
+    write_kit_checkpoint_with_tables,
+)
 
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    return _require(SHARED)
+    return require(SHARED)
 
 
 @pytest.fixture(scope="session")
 def conformance_dir() -> Path:
-    return _require(CONFORMANCE)
+    return require(CONFORMANCE)
 
 
 @pytest.fixture(scope="session")
 def kodak_dir() -> Path:
-    return _require(KODAK)
-
-
-def kit_tables() -> dict:
-    """The kit's reference entropy tables (``cdf_tables.npz``) as tensors by state_dict key.
-
-    Why the tests load them instead of building tables from the kit checkpoint: the
-    reference's own float32 computation of the z (EntropyBottleneck) table differs between
-    CPUs by one count in a few hundred entries (kit README), so tables built here give other
-    z strings than the kit's on another CPU. Tables are data of a model (the store keeps
-    them in the weights file); strings are compared with the kit's tables loaded.
-    """
-    import numpy as np
-    import torch
-
-    from service.model.checkpoint import TABLE_BUFFERS
-
-    ref = np.load(_require(CONFORMANCE / "cdf_tables.npz"))
-    return {key: torch.from_numpy(ref[key].copy()) for key in TABLE_BUFFERS}
-
-
-def write_kit_checkpoint_with_tables(path: Path, state: dict | None = None) -> Path:
-    """The kit checkpoint with the kit's reference tables filled in (as after update())."""
-    import torch
-
-    from service.model.checkpoint import read_state_dict
-
-    state = read_state_dict(_require(KIT_CHECKPOINT)) if state is None else state
-    torch.save({"state_dict": {**state, **kit_tables()}}, path)
-    return path
-
-
-def kit_store_at(root: Path, qualities: tuple[int, ...] = (KIT_QUALITY,), checkpoint: Path | None = None) -> Path:
-    """A model store at ``root`` holding the kit checkpoint, with the kit's tables, under
-    each of ``qualities`` (also used by tests/golden/make_golden.py)."""
-    from service.model.config import preset
-    from service.store import ModelStore
-
-    root.mkdir(parents=True, exist_ok=True)
-    made = checkpoint is None
-    checkpoint = checkpoint or write_kit_checkpoint_with_tables(root / ".kit-with-tables.pth.tar")
-    for q in qualities:
-        ModelStore(root).import_checkpoint(checkpoint, q, preset("conformance-small"), lmbda=0.013, source="conformance kit")
-    if made:
-        checkpoint.unlink()
-    return root
+    return require(KODAK)
 
 
 @pytest.fixture(scope="session")
@@ -136,20 +52,9 @@ def kit_store(tmp_path_factory, kit_checkpoint_with_tables) -> Path:
 @pytest.fixture(scope="session")
 def kit_state_dict(conformance_dir):
     """The kit checkpoint's normalised state_dict (read once: 74 MB)."""
-    from service.model.checkpoint import read_state_dict
+    from tcm_serve.model.checkpoint import read_state_dict
 
     return read_state_dict(KIT_CHECKPOINT)
-
-
-def kit_model(kit_state_dict):
-    """The kit model on the CPU with the kit's reference tables (see :func:`kit_tables`)."""
-    from service.model.checkpoint import load_into
-    from service.model.config import preset
-    from service.model.tcm import TCM
-
-    model = TCM(preset("conformance-small"))
-    load_into(model, {**kit_state_dict, **kit_tables()})
-    return model
 
 
 @pytest.fixture(scope="session")
@@ -157,14 +62,9 @@ def kit_engine(kit_state_dict):
     """An Engine on the CPU with the kit model and the kit's entropy tables."""
     import torch
 
-    from service.codec.engine import Engine
+    from tcm_serve.codec.engine import Engine
 
     return Engine(kit_model(kit_state_dict), torch.device("cpu"))
-
-
-# -- the HTTP service (tests/test_api.py, test_server.py, test_batching.py) ---------------------
-#: Quality levels under which service test stores hold the kit checkpoint (exercises routing).
-SERVICE_QUALITIES = (2, 3)
 
 
 @pytest.fixture(scope="session")
@@ -172,27 +72,6 @@ def service_store(tmp_path_factory, kit_checkpoint_with_tables) -> Path:
     """A model store holding the conformance checkpoint (with the kit's tables) as
     qualities 2 and 3."""
     return kit_store_at(tmp_path_factory.mktemp("service_store"), SERVICE_QUALITIES, kit_checkpoint_with_tables)
-
-
-def make_png(height: int, width: int, mode: str = "RGB", seed: int = 0) -> bytes:
-    """A small synthetic photo-like PNG (smooth gradients plus noise), deterministic."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    base = np.stack([xx * 255 // max(width, 1), yy * 255 // max(height, 1), (xx + yy) % 256], axis=-1)
-    pixels = np.clip(base + rng.integers(-24, 25, size=base.shape), 0, 255).astype(np.uint8)
-    img = Image.fromarray(pixels, "RGB")
-    if mode == "L":
-        img = img.convert("L")
-    elif mode == "RGBA":
-        img = img.convert("RGBA")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="session")
@@ -204,15 +83,3 @@ def service_images() -> dict[str, bytes]:
         "rgb300x260": make_png(260, 300, seed=3),
         "rgb140x260": make_png(140, 260, seed=4),
     }
-
-
-def cpu_allocation_error() -> RuntimeError:
-    """The error torch's CPU allocator really raises (a plain RuntimeError, "can't allocate
-    memory"): asking for 4 EiB, past any address space, is refused at once everywhere."""
-    import torch
-
-    try:
-        torch.empty(2**62, dtype=torch.uint8)
-    except RuntimeError as exc:
-        return exc
-    raise AssertionError("the allocator accepted 4 EiB")

@@ -3,9 +3,9 @@ benchmarks/fuzz.py; not a test module itself).
 
 Every case is a byte string built from real blobs (made by the real encoder with the
 conformance model) by one of several structure-aware mutations. The oracle: decoding it
-with :func:`~service.codec.pipeline.decompress_blob` either
+with :func:`~tcm_serve.codec.pipeline.decompress_blob` either
 
-* raises a :class:`~service.errors.TcmError` with a one-line message (a clean refusal), or
+* raises a :class:`~tcm_serve.errors.TcmError` with a one-line message (a clean refusal), or
 * succeeds, and then the result must be *correct*: the entropy-coded strings are exactly
   those of one of the real blobs (anything else decoding would be a silently wrong image)
   and the pixels equal that blob's reconstruction, cropped and converted as the mutated
@@ -33,8 +33,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-from service.codec.container import HEADER_SIZES, MAGIC, TcmFile, unpack
-from service.errors import TcmError
+from tcm_serve.codec.container import HEADER_SIZES, MAGIC, TcmFile, unpack
+from tcm_serve.errors import TcmError
 
 #: Header layout (offset, struct code) of the fields a structure-aware mutation rewrites.
 FIELDS: dict[str, tuple[int, str]] = {
@@ -101,9 +101,9 @@ def make_context(store_root: Path, quality: int) -> FuzzContext:
     model and keep each one's padded reconstruction for the oracle."""
     import torch
 
-    from service.codec.pipeline import coded_image, compress_images, decompress_blob, load_model, store_resolver
-    from service.imageio import DecodedImage
-    from service.store import ModelStore
+    from tcm_serve.codec.pipeline import coded_image, compress_images, decompress_blob, load_model, store_resolver
+    from tcm_serve.imageio import DecodedImage
+    from tcm_serve.store import ModelStore
 
     store = ModelStore(store_root)
     device = torch.device("cpu")
@@ -234,7 +234,7 @@ def tcm_cases(draw, blobs: Sequence[bytes]) -> tuple[str, bytes]:
         if draw(st.booleans()):
             hints = draw(st.binary(max_size=24))
         else:
-            from service.codec.hints import encode_hints
+            from tcm_serve.codec.hints import encode_hints
 
             positions = sorted(draw(st.sets(st.integers(0, 4000), max_size=5)))
             indexes = draw(st.lists(st.integers(0, 70), min_size=len(positions), max_size=len(positions)))
@@ -247,7 +247,7 @@ def tcm_cases(draw, blobs: Sequence[bytes]) -> tuple[str, bytes]:
 def check_case(ctx: FuzzContext, data: bytes) -> str:
     """Decode ``data``; return the outcome (an error code or ``"decoded"``), or raise
     AssertionError when the outcome is neither a clean error nor a correct decode."""
-    from service.codec.padding import crop, tensor_to_pixels
+    from tcm_serve.codec.padding import crop, tensor_to_pixels
 
     try:
         out = ctx.decode(data)
@@ -363,8 +363,8 @@ def main_progress(report: FuzzReport) -> None:
 # -- odd images (tests/test_fuzz.py, benchmarks/fuzz.py) ------------------------------------------------------
 @dataclass(frozen=True)
 class OddImage:
-    """Image bytes and what :func:`~service.imageio.decode_image` must make of them: a
-    ``(height, width, channels)`` shape, or the :class:`~service.errors.ImageError`
+    """Image bytes and what :func:`~tcm_serve.imageio.decode_image` must make of them: a
+    ``(height, width, channels)`` shape, or the :class:`~tcm_serve.errors.ImageError`
     subclass it must raise. ``drop_alpha`` is passed through (the API's query flag)."""
 
     data: bytes
@@ -438,7 +438,7 @@ def odd_images() -> dict[str, OddImage]:
     images, animation, CMYK, 16-bit, palette transparency, every EXIF orientation."""
     from PIL import Image
 
-    from service.errors import ImageError, ImageTooLargeError, UnsupportedImageFormatError
+    from tcm_serve.errors import ImageError, ImageTooLargeError, UnsupportedImageFormatError
 
     rng = np.random.default_rng(5)
     rgb = Image.fromarray(rng.integers(0, 256, (16, 24, 3), dtype=np.uint8))  # 24 wide, 16 high
@@ -510,11 +510,11 @@ ODD_MAX_PIXELS = 1_000_000
 
 
 def check_odd_image(case: OddImage) -> str:
-    """Decode through service.imageio; assert the expectation; return the outcome."""
+    """Decode through tcm_serve.imageio; assert the expectation; return the outcome."""
     import warnings
 
-    from service.errors import ImageError
-    from service.imageio import decode_image
+    from tcm_serve.errors import ImageError
+    from tcm_serve.imageio import decode_image
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -566,8 +566,8 @@ def check_image_bytes(data: bytes, drop_alpha: bool) -> str:
     """decode_image gives an ImageError (one line) or a valid image within the limit."""
     import warnings
 
-    from service.errors import ImageError
-    from service.imageio import decode_image
+    from tcm_serve.errors import ImageError
+    from tcm_serve.imageio import decode_image
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -583,7 +583,7 @@ def check_image_bytes(data: bytes, drop_alpha: bool) -> str:
 
 
 def run_image_fuzz(cases: int, seed: int | None = None, case_timeout_s: float = 60.0) -> FuzzReport:
-    """Like :func:`run_tcm_fuzz`, for mutated odd images through service.imageio."""
+    """Like :func:`run_tcm_fuzz`, for mutated odd images through tcm_serve.imageio."""
     seeds = [c.data for c in odd_images().values()]
     report = FuzzReport(rss_start_mb=rss_mb())
 

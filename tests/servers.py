@@ -23,7 +23,7 @@ def free_port() -> int:
 
 
 class Server:
-    """``python -m service.cli.main serve`` in a subprocess, its log in a file."""
+    """``python -m tcm_serve.cli.main serve`` in a subprocess, its log in a file."""
 
     def __init__(self, store: Path, log_path: Path, *extra: str) -> None:
         self.port = free_port()
@@ -32,7 +32,7 @@ class Server:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+            [sys.executable, "-m", "tcm_serve.cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--store", str(store), "--devices", "cpu", "--request-timeout-s", "600", *extra],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[1],
         )

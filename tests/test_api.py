@@ -19,18 +19,18 @@ import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import cpu_allocation_error, make_png
-from service.api import create_app
-from service.api.errors import STATUS, status_for
-from service.api.logs import JsonFormatter
-from service.client import AsyncTcmClient, error_from_response
-from service.codec.container import pack, unpack
-from service.codec.pipeline import compress_images, decompress_blob, load_model
-from service.config import load_settings
-from service.errors import ConfigError, FormatError, ImageError, ImageTooLargeError, TcmError
-from service.imageio import decode_image
-from service.runtime.errors import NotReadyError, QueueFullError
-from service.store import ModelStore
+from helpers import cpu_allocation_error, make_png
+from tcm_serve.api import create_app
+from tcm_serve.api.errors import STATUS, status_for
+from tcm_serve.api.logs import JsonFormatter
+from tcm_serve.client import AsyncTcmClient, error_from_response
+from tcm_serve.codec.container import pack, unpack
+from tcm_serve.codec.pipeline import compress_images, decompress_blob, load_model
+from tcm_serve.config import load_settings
+from tcm_serve.errors import ConfigError, FormatError, ImageError, ImageTooLargeError, TcmError
+from tcm_serve.imageio import decode_image
+from tcm_serve.runtime.errors import NotReadyError, QueueFullError
+from tcm_serve.store import ModelStore
 
 MAX_PIXELS = 200_000
 MAX_BODY = 1_000_000
@@ -317,7 +317,7 @@ def test_a_refused_request_is_not_decoded_and_bad_input_frees_its_place(app, ser
     """The queue place is taken before the body is decoded: a request past the bound gets
     429 without its image being decoded, and a request that fails on its input gives its
     place back."""
-    import service.api.app as app_module
+    import tcm_serve.api.app as app_module
 
     pool = app.state.pool
     monkeypatch.setattr(pool.batcher, "max_queue", 1)
@@ -509,10 +509,10 @@ def test_status_table_covers_the_hierarchy():
     }
     # every module that defines an error class, so the result does not depend on which
     # other tests ran first
-    import service.cli.main  # noqa: F401
-    import service.cli.onnx  # noqa: F401
-    import service.client  # noqa: F401
-    import service.evaluation.runner  # noqa: F401
+    import tcm_serve.cli.main  # noqa: F401
+    import tcm_serve.cli.onnx  # noqa: F401
+    import tcm_serve.client  # noqa: F401
+    import tcm_serve.evaluation.runner  # noqa: F401
 
     seen = {cls.__name__: status_for(cls.__new__(cls)) for cls in subclasses(TcmError)}
     assert seen == expected
@@ -691,8 +691,8 @@ def test_bad_service_configuration_fails_at_start(service_store, tmp_path):
 def test_failed_allocations_are_413_not_bugs():
     """Every way torch reports a failed allocation maps to 413 too_large; other errors stay
     internal (500). The CPU allocator's error is a plain RuntimeError, made for real here."""
-    from service.errors import ImageTooLargeError, is_out_of_memory
-    from service.runtime.pool import _as_service_error
+    from tcm_serve.errors import ImageTooLargeError, is_out_of_memory
+    from tcm_serve.runtime.pool import _as_service_error
 
     cpu = cpu_allocation_error()
     for exc in (cpu, MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")):
@@ -707,7 +707,7 @@ def test_an_image_that_decodes_too_slowly_gets_504_and_frees_its_place(app, serv
     queue place for ever); the slow decode here is a stand-in for such a file."""
     import threading
 
-    from service.api import app as app_module
+    from tcm_serve.api import app as app_module
 
     release = threading.Event()
     real = app_module.decode_image
@@ -787,7 +787,7 @@ def test_compare_has_its_own_pixel_limit(service_store):
 
 def test_compare_past_its_deadline_is_504(app, service_images, monkeypatch):
     """The equal-size search checks the request deadline between encodes."""
-    import service.evaluation.equal_size as equal_size
+    import tcm_serve.evaluation.equal_size as equal_size
 
     real = equal_size.encode
 
@@ -803,7 +803,7 @@ def test_compare_past_its_deadline_is_504(app, service_images, monkeypatch):
 def test_devices_say_why_there_is_no_gpu(monkeypatch, caplog):
     """``cuda`` without a usable GPU fails with the reason (GPU deployments ask for it, so a
     node with a broken driver never serves at CPU speed); ``auto`` says why it chose the CPU."""
-    from service.runtime.pool import resolve_devices
+    from tcm_serve.runtime.pool import resolve_devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", None)
@@ -822,7 +822,7 @@ def test_devices_say_why_there_is_no_gpu(monkeypatch, caplog):
 def test_compare_concurrency_is_bounded(app, service_images, monkeypatch):
     """A second comparison while one runs is refused (429, before its body is read); the
     first completes."""
-    import service.evaluation.equal_size as equal_size
+    import tcm_serve.evaluation.equal_size as equal_size
 
     real = equal_size.encode
     started = threading.Event()

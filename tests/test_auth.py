@@ -1,4 +1,4 @@
-"""Optional API keys (service/api/auth.py): off by default, Bearer keys from a file when on."""
+"""Optional API keys (tcm_serve/api/auth.py): off by default, Bearer keys from a file when on."""
 from __future__ import annotations
 
 import os
@@ -8,13 +8,13 @@ import anyio
 import httpx
 import pytest
 
-from conftest import make_png
-from service.api import create_app
-from service.api.auth import ApiKeys
-from service.client import TcmClient
-from service.config import load_settings
-from service.errors import ConfigError
-from service.runtime.errors import UnauthorizedError
+from helpers import make_png
+from tcm_serve.api import create_app
+from tcm_serve.api.auth import ApiKeys
+from tcm_serve.client import TcmClient
+from tcm_serve.config import load_settings
+from tcm_serve.errors import ConfigError
+from tcm_serve.runtime.errors import UnauthorizedError
 
 KEY_A = "a" * 20 + "-first-key"
 KEY_B = "b" * 20 + "-second-key"
@@ -88,7 +88,7 @@ def test_keys_file_rules_and_rotation(tmp_path, monkeypatch):
     path.write_text(KEY_A + "\n")
     keys = ApiKeys(path)
     assert keys.accepts(KEY_A) and not keys.accepts(KEY_B) and not keys.accepts("")
-    monkeypatch.setattr("service.api.auth._RECHECK_S", 0.0)
+    monkeypatch.setattr("tcm_serve.api.auth._RECHECK_S", 0.0)
     path.write_text(KEY_B + "\n")
     os.utime(path, (time.time() + 5, time.time() + 5))  # a new mtime even on a coarse clock
     assert keys.accepts(KEY_B) and not keys.accepts(KEY_A)  # rotated without a restart
@@ -106,7 +106,7 @@ def test_the_client_sends_the_key(app, monkeypatch):
     transport = httpx.ASGITransport(app=app)
 
     async def models(client_kw):
-        from service.client import AsyncTcmClient
+        from tcm_serve.client import AsyncTcmClient
 
         async with AsyncTcmClient("http://testserver", transport=transport, **client_kw) as c:
             return await c.models()

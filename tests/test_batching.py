@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_png
-from service.codec.container import pack, unpack
-from service.codec.padding import pad, padding_for, pixels_to_tensor
-from service.codec.pipeline import compress_images, decompress_blob, load_model
-from service.config import load_settings
-from service.errors import FormatError
-from service.imageio import decode_image
-from service.runtime import WorkerPool, decompress_batch
-from service.store import ModelStore
+from helpers import make_png
+from tcm_serve.codec.container import pack, unpack
+from tcm_serve.codec.padding import pad, padding_for, pixels_to_tensor
+from tcm_serve.codec.pipeline import compress_images, decompress_blob, load_model
+from tcm_serve.config import load_settings
+from tcm_serve.errors import FormatError
+from tcm_serve.imageio import decode_image
+from tcm_serve.runtime import WorkerPool, decompress_batch
+from tcm_serve.store import ModelStore
 
 
 def _padded(png: bytes) -> torch.Tensor:
@@ -211,14 +211,14 @@ def test_unbatched_pool_gives_the_same_bytes(service_store, local_models):
 
 # -- queue places (Batcher.reserve) ---------------------------------------------------------
 def _job(quality: int = 1) -> "Job":
-    from service.runtime.batcher import Job
+    from tcm_serve.runtime.batcher import Job
 
     return Job("compress", quality, (256, 256), None, time.monotonic() + 60)
 
 
 def test_reserved_places_count_against_the_queue_bound():
-    from service.runtime.batcher import Batcher
-    from service.runtime.errors import QueueFullError
+    from tcm_serve.runtime.batcher import Batcher
+    from tcm_serve.runtime.errors import QueueFullError
 
     b = Batcher(max_queue=2, max_batch_size=4, max_batch_delay_s=0.0)
     first = b.reserve()
@@ -235,7 +235,7 @@ def test_reserved_places_count_against_the_queue_bound():
 
 
 def test_a_released_place_is_free_again_and_release_is_idempotent():
-    from service.runtime.batcher import Batcher
+    from tcm_serve.runtime.batcher import Batcher
 
     b = Batcher(max_queue=1, max_batch_size=4, max_batch_delay_s=0.0)
     with b.reserve() as slot:  # e.g. the request's image turned out to be malformed
@@ -248,8 +248,8 @@ def test_a_released_place_is_free_again_and_release_is_idempotent():
 
 
 def test_a_closed_batcher_refuses_reservations_and_reserved_jobs():
-    from service.runtime.batcher import Batcher
-    from service.runtime.errors import ShuttingDownError
+    from tcm_serve.runtime.batcher import Batcher
+    from tcm_serve.runtime.errors import ShuttingDownError
 
     b = Batcher(max_queue=4, max_batch_size=4, max_batch_delay_s=0.0)
     slot = b.reserve()

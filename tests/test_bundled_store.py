@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from service.codec.pipeline import compress_images, decompress_blob, load_model, store_resolver
-from service.imageio import read_image
-from service.runtime.preflight import verify_entries
-from service.store import ModelStore
+from tcm_serve.codec.pipeline import compress_images, decompress_blob, load_model, store_resolver
+from tcm_serve.imageio import read_image
+from tcm_serve.runtime.preflight import verify_entries
+from tcm_serve.store import ModelStore
 
-from conftest import KODAK
+from helpers import KODAK
 
 BUNDLED = Path(__file__).resolve().parents[1] / "model_store"
 

@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import KIT_CHECKPOINT, KIT_QUALITY, KIT_VECTORS, cpu_allocation_error, index_drift
-from service.cli.main import main
-from service.codec.container import unpack
-from service.codec.padding import crop, pad, padding_for, pixels_to_tensor, tensor_to_pixels
+from helpers import KIT_CHECKPOINT, KIT_QUALITY, KIT_VECTORS, cpu_allocation_error, index_drift
+from tcm_serve.cli.main import main
+from tcm_serve.codec.container import unpack
+from tcm_serve.codec.padding import crop, pad, padding_for, pixels_to_tensor, tensor_to_pixels
 
-TCM = [sys.executable, "-m", "service.cli.main"]
+TCM = [sys.executable, "-m", "tcm_serve.cli.main"]
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -276,9 +276,9 @@ def test_blob_from_another_model_is_refused(capsys, kit_store, tmp_path):
     assert run_cli(capsys, "compress", str(img), "--store", str(kit_store))[0] == 0
     other = tmp_path / "other"
     # Same quality number, different architecture identity (a retrained N=64 layout).
-    from service.model.config import preset
-    from service.model.tcm import TCM
-    from service.store import ModelStore
+    from tcm_serve.model.config import preset
+    from tcm_serve.model.tcm import TCM
+    from tcm_serve.store import ModelStore
 
     ck = tmp_path / "random-n64.pth"
     torch.save(TCM(preset("official-small")).state_dict(), ck)
@@ -437,7 +437,7 @@ def test_output_replaced_atomically_keeps_mode_and_replaces_symlinks(capsys, sto
 
 def test_out_of_memory_is_one_line(capsys, store_args, tmp_path, monkeypatch):
     """torch's CPU allocator failure (a plain RuntimeError) is the image's size, not a bug."""
-    from service.codec import pipeline
+    from tcm_serve.codec import pipeline
 
     real = cpu_allocation_error()
 

@@ -6,8 +6,8 @@ import anyio
 import httpx
 import pytest
 
-from service.client import AsyncTcmClient, RemoteError, TcmClient
-from service.errors import ConfigError
+from tcm_serve.client import AsyncTcmClient, RemoteError, TcmClient
+from tcm_serve.errors import ConfigError
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(16)
 TCM = b"\x89TCM" + bytes(16)
@@ -87,6 +87,6 @@ def test_the_client_imports_without_torch():
     import subprocess
     import sys
 
-    code = "import sys, service.client; print(sorted(m for m in ('torch', 'numpy', 'PIL', 'onnxruntime') if m in sys.modules))"
+    code = "import sys, tcm_serve.client; print(sorted(m for m in ('torch', 'numpy', 'PIL', 'onnxruntime') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)

@@ -3,7 +3,7 @@
 Forward outputs within 1e-4, symbols and indexes identical, z/y strings byte-identical,
 decoding the reference strings reproduces decoded.npz / decoded.png, for the square and
 the non-square vector (the latter catches H/W swaps in window partitioning). Strings are
-the exact (version-1) path, compared with the kit's tables loaded (conftest.kit_tables).
+the exact (version-1) path, compared with the kit's tables loaded (helpers.kit_tables).
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import KIT_VECTORS, index_drift
-from service.codec.engine import CodedImage
-from service.errors import DriftError
-from service.codec.padding import crop, pad, padding_for, pixels_to_tensor, tensor_to_pixels
+from helpers import KIT_VECTORS, index_drift
+from tcm_serve.codec.engine import CodedImage
+from tcm_serve.errors import DriftError
+from tcm_serve.codec.padding import crop, pad, padding_for, pixels_to_tensor, tensor_to_pixels
 
 FLOAT_TOL = 1e-4
 
@@ -100,7 +100,7 @@ def test_decoding_reference_strings_reproduces_decoded(vector, kit_engine):
     version-1 strings cannot decode here, by design: the decoder must say so (DriftError),
     never return an image."""
     ref_syms = vector["internals"]
-    from service.codec.engine import symbols_crc32
+    from tcm_serve.codec.engine import symbols_crc32
 
     crc = symbols_crc32(ref_syms["z_symbols"], ref_syms["y_symbols"], ref_syms["y_indexes"])
     x_pad = _padded_input(vector)

@@ -1,4 +1,4 @@
-"""Tests for the .tcm container (service/codec/container.py, spec in docs/format.md).
+"""Tests for the .tcm container (tcm_serve/codec/container.py, spec in docs/format.md).
 
 The byte layout is re-declared here independently of the module (``SPEC``), straight from
 the table in docs/format.md, so a change to the module's struct that is not also a change
@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.codec import container as C
-from service.codec.container import (
+from tcm_serve.codec import container as C
+from tcm_serve.codec.container import (
     BACKENDS,
     FORMAT_VERSION,
     MAGIC,
@@ -35,8 +35,8 @@ from service.codec.container import (
     pack,
     unpack,
 )
-from service.codec.padding import padding_for
-from service.errors import FormatError, UnsupportedVersionError
+from tcm_serve.codec.padding import padding_for
+from tcm_serve.errors import FormatError, UnsupportedVersionError
 
 # --------------------------------------------------------------------------------------
 # The spec's byte table (docs/format.md), independent of the implementation
@@ -322,7 +322,7 @@ def test_header_fields_json(f):
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 65535), st.integers(1, 65535))
 def test_codec_padding_satisfies_the_reader_rules(w, h):
-    """The writer's padding (service.codec.padding) always passes the container's checks."""
+    """The writer's padding (tcm_serve.codec.padding) always passes the container's checks."""
     left, right, top, bottom = _canonical_padding(w, h)
     hdr = replace(
         BASE_HEADER,
@@ -725,7 +725,7 @@ def test_every_single_header_byte_with_recomputed_crc():
 # --------------------------------------------------------------------------------------
 def test_symbols_crc32_definition():
     """docs/format.md: CRC32 over z symbols, y symbols, y indexes as little-endian int32."""
-    from service.codec.engine import symbols_crc32
+    from tcm_serve.codec.engine import symbols_crc32
 
     z = np.array([[1, -2], [3, 4]], dtype=np.int32)
     y = np.arange(-5, 7, dtype=np.int32).reshape(2, 2, 3)
@@ -747,9 +747,9 @@ def test_decode_size_bounds_the_padded_tensor_as_the_encoder_does():
     against the limit, and the padded area (from the header's own padding) against the
     bound that goes with it, so a 1 x 65535 strip is refused although it has few pixels,
     and so is a small image a writer padded more than ours would."""
-    from service.codec.geometry import padded_size
-    from service.codec.pipeline import check_decode_size
-    from service.errors import ImageTooLargeError
+    from tcm_serve.codec.geometry import padded_size
+    from tcm_serve.codec.pipeline import check_decode_size
+    from tcm_serve.errors import ImageTooLargeError
 
     def header(width: int, height: int, pad: tuple[int, int, int, int] | None = None) -> TcmHeader:
         if pad is None:

@@ -40,9 +40,9 @@ from pathlib import Path
 import pytest
 import yaml  # the test extra installs it; a missing one must fail, not skip the whole file
 
-from service.codec.geometry import padded_pixel_limit
-from service.api.logs import CODEC_ROUTES
-from service.config import Settings
+from tcm_serve.codec.geometry import padded_pixel_limit
+from tcm_serve.api.logs import CODEC_ROUTES
+from tcm_serve.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -376,14 +376,14 @@ def test_dockerignore_sends_what_the_build_copies_and_nothing_heavy():
     sources = set()
     for stage in parse_dockerfile().values():
         sources.update(src for src, _ in copies(stage))
-    assert {"pyproject.toml", "setup.py", "README.md", "service/", "model_store/"} <= sources
+    assert {"pyproject.toml", "setup.py", "README.md", "tcm_serve/", "model_store/"} <= sources
     for src in sources:
         for path in ([src] if (ROOT / src).is_file() else [str(p.relative_to(ROOT)) for p in (ROOT / src).rglob("*.py")] + [str(p.relative_to(ROOT)) for p in (ROOT / src).glob("*.json")] + [str(p.relative_to(ROOT)) for p in (ROOT / src).glob("*.c")]):
             if "__pycache__" in path:
                 continue
             assert not _dockerignore_excludes(patterns, path), f"{path} is COPYed but .dockerignore drops it"
     for heavy in (".venv/bin/python", ".git/HEAD", "build/lib/x.so", "tests/test_deploy.py", "benchmarks/bench_rans.py",
-                  "service/codec/_rans.cpython-311-x86_64-linux-gnu.so", "service/__pycache__/x.pyc", "docs/deploy.md",
+                  "tcm_serve/codec/_rans.cpython-311-x86_64-linux-gnu.so", "tcm_serve/__pycache__/x.pyc", "docs/deploy.md",
                   "deploy/base/deployment.yaml", ".pytest_cache/v", "tcm.env"):
         assert _dockerignore_excludes(patterns, heavy), f"{heavy} would be sent to the build context"
 
@@ -690,7 +690,7 @@ def test_init_containers_fill_the_store_both_ways(overlay, tmp_path):
                                  (seed, {"/seed": str(volume), "/models": str(image_store)})):
             r = init(container, paths, source)
             assert r.returncode == 0, (container["name"], r.stdout, r.stderr)
-        listed = subprocess.run([sys.executable, "-m", "service.cli.main", "models", "list", "--store", str(volume)],
+        listed = subprocess.run([sys.executable, "-m", "tcm_serve.cli.main", "models", "list", "--store", str(volume)],
                                 capture_output=True, text=True, timeout=120, cwd=ROOT)
         assert listed.returncode == 0, listed.stderr
 

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import KIT_QUALITY, KODAK, make_png
-from service.cli.main import main
-from service.evaluation import baselines, published
-from service.evaluation.bdrate import BDError, bd_rate, pchip_eval, pchip_integral, pchip_slopes
-from service.evaluation.metrics import MS_SSIM_MIN_SIDE, gaussian_window, ms_ssim, psnr, ssim
-from service.evaluation.runner import (
+from helpers import KIT_QUALITY, KODAK, make_png
+from tcm_serve.cli.main import main
+from tcm_serve.evaluation import baselines, published
+from tcm_serve.evaluation.bdrate import BDError, bd_rate, pchip_eval, pchip_integral, pchip_slopes
+from tcm_serve.evaluation.metrics import MS_SSIM_MIN_SIDE, gaussian_window, ms_ssim, psnr, ssim
+from tcm_serve.evaluation.runner import (
     OURS, Curve, Measurement, bd_table, code_baseline, load_dataset, summarise,
 )
 
@@ -239,7 +239,7 @@ def test_published_points_from_the_kit(conformance_dir, tmp_path):
     assert small.bpp == tuple(sorted(small.bpp)) and small.bpp[0] == 0.161 and small.psnr[-1] == 37.96
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"results": {"Small": {"Kodak": {"PSNR": [30.0], "Bitrate": [0.1, 0.2]}}}}))
-    from service.errors import ConfigError
+    from tcm_serve.errors import ConfigError
 
     with pytest.raises(ConfigError, match="malformed"):
         published.curves(published.load(bad), "Kodak")

@@ -1,5 +1,5 @@
 """Hostile input (issue 7): fuzzing the .tcm decoder, awkward and mutated images through
-service.imageio and the API, and schemathesis against the service's own OpenAPI schema.
+tcm_serve.imageio and the API, and schemathesis against the service's own OpenAPI schema.
 
 The default run executes fixed-seed slices (derandomized hypothesis, the same cases every
 run); the slow tests and benchmarks/fuzz.py run the large counts reported in
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
-from conftest import KIT_QUALITY
+from helpers import KIT_QUALITY
 from fuzzing import (
     ODD_MAX_PIXELS,
     OddImage,
@@ -27,10 +27,10 @@ from fuzzing import (
     run_image_fuzz,
     run_tcm_fuzz,
 )
-from service.api import create_app
-from service.codec.container import unpack
-from service.config import load_settings
-from service.errors import ImageError, ImageTooLargeError, UnsupportedImageFormatError
+from tcm_serve.api import create_app
+from tcm_serve.codec.container import unpack
+from tcm_serve.config import load_settings
+from tcm_serve.errors import ImageError, ImageTooLargeError, UnsupportedImageFormatError
 
 ODD = odd_images()
 #: Resident memory a fuzz run may add at its peak (the decoder allocates per case; a leak
@@ -76,7 +76,7 @@ REFACTORED_SHAPES = [(1, 16), (2, 8), (8, 2), (16, 1)]
 
 @pytest.mark.parametrize("shape", REFACTORED_SHAPES)
 def test_header_geometry_the_networks_cannot_run_is_a_clean_error(fuzz_ctx, shape):
-    from service.errors import FormatError
+    from tcm_serve.errors import FormatError
 
     base = fuzz_ctx.bases[0]
     assert base.file.header.z_shape == (4, 4)
@@ -93,7 +93,7 @@ def test_tcm_fuzz_long(fuzz_ctx):
     _check_report(report, cases)
 
 
-# -- images through service.imageio ------------------------------------------------------------------------
+# -- images through tcm_serve.imageio ------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(ODD))
 def test_odd_images_through_imageio(name):
     check_odd_image(ODD[name])
@@ -143,7 +143,7 @@ STATUS_OF = {ImageTooLargeError: 413, UnsupportedImageFormatError: 415, ImageErr
 
 
 def test_odd_images_through_the_api(app):
-    """Every awkward image gets the answer service.imageio predicts: 200 with the displayed
+    """Every awkward image gets the answer tcm_serve.imageio predicts: 200 with the displayed
     size (EXIF orientation applied) and the right mode, or 400/413/415 with the error code."""
     names = sorted(ODD)
     responses = _post_all(app, [("/compress", ODD[n].data, {"drop_alpha": str(ODD[n].drop_alpha).lower()}) for n in names])

@@ -1,4 +1,4 @@
-"""The hints section of portable blobs (service/codec/hints.py, spec in docs/format.md)."""
+"""The hints section of portable blobs (tcm_serve/codec/hints.py, spec in docs/format.md)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.codec.hints import decode_hints, encode_hints
-from service.errors import FormatError
+from tcm_serve.codec.hints import decode_hints, encode_hints
+from tcm_serve.errors import FormatError
 
 N_SYMBOLS = 10**7
 N_TABLES = 64

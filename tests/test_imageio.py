@@ -1,4 +1,4 @@
-"""Tests for service.imageio: decoding guards, mode handling, PNG encoding and atomic writes.
+"""Tests for tcm_serve.imageio: decoding guards, mode handling, PNG encoding and atomic writes.
 
 All images are generated in memory with Pillow (plus one optional real Kodak PNG).
 """
@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps
 
-from service import imageio
-from service.errors import ImageError, ImageTooLargeError, TcmError, UnsupportedImageFormatError
-from service.imageio import (
+from tcm_serve import imageio
+from tcm_serve.errors import ImageError, ImageTooLargeError, TcmError, UnsupportedImageFormatError
+from tcm_serve.imageio import (
     ALLOWED_FORMATS,
     DEFAULT_MAX_PIXELS,
     DecodedImage,
@@ -854,7 +854,7 @@ def test_all_failures_are_tcm_errors():
 
 
 # ------------------------------------------------------------------------------------
-# Shapes the codec cannot take within the limit (service/codec/geometry.py)
+# Shapes the codec cannot take within the limit (tcm_serve/codec/geometry.py)
 
 def test_thin_strips_are_refused_before_decoding():
     """A 40,000,000 x 1 PNG is within a 40 MP limit but pads to a 10-gigapixel tensor; a
@@ -881,7 +881,7 @@ def test_every_image_no_thinner_than_a_square_fits_the_padded_bound(max_pixels, 
     """Any w x h <= max_pixels whose sides sum to at most a square's passes the guard."""
     from math import isqrt
 
-    from service.codec.geometry import MAX_SIDE, check_image_size
+    from tcm_serve.codec.geometry import MAX_SIDE, check_image_size
 
     w = max(1, min(MAX_SIDE, int(isqrt(max_pixels) * (0.5 + share))))
     h = max(1, min(MAX_SIDE, max_pixels // w, 2 * isqrt(max_pixels) - w))

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from conftest import KIT_CHECKPOINT, kit_model
-from service.codec.engine import prepare_entropy_tables
-from service.errors import CheckpointError, ConfigError
-from service.model.checkpoint import TABLE_BUFFERS, load_into, read_state_dict
-from service.model.config import PRESETS, TCMConfig, preset
-from service.model.tcm import TCM
+from helpers import KIT_CHECKPOINT, kit_model
+from tcm_serve.codec.engine import prepare_entropy_tables
+from tcm_serve.errors import CheckpointError, ConfigError
+from tcm_serve.model.checkpoint import TABLE_BUFFERS, load_into, read_state_dict
+from tcm_serve.model.config import PRESETS, TCMConfig, preset
+from tcm_serve.model.tcm import TCM
 
 
 def _layout(manifest: dict) -> list[tuple[str, tuple[int, ...]]]:
@@ -208,7 +208,7 @@ def test_missing_file(tmp_path):
 def test_window_attention_training_path_equals_inference_path(shifted):
     """Training runs attention out of place (cheaper backward), inference in place; both
     must compute the same function, or a model would be trained for one net and run another."""
-    from service.model.layers import WMSA
+    from tcm_serve.model.layers import WMSA
 
     torch.manual_seed(0)
     attn = WMSA(32, 32, head_dim=8, window_size=8, shifted=shifted)

@@ -25,15 +25,15 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import KIT_QUALITY, KIT_VECTORS, make_png
-from service.codec.container import TcmFile, pack, unpack
-from service.codec.engine import CodedImage, symbols_crc32
-from service.codec.onnx_graphs import GraphSet, ensure_graphs, graph_names, parity_report
-from service.codec.padding import crop, pad, padding_for, pixels_to_tensor, tensor_to_pixels
-from service.codec.pipeline import compress_images, decompress_blob, load_model, store_resolver
-from service.errors import BackendMismatchError, DriftError
-from service.imageio import decode_image
-from service.store import ModelStore
+from helpers import KIT_QUALITY, KIT_VECTORS, make_png
+from tcm_serve.codec.container import TcmFile, pack, unpack
+from tcm_serve.codec.engine import CodedImage, symbols_crc32
+from tcm_serve.codec.onnx_graphs import GraphSet, ensure_graphs, graph_names, parity_report
+from tcm_serve.codec.padding import crop, pad, padding_for, pixels_to_tensor, tensor_to_pixels
+from tcm_serve.codec.pipeline import compress_images, decompress_blob, load_model, store_resolver
+from tcm_serve.errors import BackendMismatchError, DriftError
+from tcm_serve.imageio import decode_image
+from tcm_serve.store import ModelStore
 
 STAGE_TOL = 1e-4
 CPU = torch.device("cpu")
@@ -113,7 +113,7 @@ def test_cached_graphs_are_reused_and_new_weights_get_new_graphs(kit_store, onnx
 def test_tampered_graph_fails_verification(kit_store, onnx_dir, tmp_path):
     import shutil
 
-    from service.errors import StoreError
+    from tcm_serve.errors import StoreError
 
     entry = ModelStore(kit_store).entry(KIT_QUALITY)
     gs = GraphSet.for_entry(entry, onnx_dir)
@@ -130,7 +130,7 @@ def test_tampered_graph_fails_verification(kit_store, onnx_dir, tmp_path):
 @pytest.mark.slow
 def test_cli_export_onnx_reports_up_to_date(kit_store, onnx_dir):
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli.main", "export-onnx", "--store", str(kit_store), "--out", str(onnx_dir)],
+        [sys.executable, "-m", "tcm_serve.cli.main", "export-onnx", "--store", str(kit_store), "--out", str(onnx_dir)],
         capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr
@@ -219,7 +219,7 @@ def test_cli_refuses_cross_backend_decode(kit_store, blobs, tmp_path):
     (tmp_path / "a.tcm").write_bytes(blobs["onnx"].blob)
     env = {k: v for k, v in os.environ.items() if k != "TCM_BACKEND"}
     bad = subprocess.run(
-        [sys.executable, "-m", "service.cli.main", "decompress", str(tmp_path / "a.tcm"), "--store", str(kit_store),
+        [sys.executable, "-m", "tcm_serve.cli.main", "decompress", str(tmp_path / "a.tcm"), "--store", str(kit_store),
          "--backend", "torch"], capture_output=True, text=True, timeout=300, env=env,
     )
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
@@ -248,8 +248,8 @@ def test_onnx_and_torch_rates_agree(blobs):
 
 # -- the service -------------------------------------------------------------------------------------
 def test_service_settings_select_the_onnx_backend(kit_store, onnx_dir, blobs):
-    from service.config import load_settings
-    from service.runtime.pool import WorkerPool
+    from tcm_serve.config import load_settings
+    from tcm_serve.runtime.pool import WorkerPool
 
     pool = WorkerPool(load_settings(store=str(kit_store), devices="cpu", backend="onnx", onnx_dir=str(onnx_dir)))
     pool.start()

@@ -23,22 +23,22 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CONFORMANCE, KIT_QUALITY, kit_model
-from service.codec import portable
-from service.codec.container import pack, unpack
-from service.codec.engine import Engine
-from service.codec.hints import decode_hints
-from service.codec.pipeline import (
+from helpers import CONFORMANCE, KIT_QUALITY, kit_model
+from tcm_serve.codec import portable
+from tcm_serve.codec.container import pack, unpack
+from tcm_serve.codec.engine import Engine
+from tcm_serve.codec.hints import decode_hints
+from tcm_serve.codec.pipeline import (
     coded_image,
     compress_images,
     decompress_blob,
     load_model,
 )
-from service.codec.padding import pad, padding_for, pixels_to_tensor
-from service.errors import BitstreamError, DriftError, FormatError, StoreError
-from service.imageio import read_image
-from service.model.tcm import SliceParams
-from service.store import DEFAULT_STORE, ModelStore
+from tcm_serve.codec.padding import pad, padding_for, pixels_to_tensor
+from tcm_serve.errors import BitstreamError, DriftError, FormatError, StoreError
+from tcm_serve.imageio import read_image
+from tcm_serve.model.tcm import SliceParams
+from tcm_serve.store import DEFAULT_STORE, ModelStore
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 CPU = torch.device("cpu")
@@ -156,7 +156,7 @@ def test_photos_decode_with_other_thread_counts(k, lite, photo_blobs, photo_refe
 
 
 def test_photos_decode_in_a_batch_of_four(lite, photo_blobs, photo_reference):
-    from service.runtime import decompress_batch
+    from tcm_serve.runtime import decompress_batch
 
     for out, (_, pixels) in zip(decompress_batch(lite, photo_blobs), photo_reference):
         assert np.abs(out.pixels.astype(int) - pixels.astype(int)).max() <= 1
@@ -290,7 +290,7 @@ def test_shipped_margin_tolerates_its_claim_on_a_real_photo(lite, photo_blobs, p
 
 def _blob_of(engine: Engine, coded) -> bytes:
     """A .tcm blob around ``coded`` (coffee-140x260 geometry) for decode_latent via unpack."""
-    from service.codec.container import TcmFile, TcmHeader
+    from tcm_serve.codec.container import TcmFile, TcmHeader
 
     p = padding_for(140, 260)
     header = TcmHeader(

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from service.codec import _rans
-from service.codec.rans import EntropyTable, RansDecoder, encode, quantize_cdf
-from service.errors import BitstreamError
+from tcm_serve.codec import _rans
+from tcm_serve.codec.rans import EntropyTable, RansDecoder, encode, quantize_cdf
+from tcm_serve.errors import BitstreamError
 
 VECTORS = ["coffee-136x200", "coffee-140x260"]
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1

@@ -41,15 +41,15 @@ import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import KIT_QUALITY, make_png
-from service.api import create_app
-from service.client import TcmClient
-from service.codec.container import BACKENDS, pack, unpack
-from service.codec.pipeline import decompress_blob, load_model
-from service.config import load_settings
-from service.errors import BitstreamError, DriftError, StoreError
-from service.runtime import pool as pool_module
-from service.store import MANIFEST, ModelStore
+from helpers import KIT_QUALITY, make_png
+from tcm_serve.api import create_app
+from tcm_serve.client import TcmClient
+from tcm_serve.codec.container import BACKENDS, pack, unpack
+from tcm_serve.codec.pipeline import decompress_blob, load_model
+from tcm_serve.config import load_settings
+from tcm_serve.errors import BitstreamError, DriftError, StoreError
+from tcm_serve.runtime import pool as pool_module
+from tcm_serve.store import MANIFEST, ModelStore
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BODY = 300_000
@@ -322,11 +322,11 @@ def test_tcm_serve_exits_3_when_the_pool_gives_up(kit_store, tmp_path):
 
     script = (
         "import sys\n"
-        "from service.runtime import pool\n"
+        "from tcm_serve.runtime import pool\n"
         "def broken(*a, **k):\n"
         "    raise RuntimeError('injected load failure')\n"
         "pool.load_model = broken\n"
-        "from service.cli.main import main\n"
+        "from tcm_serve.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
@@ -448,7 +448,7 @@ def test_tcm_serve_refuses_a_corrupt_checkpoint_in_one_line(broken_store):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
-    r = subprocess.run([sys.executable, "-m", "service.cli.main", "serve", "--store", str(root), "--devices", "cpu",
+    r = subprocess.run([sys.executable, "-m", "tcm_serve.cli.main", "serve", "--store", str(root), "--devices", "cpu",
                         "--port", str(port)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert r.returncode == 1, r.stderr
     lines = r.stderr.strip().splitlines()
@@ -554,7 +554,7 @@ def test_decoder_with_drifted_entropy_parameters_never_returns_a_wrong_image(
     encoder's (the checksum matched), an image within rounding of the true one. Tiny drift
     must still decode (the codec tolerates float noise); large drift must be refused (else
     the refusal path is never exercised); in between either is fine."""
-    from service.codec.engine import Engine
+    from tcm_serve.codec.engine import Engine
 
     model = ModelStore(kit_store).load_model(ModelStore(kit_store).entries()[0])
     gen = torch.Generator().manual_seed(3)
@@ -707,7 +707,7 @@ def test_blobs_decode_identically_through_api_client_and_cli_under_load(server, 
     for k, b in blobs.items():
         (tmp_path / "in" / f"{k}.tcm").write_bytes(b)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
-    r = subprocess.run([sys.executable, "-m", "service.cli.main", "decompress", str(tmp_path / "in"), "-o",
+    r = subprocess.run([sys.executable, "-m", "tcm_serve.cli.main", "decompress", str(tmp_path / "in"), "-o",
                         str(tmp_path / "out"), "--store", str(kit_store), "--device", "cpu"],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr

@@ -13,13 +13,13 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from conftest import KIT_QUALITY
-from service.cli.main import main
-from service.codec.container import HEADER_SIZE, pack, unpack
-from service.codec.pipeline import compress_images, decompress_blob, load_model, store_resolver
-from service.errors import DriftError, FormatError, ModelNotFoundError, TcmError
-from service.imageio import DecodedImage
-from service.store import ModelStore
+from helpers import KIT_QUALITY
+from tcm_serve.cli.main import main
+from tcm_serve.codec.container import HEADER_SIZE, pack, unpack
+from tcm_serve.codec.pipeline import compress_images, decompress_blob, load_model, store_resolver
+from tcm_serve.errors import DriftError, FormatError, ModelNotFoundError, TcmError
+from tcm_serve.imageio import DecodedImage
+from tcm_serve.store import ModelStore
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_huge_claimed_size_refused_before_decoding(codec):
 
     f = unpack(blob)
 
-    from service.codec.padding import padding_for
+    from tcm_serve.codec.padding import padding_for
 
     w = h = 60000
     p = padding_for(h, w)

@@ -15,9 +15,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from servers import START_TIMEOUT_S, Server, free_port
-from service.client import ConnectionFailedError, TcmClient
-from service.codec.container import unpack
-from service.errors import ImageError
+from tcm_serve.client import ConnectionFailedError, TcmClient
+from tcm_serve.codec.container import unpack
+from tcm_serve.errors import ImageError
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_parallel_mixed_requests_equal_sequential(server, service_images):
 def test_remote_cli_mirrors_local(server, service_images, tmp_path):
     src = tmp_path / "a.png"
     src.write_bytes(service_images["rgb200x136"])
-    cmd = [sys.executable, "-m", "service.cli.main", "remote"]
+    cmd = [sys.executable, "-m", "tcm_serve.cli.main", "remote"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
     r = subprocess.run(cmd + ["compress", "--url", server.url, str(src), "-q", "2"], capture_output=True, text=True,
                        env=env, timeout=120)

@@ -8,8 +8,8 @@ changes the row's total, and the integer rescaling then moves every symbol's fre
 (the step between two CDF entries) by one count, the escape bin at the end of the row
 taking up the sum. These tests allow exactly that: one count per symbol frequency (a
 cumulative entry then differs by as many counts as there are steps before it). That is why tables are stored with the
-model and never rebuilt at load (service/store.py), and why bitstreams are compared with
-the kit's tables loaded (tests/conftest.py: kit_tables).
+model and never rebuilt at load (tcm_serve/store.py), and why bitstreams are compared with
+the kit's tables loaded (tests/helpers.py: kit_tables).
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from service.codec.rans import EntropyTable, RansDecoder, encode
-from service.codec.tables import (
+from tcm_serve.codec.rans import EntropyTable, RansDecoder, encode
+from tcm_serve.codec.tables import (
     bottleneck_table,
     build_indexes,
     default_scale_table,

@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from service.errors import ConfigError
-from service.model.config import PRESETS, preset
-from service.model.tcm import TCM
-from service.store import ModelStore
-from service.training.data import load_sources, random_batch
-from service.training.trainer import CHECKPOINT, Trainer, TrainConfig
+from tcm_serve.errors import ConfigError
+from tcm_serve.model.config import PRESETS, preset
+from tcm_serve.model.tcm import TCM
+from tcm_serve.store import ModelStore
+from tcm_serve.training.data import load_sources, random_batch
+from tcm_serve.training.trainer import CHECKPOINT, Trainer, TrainConfig
 
-from conftest import SHARED
+from helpers import SHARED
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_resume_refuses_a_different_run(photo_dir, tmp_path):
 def test_a_fine_tune_from_a_file_with_entropy_tables_resumes_exactly(photo_dir, tmp_path):
     """Store files carry the coder's CDF tables; a run started from one (--init) must
     resume (the tables' buffers are sized from the checkpoint) and stay exact."""
-    from service.codec.engine import prepare_entropy_tables
+    from tcm_serve.codec.engine import prepare_entropy_tables
 
     torch.set_num_threads(1)
     torch.manual_seed(3)
@@ -166,7 +166,7 @@ def test_train_import_half_and_code(photo_dir, tmp_path):
     """The CLI end to end: train 2 steps, import in float16 (training record and lambda
     come along), then a Kodak crop round-trips through compress/decompress."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "service.cli.main"]
+    cmd = [sys.executable, "-m", "tcm_serve.cli.main"]
     r = subprocess.run(cmd + ["train", str(photo_dir), "--out", str(run), "--lambda", "0.02", "--steps", "2",
                               "--batch-size", "1", "--threads", "1", "--val", str(SHARED / "data" / "kodak"), "--val-count", "1",
                               "--val-every", "1"], capture_output=True, text=True, timeout=300)
@@ -190,7 +190,7 @@ def test_train_import_half_and_code(photo_dir, tmp_path):
     assert saved["gaussian_conditional.scale_table"].dtype == torch.float32
     # The tables were built from the float16-rounded weights: rebuilding them at load
     # gives the same buffers.
-    from service.codec.engine import prepare_entropy_tables
+    from tcm_serve.codec.engine import prepare_entropy_tables
 
     model = ModelStore(store).load_model(entry)
     before = {k: v.clone() for k, v in model.state_dict().items() if "cdf" in k or "offset" in k}
@@ -210,7 +210,7 @@ def test_train_import_half_and_code(photo_dir, tmp_path):
 
 
 def test_train_cli_errors_are_one_line(photo_dir, tmp_path):
-    cmd = [sys.executable, "-m", "service.cli.main", "train"]
+    cmd = [sys.executable, "-m", "tcm_serve.cli.main", "train"]
     for args, needle in [
         ([str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--lambda", "0.01", "--steps", "1"], "not found"),
         ([str(photo_dir), "--out", str(tmp_path / "o"), "--lambda", "0.01", "--steps", "1", "--crop", "128"], "at least 256"),
@@ -240,7 +240,7 @@ def test_train_cli_errors_are_one_line(photo_dir, tmp_path):
 
 
 def test_training_curve_reads_resumed_logs_and_moves_psnr_along_the_tangent(tmp_path):
-    from service.training import curve
+    from tcm_serve.training import curve
 
     log = tmp_path / "train.log"
     recs = [
@@ -273,7 +273,7 @@ def test_training_curve_reads_resumed_logs_and_moves_psnr_along_the_tangent(tmp_
 def test_training_curve_chains_runs_that_continue_each_other(tmp_path):
     """`tcm train-curve A B`: B started from A's final weights, so B's steps count on from
     A's last step; one lambda for the whole curve, or a one-line error."""
-    from service.training import curve
+    from tcm_serve.training import curve
 
     first = ([curve.TrainPoint(10, 5.0, 0.5, 24.0, 1.0), curve.TrainPoint(2018, 4.0, 0.4, 24.5, 1.0)],
              [curve.ValPoint(2000, 0.38, 24.5, 4)])
@@ -285,7 +285,7 @@ def test_training_curve_chains_runs_that_continue_each_other(tmp_path):
     train, val = curve.chain([first, second], [2021, None])
     assert [t.step for t in train] == [10, 2018, 2031] and [v.step for v in val] == [2000, 2271]
 
-    cmd = [sys.executable, "-m", "service.cli.main", "train-curve"]
+    cmd = [sys.executable, "-m", "tcm_serve.cli.main", "train-curve"]
     for name, lmbda, recs in [("a", 0.013, [{"step": 100, "val": {"bpp": 0.4, "psnr": 24.0, "images": 4}}]),
                               ("b", 0.013, [{"step": 50, "val": {"bpp": 0.4, "psnr": 25.0, "images": 4}}]),
                               ("c", 0.08, [{"step": 50, "val": {"bpp": 0.8, "psnr": 26.0, "images": 4}}])]:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from servers import Server
-from service.store import DEFAULT_STORE
+from tcm_serve.store import DEFAULT_STORE
 
 def _working_chromium() -> str | None:
     """Debian's chromium, if it runs (Ubuntu's chromium-browser can be a snap stub that does not)."""
@@ -168,7 +168,7 @@ def test_errors_show_the_apis_message(page, web_server, tmp_path):
     assert page.inner_text("#error") == expected
 
     big = tmp_path / "big.png"
-    from conftest import make_png
+    from helpers import make_png
 
     big.write_bytes(make_png(800, 1000))  # 800,000 pixels, over the server's 500,000
     page.set_input_files("#file", str(big))

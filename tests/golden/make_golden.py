@@ -33,12 +33,12 @@ GOLDEN = (
 def main() -> None:
     import torch
 
-    from conftest import CONFORMANCE, kit_store_at
-    from service.codec.pipeline import coded_image, compress_images, decompress_blob, load_model
-    from service.codec.container import unpack
-    from service.codec.hints import decode_hints
-    from service.imageio import read_image, write_png
-    from service.store import DEFAULT_STORE, ModelStore
+    from helpers import CONFORMANCE, kit_store_at
+    from tcm_serve.codec.pipeline import coded_image, compress_images, decompress_blob, load_model
+    from tcm_serve.codec.container import unpack
+    from tcm_serve.codec.hints import decode_hints
+    from tcm_serve.imageio import read_image, write_png
+    from tcm_serve.store import DEFAULT_STORE, ModelStore
 
     torch.set_num_threads(2)
     cpu = torch.device("cpu")

@@ -1,0 +1,490 @@
+"""Latent-level TCM codec: padded image tensors <-> two entropy-coded byte strings.
+
+Two kinds of strings (the ``.tcm`` format's versions, ``docs/format.md``):
+
+* **portable** (version 2, the default): the entropy parameters run in float64 and close
+  calls travel as hints, so every machine decodes them (:mod:`tcm_serve.codec.portable`);
+* **exact** (version 1): the reference's own ``compress()`` strings, byte for byte, which
+  decode only where the entropy parameters are reproduced bit for bit.
+
+This is the reference ``compress()`` / ``decompress()`` reorganised for serving:
+
+* batch-capable: a batch of same-size images runs through the analysis/synthesis
+  transforms together and every image still gets its own z and y strings (the reference
+  codes one y string per batch, which is why it only supports batch 1); see the batching
+  policy note below for why the entropy-parameter path runs per image;
+* split into a tensor stage (:meth:`Engine.analyse`, device work) and a range-coding stage
+  (:func:`encode_symbols`, CPU, GIL released) so that a server can overlap them;
+* vectorised: symbols and indexes leave the device once per slice as int32 arrays; no
+  Python per-symbol loops, no ``.tolist()``.
+
+Exact strings are byte-identical to the reference for the same padded input.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import zlib
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import BackendMismatchError, BitstreamError, DriftError, FormatError
+from ..model.tcm import TCM
+from .backends import Stages, TorchStages
+from .container import PORTABLE, PORTABLE_METHODS
+from .hints import decode_hints, encode_hints
+from .portable import DTYPE as PORTABLE_DTYPE
+from .portable import NO_HINTS, ExactIndexes, PortableIndexes
+from .rans import EntropyTable, RansDecoder, encode
+from .tables import bottleneck_table, default_scale_table, gaussian_table
+
+#: Spatial downsampling of y and z relative to the (padded) image.
+Y_STRIDE = 16
+Z_STRIDE = 64
+
+
+#: Thread counts a version-1 blob is retried with when it does not decode with the current
+#: one (commonest first), then the machine's core count: torch's kernels split work by
+#: thread count, and the last bits of the entropy parameters, hence a version-1 blob's
+#: decodability, depend on the split. The CLI tries them all; the service a few (each
+#: retry costs a full entropy-parameter pass, and anyone can send a CRC-valid bad blob).
+V1_RETRY_THREADS = (1, 2, 4, 8, 3, 6, 16, 12)
+SERVICE_V1_RETRY_THREADS = (1, 2, 4)
+#: Hints store a table index in one byte (docs/format.md); official models have 64 tables.
+MAX_GAUSSIAN_TABLES = 256
+
+
+@dataclass
+class ImageSymbols:
+    """Everything the range coder needs for one image, as flat int32 arrays."""
+
+    z_symbols: np.ndarray  # (192 * zH * zW,), channel-major
+    y_symbols: np.ndarray  # (320 * yH * yW,), slice 0 channel-major, then slice 1, ...
+    y_indexes: np.ndarray  # Gaussian table index of each y symbol
+    #: The header's ``backend``: PORTABLE, or the exact backend that computed the indexes
+    #: (``None``: the engine's own exact backend, as for :class:`CodedImage`).
+    method: str | None = None
+    #: Portable only: positions (in the y symbol list) and indexes of the close calls.
+    hint_positions: np.ndarray = field(default_factory=lambda: NO_HINTS[0])
+    hint_indexes: np.ndarray = field(default_factory=lambda: NO_HINTS[1])
+
+    def checksum(self) -> int:
+        """CRC32 of z symbols, y symbols and y indexes (int32 little-endian), stored in the
+        container so that a decoder whose entropy parameters drifted fails loudly."""
+        return symbols_crc32(self.z_symbols, self.y_symbols, self.y_indexes)
+
+    def sha256(self) -> str:
+        """SHA-256 of the same bytes as :meth:`checksum`: the symbols' identity where a CRC is
+        too weak to stand for them (the golden blobs' records, tests/golden)."""
+        h = hashlib.sha256()
+        for buf in _le_int32(self.z_symbols, self.y_symbols, self.y_indexes):
+            h.update(buf)
+        return h.hexdigest()
+
+
+@dataclass
+class CodedImage:
+    z_string: bytes
+    y_string: bytes
+    symbols_crc32: int
+    #: The header's ``backend``: PORTABLE (decodes anywhere), or the exact backend that
+    #: computed the entropy parameters (decoded with the same one or refused); ``None``
+    #: means the engine's own exact backend.
+    backend: str | None = None
+    #: Portable only: the hints section (tcm_serve.codec.hints).
+    hints: bytes = b""
+
+    @property
+    def portable(self) -> bool:
+        return self.backend in PORTABLE_METHODS
+
+
+def _le_int32(*arrays: np.ndarray) -> Iterator[memoryview]:
+    """Each array's values as little-endian int32 bytes (docs/format.md, symbols_crc32)."""
+    for a in arrays:
+        yield np.ascontiguousarray(a, dtype="<i4").data
+
+
+def symbols_crc32(*arrays: np.ndarray) -> int:
+    crc = 0
+    for buf in _le_int32(*arrays):
+        crc = zlib.crc32(buf, crc)
+    return crc
+
+
+def backend_mismatch_message(wanted: str, have: tuple[str, ...]) -> str:
+    """One line: which backend a blob needs, which this decoder has, and how to get it."""
+    kind, _, device = wanted.partition("-")
+    return (
+        f"the blob's entropy parameters were computed with {wanted}, but this decoder computes them with "
+        f"{' or '.join(have)}, which may differ in the last bits and decode wrongly: decode it with "
+        f"--backend {kind} --device {device} (service: TCM_BACKEND={kind}, TCM_DEVICES={device})"
+    )
+
+
+def _to_numpy_i32(t: Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.int32).contiguous().numpy()
+
+
+def v1_drift_message(backend: str, tried: list[int]) -> str:
+    """One line for a version-1 blob that no thread count here decodes: what it is, what to do."""
+    return (
+        f"entropy-parameter drift: this version-1 (exact) blob's entropy parameters were computed by {backend} "
+        f"on hardware or with a thread count whose last bits this machine does not reproduce (tried "
+        f"{', '.join(map(str, tried))} threads). Decode it where it was made (same CPU type, backend and "
+        "thread count) and re-encode it as a portable blob (version 2, the default), which decodes anywhere"
+    )
+
+
+class IndexRule(Protocol):
+    """How one image's Gaussian table indexes are decided (:mod:`tcm_serve.codec.portable`)."""
+
+    def encoder_indexes(self, offset: int, scale: Tensor) -> np.ndarray: ...
+    def decoder_indexes(self, offset: int, scale: Tensor) -> np.ndarray: ...
+    @property
+    def hint_positions(self) -> np.ndarray: ...
+    @property
+    def hint_indexes(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class EntropyPath:
+    """Where and in what precision entropy parameters are computed: the stages that run the
+    hyper-synthesis, slice networks and LRP, with the z medians and the scale table in the
+    path's dtype on its device."""
+
+    name: str  # the header's backend: PORTABLE or an exact backend
+    stages: Stages
+    device: torch.device
+    dtype: torch.dtype
+    medians: Tensor  # (1, C, 1, 1)
+    scale_table: Tensor
+
+    def rule(self, hints: tuple[np.ndarray, np.ndarray] | None = None) -> IndexRule:
+        if self.name in PORTABLE_METHODS:
+            return PortableIndexes(self.scale_table, hints)
+        return ExactIndexes(self.scale_table)
+
+    def z_hat(self, z_symbols: Tensor) -> Tensor:
+        return z_symbols.to(self.device, self.dtype) + self.medians
+
+
+def _table_from_buffers(module: torch.nn.Module) -> EntropyTable | None:
+    if module._quantized_cdf.numel() == 0:
+        return None
+    table = EntropyTable(
+        cdf=_to_numpy_i32(module._quantized_cdf),
+        cdf_length=_to_numpy_i32(module._cdf_length).reshape(-1),
+        offset=_to_numpy_i32(module._offset).reshape(-1),
+    )
+    table.validate()
+    return table
+
+
+def _store_table(module: torch.nn.Module, table: EntropyTable) -> None:
+    device = module._offset.device
+    module._quantized_cdf = torch.from_numpy(table.cdf.copy()).to(device)
+    module._cdf_length = torch.from_numpy(table.cdf_length.copy()).to(device)
+    module._offset = torch.from_numpy(table.offset.copy()).to(device)
+
+
+def prepare_entropy_tables(model: TCM) -> tuple[EntropyTable, EntropyTable, Tensor]:
+    """The reference ``update()``: build the z and y tables unless the checkpoint already
+    holds them (then, like the reference, keep the stored ones). Returns (z table,
+    y table, scale table) and writes them into the model's buffers."""
+    eb, gc = model.entropy_bottleneck, model.gaussian_conditional
+    with torch.no_grad():
+        z_table = _table_from_buffers(eb)
+        if z_table is None:
+            cpu = lambda ts: [t.detach().float().cpu() for t in ts]  # noqa: E731
+            z_table = bottleneck_table(eb.quantiles.detach().cpu(), cpu(eb.matrices()), cpu(eb.biases()), cpu(eb.factors()))
+            _store_table(eb, z_table)
+        y_table = _table_from_buffers(gc)
+        if y_table is None or gc.scale_table.numel() == 0:
+            scale_table = default_scale_table()
+            y_table = gaussian_table(scale_table)
+            gc.scale_table = scale_table.to(gc.scale_table.device)
+            _store_table(gc, y_table)
+    if z_table.cdf.shape[0] != eb.channels:
+        raise BitstreamError(f"z table has {z_table.cdf.shape[0]} rows for {eb.channels} channels")
+    if y_table.cdf.shape[0] != gc.scale_table.numel():
+        raise BitstreamError(f"y table has {y_table.cdf.shape[0]} rows for {gc.scale_table.numel()} scales")
+    return z_table, y_table, gc.scale_table.detach().clone()
+
+
+class Engine:
+    """A loaded TCM model with its entropy tables, ready to code latents.
+
+    Construct once per model and device; it is stateless per request, so one engine may
+    serve consecutive batches (but not concurrent calls from several threads at once on the
+    same device: the caller serialises device work).
+
+    ``stages`` runs the networks (default: the model itself on ``device``, the exact path;
+    see :mod:`tcm_serve.codec.backends`). Its ``name`` is what the engine's exact strings
+    record as the backend of their entropy parameters. ``decode_paths`` are further stages
+    this engine can decode exact strings with, for strings whose entropy parameters another
+    backend computed (e.g. an ONNX engine also decodes ``torch-cpu`` strings with the model
+    itself). Portable strings compute their entropy parameters with a float64 copy of the
+    model on ``portable_device`` (default ``device``), built on first use. Exact strings
+    that fail to decode are retried with ``v1_retry_threads`` (then the core count).
+    """
+
+    def __init__(
+        self,
+        model: TCM,
+        device: torch.device,
+        stages: Stages | None = None,
+        decode_paths: tuple[Stages, ...] = (),
+        portable_device: torch.device | None = None,
+        v1_retry_threads: tuple[int, ...] = V1_RETRY_THREADS,
+    ) -> None:
+        self.model = model.eval().to(device)
+        self.device = device
+        self.cfg = model.cfg
+        self.stages: Stages = stages if stages is not None else TorchStages(self.model, device)
+        self._decode_paths: dict[str, Stages] = {s.name: s for s in (*decode_paths, self.stages)}
+        self.z_table, self.y_table, scale_table = prepare_entropy_tables(self.model)
+        if self.y_table.num_tables > MAX_GAUSSIAN_TABLES:
+            raise BitstreamError(
+                f"the model has {self.y_table.num_tables} Gaussian tables; at most {MAX_GAUSSIAN_TABLES} can be "
+                "coded (a portable blob's hints hold a table index in one byte)"
+            )
+        self.scale_table = scale_table.to(device)
+        medians = self.model.entropy_bottleneck.medians().detach()
+        self.z_medians = medians.reshape(1, -1, 1, 1).to(device)
+        self.z_channels = medians.shape[0]
+        self.portable_device = portable_device or device
+        self.v1_retry_threads = tuple(v1_retry_threads)
+        self._portable: EntropyPath | None = None
+        self._portable_lock = threading.Lock()
+
+    # -- backends ------------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """What computes this engine's exact entropy parameters (recorded in version-1 headers)."""
+        return self.stages.name
+
+    @property
+    def decodable_backends(self) -> tuple[str, ...]:
+        return (*self._decode_paths, *PORTABLE_METHODS)
+
+    @property
+    def portable_path(self) -> EntropyPath:
+        """The float64 entropy-parameter path (a copy of the entropy networks, built once)."""
+        with self._portable_lock:
+            if self._portable is None:
+                dev, copy = self.portable_device, self.model.entropy_copy(PORTABLE_DTYPE, self.portable_device)
+                self._portable = EntropyPath(
+                    PORTABLE, TorchStages(copy, dev), dev, PORTABLE_DTYPE,
+                    self.z_medians.to(dev, PORTABLE_DTYPE), self.scale_table.to(dev, PORTABLE_DTYPE),
+                )
+            return self._portable
+
+    def entropy_path(self, backend: str | None) -> EntropyPath:
+        """The path that computes entropy parameters as a blob's ``backend`` needs, or
+        :class:`BackendMismatchError`: exact (version-1) strings need the very backend that
+        made them, since other stages differ in the last bits, which can move a table index
+        and make the range decoder read the wrong symbols."""
+        if backend in PORTABLE_METHODS:
+            return self.portable_path
+        stages = self.stages if backend is None else self._decode_paths.get(backend)
+        if stages is None:
+            raise BackendMismatchError(backend_mismatch_message(backend, tuple(self._decode_paths)))
+        return EntropyPath(stages.name, stages, self.device, torch.float32, self.z_medians, self.scale_table)
+
+    # -- compress ---------------------------------------------------------------------------
+    # Batching policy: only the analysis (g_a) and synthesis (g_s) transforms run on the
+    # whole batch. Everything the decoder recomputes (hyper-synthesis, SWAtten + slice
+    # networks, LRP) runs one image at a time on both sides: in float32 those kernels are
+    # not batch-invariant on CPU (differences of ~1e-7 between batch 1 and batch 3,
+    # measured), and an exact blob's index that moved across a rounding boundary would make
+    # an image encoded in one batch undecodable in another. h_a is encoder-only but also runs
+    # per image, so that batched output equals one-at-a-time output byte for byte.
+    @torch.no_grad()
+    def analyse(self, x: Tensor, portable: bool = True) -> list[ImageSymbols]:
+        """Padded batch (B, 3, H, W) in [0, 1] -> per-image symbols and indexes, for portable
+        (version 2) or exact (version 1, the reference's) strings."""
+        self._check_padded(x)
+        y = self.stages.g_a(x.to(self.device))
+        return [self.analyse_latent(y[k : k + 1], portable) for k in range(y.shape[0])]
+
+    @torch.no_grad()
+    def analyse_latent(self, y: Tensor, portable: bool = True) -> ImageSymbols:
+        """One image's latent y (1, M, yH, yW) from ``g_a`` -> its symbols and indexes
+        (h_a, then the slice chain on the portable or the exact entropy path)."""
+        return self._analyse_latent(y, self.entropy_path(PORTABLE if portable else None))
+
+    def _analyse_latent(self, y: Tensor, path: EntropyPath) -> ImageSymbols:
+        z = self.stages.h_a(y)
+        z_sym = torch.round(z - self.z_medians).to(torch.int32)
+        latent_means, latent_scales = path.stages.hyper_synthesis(path.z_hat(z_sym))
+        rule = path.rule()
+        y = y.to(path.device, path.dtype)
+        decoded: list[Tensor] = []
+        sym_slices, idx_slices, offset = [], [], 0
+        last = self.cfg.num_slices - 1
+        for i, y_slice in enumerate(y.chunk(self.cfg.num_slices, 1)):
+            p = path.stages.slice_params(i, latent_means, latent_scales, decoded)
+            idx_slices.append(rule.encoder_indexes(offset, p.scale))
+            y_q = torch.round(y_slice - p.mu)
+            sym_slices.append(_to_numpy_i32(y_q).reshape(-1))
+            if i < last:  # the last slice's refined latent conditions nothing the encoder codes
+                decoded.append(path.stages.refine(i, p.mean_support, y_q + p.mu))
+            offset += y_slice.numel()
+        return ImageSymbols(
+            _to_numpy_i32(z_sym).reshape(-1), np.concatenate(sym_slices), np.concatenate(idx_slices),
+            path.name, rule.hint_positions, rule.hint_indexes,
+        )
+
+    def z_indexes(self, plane: int) -> np.ndarray:
+        """Table index of each z symbol: its channel number, channel-major."""
+        return np.repeat(np.arange(self.z_channels, dtype=np.int32), plane)
+
+    def encode_symbols(self, s: ImageSymbols) -> CodedImage:
+        """Range-code one image's symbols (CPU only; releases the GIL)."""
+        z_string = encode(s.z_symbols, self.z_indexes(s.z_symbols.size // self.z_channels), self.z_table)
+        y_string = encode(s.y_symbols, s.y_indexes, self.y_table)
+        portable = s.method in PORTABLE_METHODS
+        hints = encode_hints(s.hint_positions, s.hint_indexes) if portable else b""
+        return CodedImage(z_string, y_string, s.checksum(), s.method or self.backend, hints)
+
+    def compress(self, x: Tensor, portable: bool = True) -> list[CodedImage]:
+        return [self.encode_symbols(s) for s in self.analyse(x, portable)]
+
+    # -- decompress -------------------------------------------------------------------------
+    @torch.no_grad()
+    def decompress(self, coded: list[CodedImage], z_shape: tuple[int, int]) -> Tensor:
+        """Strings of a batch of same-size images -> padded reconstructions in [0, 1].
+
+        Raises :class:`BitstreamError` for undecodable strings and :class:`DriftError` when
+        the decoded symbols do not match the encoder's checksum.
+        """
+        self._check_z_shape(z_shape)
+        for c in coded:  # refuse before any work
+            self.entropy_path(c.backend)
+        y_hat = torch.cat([self.decode_latent(c, z_shape)[0] for c in coded])
+        return self.stages.g_s(y_hat).clamp_(0, 1)
+
+    @torch.no_grad()
+    def decode_latent(self, c: CodedImage, z_shape: tuple[int, int]) -> tuple[Tensor, ImageSymbols]:
+        """One image's strings -> (y_hat (1, M, yH, yW), float32 on the engine's device; the
+        decoded symbols and indexes).
+
+        Version-1 strings that do not decode are retried with the thread counts that
+        commonly made them (``v1_retry_threads``; on the CPU only, where the count changes
+        the arithmetic) before a :class:`DriftError` says what happened and what to do.
+        """
+        self._check_z_shape(z_shape)
+        zh, zw = z_shape
+        z_syms = self._decode_z(c.z_string, self.z_indexes(zh * zw))
+        path = self.entropy_path(c.backend)
+        if c.portable:
+            n_symbols = self.cfg.M * (4 * zh) * (4 * zw)
+            hints = decode_hints(c.hints, n_symbols, self.y_table.num_tables)
+            try:
+                return self._decode_latent(c, z_syms, z_shape, path, path.rule(hints))
+            except BitstreamError as exc:  # the container's CRC held: the bytes are as written
+                raise DriftError(
+                    f"entropy-parameter drift: this portable blob's y stream does not decode with the entropy "
+                    f"parameters computed here ({exc}), although its container is intact: the float64 arithmetic "
+                    "here deviates beyond the format's tolerance, or the blob was written wrongly; please report "
+                    "it with the blob"
+                ) from None
+        current = path.stages.current_threads()
+        tried: list[int] = []
+        for k in (current, *self._retry_threads(path, current)):
+            tried.append(k)
+            with nullcontext() if k == current else path.stages.threads(k):
+                try:
+                    return self._decode_latent(c, z_syms, z_shape, path, path.rule())
+                except (BitstreamError, DriftError):
+                    continue
+        raise DriftError(v1_drift_message(path.name, tried))
+
+    def _decode_latent(
+        self, c: CodedImage, z_syms: np.ndarray, z_shape: tuple[int, int], path: EntropyPath, rule: IndexRule
+    ) -> tuple[Tensor, ImageSymbols]:
+        """The slice chain of one image on ``path``, deciding indexes by ``rule``; checks the
+        symbol checksum and that the y string ends where its symbols do."""
+        zh, zw = z_shape
+        z_sym = torch.from_numpy(z_syms).reshape(1, self.z_channels, zh, zw)
+        latent_means, latent_scales = path.stages.hyper_synthesis(path.z_hat(z_sym))
+        yh, yw = latent_means.shape[2:]
+        decoder = RansDecoder(c.y_string)
+        decoded: list[Tensor] = []
+        y_syms: list[np.ndarray] = []
+        y_idxs: list[np.ndarray] = []
+        offset, last = 0, self.cfg.num_slices - 1
+        for i in range(self.cfg.num_slices):
+            p = path.stages.slice_params(i, latent_means, latent_scales, decoded)
+            idx = rule.decoder_indexes(offset, p.scale)
+            sym = decoder.decode(idx, self.y_table)
+            y_syms.append(sym)
+            y_idxs.append(idx)
+            y_hat = torch.from_numpy(sym).reshape(1, -1, yh, yw).to(path.device, p.mu.dtype) + p.mu
+            if i == last and c.portable:
+                # Feeds only the synthesis, so float32 on the transforms' backend will do.
+                f32 = lambda t: t.to(self.device, torch.float32)  # noqa: E731
+                decoded.append(self.stages.refine(i, f32(p.mean_support), f32(y_hat)))
+            else:
+                decoded.append(path.stages.refine(i, p.mean_support, y_hat))
+            offset += sym.size
+        symbols = ImageSymbols(z_syms, np.concatenate(y_syms), np.concatenate(y_idxs), path.name)
+        y_hat = torch.cat([d.to(self.device, torch.float32) for d in decoded], dim=1)
+        if symbols.checksum() != c.symbols_crc32:
+            raise DriftError(
+                "decoded symbols do not match the encoder's checksum: the entropy parameters "
+                "differ from the encoder's (different hardware or kernels) or the stream is corrupt"
+            )
+        decoder.check_finished()
+        return y_hat, symbols
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _retry_threads(self, path: EntropyPath, current: int) -> list[int]:
+        """The thread counts to retry a version-1 blob with, commonest first, then this
+        machine's core count; the current count (already tried) left out. None where the
+        thread count does not change the arithmetic (a GPU) or cannot be changed."""
+        if not path.stages.thread_count_matters():
+            return []
+        out: list[int] = []
+        for k in (*self.v1_retry_threads, os.cpu_count() or 1):
+            if k != current and k not in out:
+                out.append(k)
+        return out
+
+    def _decode_z(self, z_string: bytes, z_idx: np.ndarray) -> np.ndarray:
+        # z uses fixed per-channel tables (no network in the loop), so a z stream that does
+        # not end exactly where its symbols end is corrupt, never a sign of drift.
+        dec = RansDecoder(z_string)
+        syms = dec.decode(z_idx, self.z_table)
+        dec.check_finished()
+        return syms
+
+    @staticmethod
+    def _check_z_shape(z_shape: tuple[int, int]) -> None:
+        """Refuse (FormatError) a header geometry this codec never writes and the networks
+        cannot run on: the padded size must be what :meth:`_check_padded` allows (z even
+        and at least 4), or the window attention fails on the odd shape. Such a header can
+        pass every container rule (found by tests/test_fuzz.py: a CRC-valid blob whose
+        z_shape is another factorisation of the same symbol count crashed the decoder)."""
+        zh, zw = z_shape
+        if zh % 2 or zw % 2 or zh < 4 or zw < 4:
+            raise FormatError(
+                f"invalid header: padded size {64 * zh}x{64 * zw} (z_shape {zh}x{zw}) is not one this codec "
+                "produces (multiples of 128, at least 256)"
+            )
+
+    @staticmethod
+    def _check_padded(x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected a (B, 3, H, W) batch, got {tuple(x.shape)}")
+        h, w = x.shape[2:]
+        if h % 128 or w % 128 or h < 256 or w < 256:
+            raise ValueError(f"padded size {h}x{w} must be multiples of 128 and at least 256")

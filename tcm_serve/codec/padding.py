@@ -1,0 +1,57 @@
+"""The padding rule and pixel <-> tensor conversions.
+
+Window attention needs every transformer stage to split into whole windows (8x8 at 1/2,
+1/4, 1/8 and 1/16 of the image, 4x4 at 1/32), so the reference evaluation pads each side
+up to a multiple of 128, split floor/rest between left/right and top/bottom, with zeros.
+The reference crashes when a padded side is exactly 128 (SWAtten's small-input fallback
+cannot split an 8-wide y), so we pad to at least 256: for every image the reference can
+code (both sides > 128) the rule, and therefore the bitstream, is identical.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tcm_serve.codec.geometry import ALIGN, MIN_PADDED, padded_size
+
+__all__ = ["ALIGN", "MIN_PADDED", "padded_size", "padding_for", "pixels_to_tensor", "pad"]
+
+
+def padding_for(height: int, width: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) zero padding for an image of this size."""
+    extra_w = padded_size(width) - width
+    extra_h = padded_size(height) - height
+    return extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2
+
+
+def pixels_to_tensor(pixels: np.ndarray) -> Tensor:
+    """(H, W, 1|3) uint8 -> (3, H, W) float32 in [0, 1]; grayscale is replicated to RGB
+    because the model is trained on colour images only."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
+        raise ValueError(f"expected (H, W, 1|3) uint8 pixels, got {pixels.shape} {pixels.dtype}")
+    t = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).to(torch.float32) / 255.0
+    return t.expand(3, -1, -1).contiguous() if t.shape[0] == 1 else t
+
+
+def pad(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
+    """Zero-pad a (..., H, W) tensor by (left, right, top, bottom)."""
+    return F.pad(x, padding, mode="constant", value=0.0)
+
+
+def crop(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
+    left, right, top, bottom = padding
+    h, w = x.shape[-2:]
+    return x[..., top : h - bottom, left : w - right]
+
+
+def tensor_to_pixels(x: Tensor, mode: str) -> np.ndarray:
+    """(3, H, W) in [0, 1] -> (H, W, C) uint8 with round-half-to-even, as the reference's
+    ``decoded.png``. Grayscale takes the mean of the three decoded channels."""
+    x = x.detach().to("cpu", torch.float32).clamp(0, 1)
+    if mode == "L":
+        x = x.mean(dim=0, keepdim=True)
+    elif mode != "RGB":
+        raise ValueError(f"unknown colour mode {mode!r}")
+    return torch.round(x * 255.0).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()

@@ -1,0 +1,268 @@
+"""Image <-> .tcm blob: padding, batching by size, the engine, and the container.
+
+This is what the CLI and the service call. It knows about images and blobs; the
+:class:`~tcm_serve.codec.engine.Engine` knows about tensors and strings; the container
+module knows about bytes.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, ModelNotFoundError
+from ..imageio import DEFAULT_MAX_PIXELS, DecodedImage
+from ..store import ModelEntry, ModelStore
+from ..tuning import tune_malloc
+from .backends import BACKEND_KINDS, OnnxStages, TorchStages
+from .container import TcmFile, TcmHeader, pack, unpack
+from .geometry import check_coded_size
+from .engine import V1_RETRY_THREADS, CodedImage, Engine, ImageSymbols
+from .padding import crop, pad, padding_for, pixels_to_tensor, tensor_to_pixels
+
+#: Default cap on decoded pixels (width x height) for blobs: the image guard's, so what
+#: compresses under the default limit decodes under it.
+DEFAULT_MAX_DECODE_PIXELS = DEFAULT_MAX_PIXELS
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` -> first CUDA device if present, else CPU; also ``cpu``, ``cuda``, ``cuda:N``."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not re.fullmatch(r"cuda(:\d+)?", spec):
+            raise ModelNotFoundError(f"unknown device {spec!r} (use auto, cpu, cuda or cuda:N)")
+        if not torch.cuda.is_available():
+            raise ModelNotFoundError(f"device {spec!r} requested but CUDA is not available on this machine")
+        dev = torch.device(spec)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelNotFoundError(f"device {spec!r} does not exist ({torch.cuda.device_count()} CUDA device(s))")
+        # Encoder and decoder must compute identical entropy parameters: no TF32, no
+        # autotuned (run-to-run varying) convolution algorithms.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        return dev
+    if spec != "cpu":
+        raise ModelNotFoundError(f"unknown device {spec!r} (use auto, cpu, cuda or cuda:N)")
+    return torch.device("cpu")
+
+
+def backend_name(device: torch.device) -> str:
+    return f"torch-{device.type}"
+
+
+@dataclass
+class LoadedModel:
+    """A store entry loaded on a device, with its engine and identity."""
+
+    entry: ModelEntry
+    engine: Engine
+    backend: str
+
+    @property
+    def config_hash(self) -> bytes:
+        return self.entry.arch.config_hash()
+
+    @property
+    def weights_hash(self) -> bytes:
+        return self.entry.weights_hash
+
+    def matches(self, header: TcmHeader) -> bool:
+        return (
+            header.quality == self.entry.quality
+            and header.config_hash == self.config_hash
+            and header.weights_hash == self.weights_hash
+        )
+
+
+def load_model(
+    store: ModelStore,
+    quality: int,
+    device: torch.device,
+    backend: str = "torch",
+    onnx_dir: str | os.PathLike | None = None,
+    v1_retry_threads: tuple[int, ...] = V1_RETRY_THREADS,
+) -> LoadedModel:
+    """Load a store entry on ``device`` with its networks run by ``backend`` (``torch`` or
+    ``onnx``; see :mod:`tcm_serve.codec.backends`). ``onnx_dir`` holds the exported graphs
+    (default: the store directory, next to the checkpoint); missing graphs are exported.
+    ``v1_retry_threads``: what a version-1 blob that fails to decode is retried with."""
+    if backend not in BACKEND_KINDS:
+        raise ConfigError(f"unknown backend {backend!r} (use {' or '.join(BACKEND_KINDS)})")
+    tune_malloc()  # reuse freed buffers instead of re-faulting them per layer (tcm_serve/tuning.py)
+    entry = store.entry(quality)
+    model = store.load_model(entry)
+    if backend == "torch":
+        engine = Engine(model, device, portable_device=device, v1_retry_threads=v1_retry_threads)
+    else:
+        engine = _onnx_engine(model, entry, store, device, onnx_dir, v1_retry_threads)
+    return LoadedModel(entry, engine, engine.backend)
+
+
+def _onnx_engine(
+    model, entry: ModelEntry, store: ModelStore, device: torch.device, onnx_dir, v1_retry_threads: tuple[int, ...]
+) -> Engine:
+    """An engine whose stages run as ONNX graphs on ``device``; the glue (rounding, table
+    look-ups), the portable float64 entropy path (onnxruntime has no float64 convolution)
+    and, for exact blobs that need it, the torch-cpu entropy path run on the CPU."""
+    from .onnx_graphs import ensure_graphs, entropy_graph_names, open_sessions
+
+    graphs, _ = ensure_graphs(model, entry, onnx_dir or store.root)
+    graphs.verify()
+    threads = torch.get_num_threads()
+    sessions, name = open_sessions(graphs, device, threads)
+    cfg = model.cfg
+
+    def reopen(k: int) -> dict:
+        return {**sessions, **open_sessions(graphs, device, k, names=entropy_graph_names(cfg.num_slices))[0]}
+
+    stages = OnnxStages(
+        sessions, cfg.num_slices, [cfg.support_count(i) for i in range(cfg.num_slices)], name, threads, reopen
+    )
+    cpu = torch.device("cpu")
+    return Engine(
+        model, cpu, stages=stages, decode_paths=(TorchStages(model, cpu),), portable_device=cpu,
+        v1_retry_threads=v1_retry_threads,
+    )
+
+
+@dataclass
+class Compressed:
+    blob: bytes
+    header: TcmHeader
+    bpp: float  # 8 * (len(z) + len(y)) / (H * W), the official formula (unpadded pixels)
+
+
+def _header_for(lm: LoadedModel, img: DecodedImage, padding, coded: CodedImage, z_shape) -> TcmHeader:
+    return TcmHeader(
+        quality=lm.entry.quality,
+        config_hash=lm.config_hash,
+        weights_hash=lm.weights_hash,
+        width=img.width,
+        height=img.height,
+        mode=img.mode,
+        pad=padding,
+        z_shape=z_shape,
+        backend=coded.backend or lm.backend,
+        symbols_crc32=coded.symbols_crc32,
+    )
+
+
+def analyse_images(lm: LoadedModel, images: Sequence[DecodedImage], portable: bool = True) -> list[ImageSymbols]:
+    """Run the transforms on a batch of images that share one padded size, for portable
+    (version 2) or exact (version 1) blobs."""
+    paddings = [padding_for(img.height, img.width) for img in images]
+    shapes = {(img.height + p[2] + p[3], img.width + p[0] + p[1]) for img, p in zip(images, paddings)}
+    if len(shapes) != 1:
+        raise ValueError("a batch must share one padded size")
+    x = torch.stack([pad(pixels_to_tensor(img.pixels), p) for img, p in zip(images, paddings)])
+    return lm.engine.analyse(x, portable)
+
+
+def package(lm: LoadedModel, img: DecodedImage, coded: CodedImage) -> Compressed:
+    """Wrap one image's strings in a .tcm container."""
+    padding = padding_for(img.height, img.width)
+    z_shape = ((img.height + padding[2] + padding[3]) // 64, (img.width + padding[0] + padding[1]) // 64)
+    header = _header_for(lm, img, padding, coded, z_shape)
+    blob = pack(TcmFile(header, coded.z_string, coded.y_string, coded.hints))
+    bpp = 8.0 * (len(coded.z_string) + len(coded.y_string)) / (img.width * img.height)
+    return Compressed(blob, header, bpp)
+
+
+def compress_images(
+    lm: LoadedModel, images: Sequence[DecodedImage], max_batch: int = 4, portable: bool = True
+) -> list[Compressed]:
+    """Compress images, batching those of equal padded size; results keep input order."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, img in enumerate(images):
+        p = padding_for(img.height, img.width)
+        groups.setdefault((img.height + p[2] + p[3], img.width + p[0] + p[1]), []).append(i)
+    out: list[Compressed | None] = [None] * len(images)
+    for idx in groups.values():
+        for start in range(0, len(idx), max(1, max_batch)):
+            chunk = idx[start : start + max_batch]
+            symbols = analyse_images(lm, [images[i] for i in chunk], portable)
+            for i, s in zip(chunk, symbols):
+                out[i] = package(lm, images[i], lm.engine.encode_symbols(s))
+    return [c for c in out if c is not None]
+
+
+@dataclass
+class Decompressed:
+    pixels: np.ndarray  # (H, W, 1|3) uint8
+    mode: str
+    header: TcmHeader
+
+
+Resolver = Callable[[TcmHeader], LoadedModel]
+
+
+def store_resolver(
+    store: ModelStore, device: torch.device, backend: str = "torch", onnx_dir: str | os.PathLike | None = None
+) -> Resolver:
+    """Loads (and caches) the model a blob names, refusing identity and backend mismatches."""
+    cache: dict[int, LoadedModel] = {}
+
+    def resolve(header: TcmHeader) -> LoadedModel:
+        lm = cache.get(header.quality)
+        if lm is None:
+            lm = cache[header.quality] = load_model(store, header.quality, device, backend, onnx_dir)
+        check_identity(lm, header)
+        return lm
+
+    return resolve
+
+
+def check_identity(lm: LoadedModel, header: TcmHeader) -> None:
+    """Refuse a blob made by other weights, or whose entropy parameters were computed by a
+    backend ``lm`` cannot reproduce (:class:`~tcm_serve.errors.BackendMismatchError`)."""
+    if not lm.matches(header):
+        raise ModelNotFoundError(
+            f"blob was made by model q{header.quality} config {header.config_hash.hex()} weights "
+            f"{header.weights_hash.hex()}, but the store's q{lm.entry.quality} is config "
+            f"{lm.config_hash.hex()} weights {lm.weights_hash.hex()}"
+        )
+    lm.engine.entropy_path(header.backend)
+
+
+def coded_image(f: TcmFile) -> CodedImage:
+    """The engine's view of a container: strings, checksum, the entropy-parameter backend
+    (or portable method) and the hints."""
+    return CodedImage(f.z_string, f.y_string, f.header.symbols_crc32, f.header.backend, f.hints)
+
+
+def check_decode_size(header: TcmHeader, max_pixels: int) -> None:
+    """Refuse a blob whose image, or the padded tensor it is decoded at, is too large.
+
+    The same checks as the encoder's image guard (:func:`tcm_serve.codec.geometry.check_coded_size`):
+    width x height against ``max_pixels`` and the padded area (from the header's own
+    padding, which the format lets a writer choose) against the bound that goes with it,
+    so any image accepted for compression under a limit decodes under that limit and
+    decode work stays proportional to the limit.
+    """
+    left, right, top, bottom = header.pad
+    check_coded_size(
+        header.width, header.height, header.width + left + right, header.height + top + bottom, max_pixels, "blob"
+    )
+
+
+def decompress_blob(blob: bytes, resolve: Resolver, max_pixels: int = DEFAULT_MAX_DECODE_PIXELS) -> Decompressed:
+    """Validate, decode and crop one .tcm blob."""
+    f = unpack(blob)
+    h = f.header
+    check_decode_size(h, max_pixels)
+    lm = resolve(h)
+    x = lm.engine.decompress([coded_image(f)], h.z_shape)[0]
+    return Decompressed(tensor_to_pixels(crop(x, h.pad), h.mode), h.mode, h)
+
+
+def read_blob(path: str | os.PathLike) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()

@@ -1,0 +1,183 @@
+"""Service configuration: ``TCM_*`` environment variables, ``tcm serve`` flags, or code.
+
+Every field can be set as an environment variable with the ``TCM_`` prefix (``TCM_PORT=9000``,
+``TCM_QUALITIES=2,3``, ``TCM_DEVICES=cuda:0,cuda:1``) or passed to :class:`Settings` directly;
+``tcm serve`` flags override both. Invalid values are refused at start-up with one line
+(:class:`~tcm_serve.errors.ConfigError`), never at the first request.
+"""
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Optional
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .codec.container import BITSTREAMS, DEFAULT_BITSTREAM
+from .errors import ConfigError
+from .imageio import DEFAULT_MAX_PIXELS
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _split_list(v: Any) -> Any:
+    """``"2,3"`` / ``"2 3"`` / ``"[2, 3]"`` -> ``["2", "3"]`` (pydantic converts the items)."""
+    if isinstance(v, str):
+        text = v.strip().strip("[]")
+        return [p for p in text.replace(",", " ").split() if p]
+    return v
+
+
+def _one_of(value: str, allowed: tuple[str, ...], what: str) -> str:
+    """``value`` trimmed and lower-cased if it is one of ``allowed``, else ValueError."""
+    value = value.strip().lower()
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(allowed)}")
+    return value
+
+
+class Settings(BaseSettings):
+    """All knobs of the service. See ``docs/service.md`` for what each one trades off."""
+
+    model_config = SettingsConfigDict(env_prefix="TCM_", extra="ignore", validate_default=True)
+
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 behind a load balancer)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: pick a free one)")
+    store: Optional[str] = Field(
+        None, description="model store directory (default: $TCM_MODEL_STORE, else the bundled model_store/)"
+    )
+    qualities: Annotated[Optional[list[int]], NoDecode] = Field(
+        None, description="quality levels to serve, e.g. 2,3 (default: every level in the store)"
+    )
+    default_quality: Optional[int] = Field(
+        None, ge=1, le=255, description="quality used when a request names none (default: the highest served)"
+    )
+    devices: str = Field(
+        "auto", description="auto (every CUDA device, else the CPU), cpu, cuda (every CUDA device), or a list cuda:0,cuda:1"
+    )
+    max_batch_size: Optional[int] = Field(
+        None, ge=1, le=256,
+        description="largest batch of same-size images (default: 1 on CPU, where batching is slower, 8 on CUDA)",
+    )
+    max_batch_delay_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch may wait to fill up")
+    max_queue: int = Field(64, ge=1, description="requests waiting for a device; more are refused with 429")
+    coder_threads: int = Field(2, ge=1, le=256, description="CPU threads for range coding")
+    backend: str = Field(
+        "torch", description="torch (exact reference arithmetic) or onnx (ONNX Runtime, faster; docs/performance.md)"
+    )
+    bitstream: str = Field(
+        DEFAULT_BITSTREAM,
+        description="blobs /compress makes when a request names none: portable (decode on any machine; format "
+        "version 2) or exact (the reference codec's strings, decodable only where made; version 1)",
+    )
+    onnx_dir: Optional[str] = Field(
+        None, description="where the onnx backend keeps its exported graphs (default: the model store directory)"
+    )
+    max_body_bytes: int = Field(50 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image (width x height) accepted (413 above)")
+    compare_max_pixels: int = Field(
+        4_000_000, ge=1,
+        description="largest image /compare takes (413 above; also capped by max_pixels): it also searches JPEG, WebP "
+        "and AVIF at the same size and scores every result, several times the work and memory of /compress",
+    )
+    api_keys_file: Optional[str] = Field(
+        None,
+        description="a file of API keys, one per line: when set, requests need Authorization: Bearer <key> "
+        "(except open_paths and the page's assets); read again when it changes (rotation). Unset: no keys",
+    )
+    open_paths: Annotated[list[str], NoDecode] = Field(
+        ["/healthz", "/readyz", "/metrics"], description="paths that need no API key, e.g. /healthz,/readyz"
+    )
+    compare_concurrency: int = Field(
+        1, ge=1, le=64, description="comparisons (/compare) running at once; more are refused with 429"
+    )
+    # Upper bounds: a timeout past threading.TIMEOUT_MAX (~292 years) passes "finite" and then
+    # raises OverflowError in Thread.join at shutdown; a day / an hour is already absurd here.
+    request_timeout_s: float = Field(60.0, gt=0, le=86_400, description="per-request deadline; 504 past it")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, le=3_600, description="on SIGTERM, how long in-flight requests may take to finish"
+    )
+    log_level: str = Field("info", description="critical, error, warning, info or debug")
+
+    @field_validator("qualities", mode="before")
+    @classmethod
+    def _parse_qualities(cls, v: Any) -> Any:
+        v = _split_list(v)
+        return None if v == [] else v
+
+    @field_validator("open_paths", mode="before")
+    @classmethod
+    def _parse_open_paths(cls, v: Any) -> Any:
+        paths = _split_list(v)
+        if any(not isinstance(p, str) or not p.startswith("/") for p in paths):
+            raise ValueError(f"open_paths must be absolute paths such as /healthz, got {v!r}")
+        return paths
+
+    @field_validator("qualities")
+    @classmethod
+    def _check_qualities(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+        if v is None:
+            return None
+        for q in v:
+            if not 1 <= q <= 255:
+                raise ValueError(f"quality must be in 1..255, got {q}")
+        return sorted(set(v))
+
+    @field_validator("devices")
+    @classmethod
+    def _check_devices(cls, v: str) -> str:
+        parts = [p for p in v.replace(" ", "").lower().split(",") if p]
+        if not parts:
+            raise ValueError("devices must not be empty")
+        for p in parts:
+            if p in ("auto", "cpu", "cuda"):
+                if len(parts) > 1:
+                    raise ValueError(f"{p!r} cannot be combined with other devices")
+            elif not (p.startswith("cuda:") and p[5:].isdigit()):
+                raise ValueError(f"unknown device {p!r} (use auto, cpu, cuda or a list like cuda:0,cuda:1)")
+        return ",".join(parts)
+
+    @field_validator("backend")
+    @classmethod
+    def _check_backend(cls, v: str) -> str:
+        return _one_of(v, ("torch", "onnx"), "backend")
+
+    @field_validator("bitstream")
+    @classmethod
+    def _check_bitstream(cls, v: str) -> str:
+        return _one_of(v, BITSTREAMS, "bitstream")
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, v: str) -> str:
+        return _one_of(v, LOG_LEVELS, "log level")
+
+    @field_validator("max_batch_delay_ms", "request_timeout_s", "shutdown_grace_s")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @model_validator(mode="after")
+    def _check_default_quality(self) -> "Settings":
+        if self.default_quality is not None and self.qualities is not None and self.default_quality not in self.qualities:
+            raise ValueError(f"default_quality {self.default_quality} is not among the served qualities {self.qualities}")
+        return self
+
+    @property
+    def max_batch_delay_s(self) -> float:
+        return self.max_batch_delay_ms / 1000.0
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment plus ``overrides`` (``None`` values are ignored);
+    validation errors become one-line :class:`ConfigError`s."""
+    kwargs = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**kwargs)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
