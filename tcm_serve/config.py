@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .codec.container import BITSTREAMS, DEFAULT_BITSTREAM
+from .codec.container import BACKEND_KINDS, BITSTREAMS, DEFAULT_BITSTREAM, MAX_QUALITY, MIN_QUALITY, quality_problem
 from .errors import ConfigError
 from .imageio import DEFAULT_MAX_PIXELS
 
@@ -50,7 +50,7 @@ class Settings(BaseSettings):
         None, description="quality levels to serve, e.g. 2,3 (default: every level in the store)"
     )
     default_quality: Optional[int] = Field(
-        None, ge=1, le=255, description="quality used when a request names none (default: the highest served)"
+        None, ge=MIN_QUALITY, le=MAX_QUALITY, description="quality used when a request names none (default: the highest served)"
     )
     devices: str = Field(
         "auto", description="auto (every CUDA device, else the CPU), cpu, cuda (every CUDA device), or a list cuda:0,cuda:1"
@@ -119,8 +119,9 @@ class Settings(BaseSettings):
         if v is None:
             return None
         for q in v:
-            if not 1 <= q <= 255:
-                raise ValueError(f"quality must be in 1..255, got {q}")
+            problem = quality_problem(q)
+            if problem:
+                raise ValueError(problem)
         return sorted(set(v))
 
     @field_validator("devices")
@@ -140,7 +141,7 @@ class Settings(BaseSettings):
     @field_validator("backend")
     @classmethod
     def _check_backend(cls, v: str) -> str:
-        return _one_of(v, ("torch", "onnx"), "backend")
+        return _one_of(v, BACKEND_KINDS, "backend")
 
     @field_validator("bitstream")
     @classmethod

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from importlib import import_module
 from pathlib import Path
 
-from ..codec.container import BITSTREAMS, DEFAULT_BITSTREAM
+from ..codec.container import BACKEND_KINDS, BITSTREAMS, DEFAULT_BITSTREAM, quality_problem
 from ..errors import TcmError, is_out_of_memory
 from ..files import atomic_write
 from ..imageio import DEFAULT_MAX_PIXELS
@@ -44,8 +44,9 @@ def _quality(text: str) -> int:
         q = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"quality must be an integer, got {text!r}") from None
-    if not 1 <= q <= 255:
-        raise argparse.ArgumentTypeError(f"quality must be in 1..255, got {q}")
+    problem = quality_problem(q)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return q
 
 
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def backend_opt(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
-            "--backend", choices=("torch", "onnx"), default=os.environ.get("TCM_BACKEND", "torch").strip().lower() or "torch",
+            "--backend", choices=BACKEND_KINDS, default=os.environ.get("TCM_BACKEND", "torch").strip().lower() or "torch",
             help="run the networks with PyTorch (exact reference arithmetic) or ONNX Runtime (faster; graphs are "
             "exported on first use, see tcm export-onnx); a blob decodes with the backend that encoded it "
             "(default: $TCM_BACKEND, else torch)",

@@ -29,12 +29,11 @@ import torch
 from torch import Tensor
 
 from ..model.tcm import TCM, SliceParams
+from .container import BACKEND_KINDS
 
 if TYPE_CHECKING:  # onnxruntime is imported only by the ONNX backend
     import onnxruntime
 
-#: Values of ``--backend`` / ``TCM_BACKEND``.
-BACKEND_KINDS = ("torch", "onnx")
 
 
 class Stages(Protocol):

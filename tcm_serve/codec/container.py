@@ -67,6 +67,10 @@ __all__ = [
     "FORMAT_VERSION",
     "SUPPORTED_VERSIONS",
     "BACKENDS",
+    "BACKEND_KINDS",
+    "MIN_QUALITY",
+    "MAX_QUALITY",
+    "quality_problem",
     "PORTABLE_METHODS",
     "PORTABLE",
     "BITSTREAMS",
@@ -91,8 +95,23 @@ MAGIC = b"\x89TCM"  # 4 bytes; a non-ASCII first byte, like PNG, catches text-mo
 FORMAT_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
 
-#: Version 1 ("exact"): what computed the entropy parameters, which a decoder must
-#: reproduce bit for bit; stored as u8 code = index + 1 (0 is invalid).
+#: Quality levels a header can name (a u8 field; 0 is invalid). Store levels, ``--quality``,
+#: ``TCM_QUALITIES`` and ``?quality=`` all take this range.
+MIN_QUALITY, MAX_QUALITY = 1, 255
+
+
+def quality_problem(quality: int) -> str | None:
+    """Why ``quality`` cannot be a quality level, or None: the one wording of the range rule."""
+    if not MIN_QUALITY <= quality <= MAX_QUALITY:
+        return f"quality must be in {MIN_QUALITY}..{MAX_QUALITY}, got {quality}"
+    return None
+
+
+#: What runs the networks (``--backend``, ``TCM_BACKEND``).
+BACKEND_KINDS = ("torch", "onnx")
+#: Version 1 ("exact"): what computed the entropy parameters (a backend kind on a device),
+#: which a decoder must reproduce bit for bit; stored as u8 code = index + 1 (0 is invalid).
+#: The order is part of the format.
 BACKENDS = ("torch-cpu", "torch-cuda", "onnx-cpu", "onnx-cuda")
 #: Version 2 ("portable"): the method that makes the decoder's decisions platform-free;
 #: stored in the same byte as BACKENDS, code = index + 1.
@@ -264,8 +283,8 @@ def _header_problem(h: TcmHeader) -> Optional[str]:  # noqa: C901 - a flat list 
     # quality
     if not _is_int(h.quality):
         return f"quality must be an int, got {type(h.quality).__name__}"
-    if not 1 <= h.quality <= 255:
-        return f"quality {h.quality} out of range 1..255"
+    if quality_problem(h.quality):
+        return f"quality {h.quality} out of range {MIN_QUALITY}..{MAX_QUALITY}"
     # hashes
     for name in ("config_hash", "weights_hash"):
         v = getattr(h, name)
