@@ -24,6 +24,7 @@ from typing import Any, Union
 import httpx
 
 from . import errors as core_errors
+from .api import exceptions as http_errors  # noqa: F401  (defines the HTTP-level codes _error_classes maps)
 from .errors import TcmError
 from .runtime import errors as service_errors
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ConfigError
-from ..runtime.errors import UnauthorizedError
 from .errors import response_for
+from .exceptions import UnauthorizedError
 
 log = logging.getLogger("tcm.api")
 

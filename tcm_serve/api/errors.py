@@ -27,17 +27,19 @@ from ..errors import (
 )
 from ..runtime.errors import (
     BadParameterError,
-    BadRequestError,
-    ClientClosedError,
     DeadlineExceededError,
     InternalError,
     NotReadyError,
     QueueFullError,
-    RequestTimeoutError,
-    RequestTooLargeError,
     RetryableError,
     ServiceError,
     ShuttingDownError,
+)
+from .exceptions import (
+    BadRequestError,
+    ClientClosedError,
+    RequestTimeoutError,
+    RequestTooLargeError,
     UnauthorizedError,
     UnsupportedMediaTypeError,
 )

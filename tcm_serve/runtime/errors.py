@@ -1,6 +1,9 @@
-"""Failures the service adds to the :mod:`tcm_serve.errors` hierarchy (all :class:`TcmError`s).
+"""Failures the service's runtime adds to the :mod:`tcm_serve.errors` hierarchy (all
+:class:`TcmError`s): what the worker pool and the batcher raise, and the HTTP layer too.
 
-The HTTP status of every error class, these and the codec's, is decided in one table:
+Failures only the HTTP layer raises (a malformed request, a body too large or too slow, a
+missing API key) live in :mod:`tcm_serve.api.exceptions`. The HTTP status of every error
+class, these, those and the codec's, is decided in one table:
 :data:`tcm_serve.api.errors.STATUS`.
 """
 from __future__ import annotations
@@ -14,34 +17,10 @@ class ServiceError(TcmError):
     code = "service_error"
 
 
-class BadRequestError(ServiceError):
-    """The request itself is malformed (e.g. a multipart body without a ``file`` field)."""
-
-    code = "bad_request"
-
-
 class BadParameterError(ServiceError):
     """A query parameter is invalid or names something the service does not serve."""
 
     code = "bad_parameter"
-
-
-class RequestTooLargeError(ServiceError):
-    """The request body is larger than ``max_body_bytes``."""
-
-    code = "too_large"
-
-
-class UnsupportedMediaTypeError(ServiceError):
-    """The request's Content-Type is not one the endpoint accepts."""
-
-    code = "unsupported_media_type"
-
-
-class UnauthorizedError(ServiceError):
-    """The request carries no API key, or one the service does not accept (HTTP 401)."""
-
-    code = "unauthorized"
 
 
 class RetryableError(ServiceError):
@@ -76,23 +55,6 @@ class WorkerDiedError(RetryableError):
     """The device worker running this request died (it is being replaced): retry (HTTP 503)."""
 
     code = "worker_failed"
-
-
-class ClientClosedError(ServiceError):
-    """The client went away before its request body had arrived (recorded as 499, nginx's
-    "client closed request"): not the service's failure, so neither a 5xx nor a logged bug.
-    Nobody receives the response."""
-
-    code = "client_closed"
-
-
-class RequestTimeoutError(ServiceError):
-    """The client did not finish sending its body within ``request_timeout_s`` (HTTP 408).
-
-    The request holds a queue place while its body arrives, so a slow upload must not
-    keep it for ever: past the deadline the place is given back and the request refused."""
-
-    code = "request_timeout"
 
 
 class DeadlineExceededError(ServiceError):
