@@ -42,7 +42,7 @@ PIPELINES = ("reference", "torch", "onnx")
 def _model(preset_name: str):
     import torch
 
-    from tcm_serve.codec.engine import prepare_entropy_tables
+    from tcm_serve.codec.tables import prepare_entropy_tables
     from tcm_serve.model.config import preset
     from tcm_serve.model.tcm import TCM
 
@@ -69,14 +69,15 @@ def _images(kodak: str, count: int):
     import numpy as np
     from PIL import Image
 
-    from tcm_serve.codec.padding import pad, padding_for, pixels_to_tensor
+    from tcm_serve.codec.geometry import Geometry
+    from tcm_serve.codec.padding import pad, pixels_to_tensor
 
     out = []
     for f in sorted(Path(kodak).glob("kodim*.png"))[:count]:
         px = np.array(Image.open(f).convert("RGB"))
         if px.shape[0] > px.shape[1]:
             px = np.ascontiguousarray(px.transpose(1, 0, 2))
-        out.append(pad(pixels_to_tensor(px), padding_for(*px.shape[:2]))[None])
+        out.append(pad(pixels_to_tensor(px), Geometry.for_image(*px.shape[:2]).pad)[None])
     return out
 
 
@@ -102,12 +103,13 @@ def _worker(conn, kind: str, args: argparse.Namespace) -> None:  # noqa: C901 - 
 
     torch.set_num_threads(args.threads)
     from tcm_serve.codec import engine as engine_mod
-    from tcm_serve.codec.pipeline import resolve_device
+    from tcm_serve.devices import resolve_device, set_reproducible_kernels
     from tcm_serve.tuning import tune_malloc
 
     if kind != "reference":
         tune_malloc()
     device = resolve_device(args.device)
+    set_reproducible_kernels(device)
     model = _model(args.preset)
     images = _images(args.kodak, args.images)
     clock = _CoderClock()

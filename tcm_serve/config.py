@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .codec.container import BACKEND_KINDS, BITSTREAMS, DEFAULT_BITSTREAM, MAX_QUALITY, MIN_QUALITY, quality_problem
+from .devices import parse_devices
 from .errors import ConfigError
 from .imageio import DEFAULT_MAX_PIXELS
 
@@ -127,16 +128,11 @@ class Settings(BaseSettings):
     @field_validator("devices")
     @classmethod
     def _check_devices(cls, v: str) -> str:
-        parts = [p for p in v.replace(" ", "").lower().split(",") if p]
-        if not parts:
-            raise ValueError("devices must not be empty")
-        for p in parts:
-            if p in ("auto", "cpu", "cuda"):
-                if len(parts) > 1:
-                    raise ValueError(f"{p!r} cannot be combined with other devices")
-            elif not (p.startswith("cuda:") and p[5:].isdigit()):
-                raise ValueError(f"unknown device {p!r} (use auto, cpu, cuda or a list like cuda:0,cuda:1)")
-        return ",".join(parts)
+        # pydantic reports ValueErrors as validation errors; a ConfigError would escape them.
+        try:
+            return ",".join(parse_devices(v))
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("backend")
     @classmethod

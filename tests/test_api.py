@@ -317,15 +317,15 @@ def test_a_refused_request_is_not_decoded_and_bad_input_frees_its_place(app, ser
     """The queue place is taken before the body is decoded: a request past the bound gets
     429 without its image being decoded, and a request that fails on its input gives its
     place back."""
-    import tcm_serve.api.app as app_module
+    import tcm_serve.api.routes.codec as codec_routes
 
     pool = app.state.pool
     monkeypatch.setattr(pool.batcher, "max_queue", 1)
     gate = _Gate(pool, monkeypatch)
     png = service_images["gray64"]
     decoded = []
-    original = app_module.decode_image
-    monkeypatch.setattr(app_module, "decode_image", lambda data, **kw: decoded.append(1) or original(data, **kw))
+    original = codec_routes.decode_image
+    monkeypatch.setattr(codec_routes, "decode_image", lambda data, **kw: decoded.append(1) or original(data, **kw))
 
     async def scenario(c):
         first = asyncio.create_task(c.post("/compress", content=png))
@@ -692,12 +692,12 @@ def test_failed_allocations_are_413_not_bugs():
     """Every way torch reports a failed allocation maps to 413 too_large; other errors stay
     internal (500). The CPU allocator's error is a plain RuntimeError, made for real here."""
     from tcm_serve.errors import ImageTooLargeError, is_out_of_memory
-    from tcm_serve.runtime.pool import _as_service_error
+    from tcm_serve.runtime.worker import as_service_error
 
     cpu = cpu_allocation_error()
     for exc in (cpu, MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")):
         assert is_out_of_memory(exc), exc
-        assert isinstance(_as_service_error(exc), ImageTooLargeError)
+        assert isinstance(as_service_error(exc), ImageTooLargeError)
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
     assert not is_out_of_memory(ValueError("can't allocate memory"))  # only allocator errors
 
@@ -707,17 +707,17 @@ def test_an_image_that_decodes_too_slowly_gets_504_and_frees_its_place(app, serv
     queue place for ever); the slow decode here is a stand-in for such a file."""
     import threading
 
-    from tcm_serve.api import app as app_module
+    from tcm_serve.api.routes import codec as codec_routes
 
     release = threading.Event()
-    real = app_module.decode_image
+    real = codec_routes.decode_image
 
     def slow_decode(*args, **kwargs):
         release.wait(30)
         return real(*args, **kwargs)
 
     pool = app.state.pool
-    monkeypatch.setattr(app_module, "decode_image", slow_decode)
+    monkeypatch.setattr(codec_routes, "decode_image", slow_decode)
     monkeypatch.setattr(app.state.settings, "request_timeout_s", 0.5)
     try:
         body = assert_error(post(app, "/compress", service_images["gray64"]), 504, "deadline_exceeded")
@@ -803,7 +803,7 @@ def test_compare_past_its_deadline_is_504(app, service_images, monkeypatch):
 def test_devices_say_why_there_is_no_gpu(monkeypatch, caplog):
     """``cuda`` without a usable GPU fails with the reason (GPU deployments ask for it, so a
     node with a broken driver never serves at CPU speed); ``auto`` says why it chose the CPU."""
-    from tcm_serve.runtime.pool import resolve_devices
+    from tcm_serve.devices import resolve_devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", None)

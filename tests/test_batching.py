@@ -18,18 +18,19 @@ import torch
 
 from helpers import make_png
 from tcm_serve.codec.container import pack, unpack
-from tcm_serve.codec.padding import pad, padding_for, pixels_to_tensor
-from tcm_serve.codec.pipeline import compress_images, decompress_blob, load_model
+from tcm_serve.codec.geometry import Geometry
+from tcm_serve.codec.padding import pad, pixels_to_tensor
+from tcm_serve.codec.pipeline import compress_images, decompress_batch, decompress_blob, load_model
 from tcm_serve.config import load_settings
 from tcm_serve.errors import FormatError
 from tcm_serve.imageio import decode_image
-from tcm_serve.runtime import WorkerPool, decompress_batch
+from tcm_serve.runtime import WorkerPool
 from tcm_serve.store import ModelStore
 
 
 def _padded(png: bytes) -> torch.Tensor:
     img = decode_image(png)
-    return pad(pixels_to_tensor(img.pixels), padding_for(img.height, img.width))
+    return pad(pixels_to_tensor(img.pixels), Geometry.for_image(img.height, img.width).pad)
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,7 @@ from tcm_serve.codec.pipeline import decompress_blob, load_model
 from tcm_serve.config import load_settings
 from tcm_serve.errors import BitstreamError, DriftError, StoreError
 from tcm_serve.runtime import pool as pool_module
+from tcm_serve.runtime import worker as worker_module
 from tcm_serve.store import MANIFEST, ModelStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,13 +142,13 @@ def test_worker_killed_mid_batch_is_replaced(app, png, expected_blob, monkeypatc
     dead = pool.workers[0]
     gate = Gate(dead, monkeypatch)
     reload_gate = threading.Event()
-    real_load = pool_module.load_model
+    real_load = worker_module.load_model
 
     def gated_load(*a, **k):  # hold the replacement's model loading so readiness can be observed
         reload_gate.wait(60)
         return real_load(*a, **k)
 
-    monkeypatch.setattr(pool_module, "load_model", gated_load)
+    monkeypatch.setattr(worker_module, "load_model", gated_load)
     replace_gate = threading.Event()
     real_replace = pool._replace
 
@@ -292,14 +293,14 @@ def test_shutdown_does_not_wait_for_models_nobody_will_use(service_store, monkey
     """SIGTERM (or a failed bind) while the models load: the worker stops after the model in
     hand instead of loading and warming the rest, so the exit is not held for the grace period."""
     gate, calls = threading.Event(), []
-    real_load = pool_module.load_model
+    real_load = worker_module.load_model
 
     def gated_load(store, quality, *a, **k):
         calls.append(quality)
         gate.wait(60)
         return real_load(store, quality, *a, **k)
 
-    monkeypatch.setattr(pool_module, "load_model", gated_load)
+    monkeypatch.setattr(worker_module, "load_model", gated_load)
     pool = create_app(load_settings(store=str(service_store), devices="cpu")).state.pool
     assert len(pool.entries) >= 2
     pool.start()
@@ -322,10 +323,10 @@ def test_tcm_serve_exits_3_when_the_pool_gives_up(kit_store, tmp_path):
 
     script = (
         "import sys\n"
-        "from tcm_serve.runtime import pool\n"
+        "from tcm_serve.runtime import worker\n"
         "def broken(*a, **k):\n"
         "    raise RuntimeError('injected load failure')\n"
-        "pool.load_model = broken\n"
+        "worker.load_model = broken\n"
         "from tcm_serve.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
@@ -406,8 +407,8 @@ def test_a_request_past_its_deadline_is_never_started(app, png, monkeypatch):
     gate = Gate(pool.workers[0], monkeypatch)
     monkeypatch.setattr(app.state.settings, "request_timeout_s", 0.5)
     started = []
-    real = pool_module.analyse_images
-    monkeypatch.setattr(pool_module, "analyse_images", lambda lm, imgs, *rest: (started.append(len(imgs)), real(lm, imgs, *rest))[1])
+    real = worker_module.analyse_images
+    monkeypatch.setattr(worker_module, "analyse_images", lambda lm, imgs, *rest: (started.append(len(imgs)), real(lm, imgs, *rest))[1])
 
     async def main():
         async with _client(app) as c:

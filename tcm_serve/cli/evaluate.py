@@ -157,7 +157,7 @@ def _open_models(args):
 
     if OURS not in args.codecs:
         return None, None, None
-    from ..codec.pipeline import resolve_device
+    from ..devices import resolve_device, set_reproducible_kernels
     from ..store import ModelStore, resolve_store
 
     store = ModelStore(resolve_store(args.store))
@@ -170,6 +170,7 @@ def _open_models(args):
     qualities = args.qualities or [e.quality for e in available]
     entries = [store.entry(q) for q in qualities]  # ModelNotFoundError names the levels there are
     device = resolve_device(args.device)
+    set_reproducible_kernels(device)
     if args.threads:
         import torch
 
@@ -196,6 +197,7 @@ def _runnable_baselines(codecs: list[str], notes: list[str]) -> list[str]:
 
 def cmd_eval(args) -> int:
     from ..evaluation import baselines, report as rep
+    from ..files import atomic_write_text
     from ..evaluation.runner import OURS, Report, bd_table, code_baseline, code_store, load_dataset, ms_ssim_note
 
     _validate(args)
@@ -230,9 +232,9 @@ def cmd_eval(args) -> int:
     bd = bd_table(report.curves(), args.anchor, args.bd_range)
 
     if args.csv:
-        rep.write_text(args.csv, rep.csv_text(report))
+        atomic_write_text(args.csv, rep.csv_text(report))
     if args.json:
-        rep.write_text(args.json, rep.json_text(rep.json_doc(report, bd, args.anchor, args.bd_range)))
+        atomic_write_text(args.json, rep.json_text(rep.json_doc(report, bd, args.anchor, args.bd_range)))
     if args.plot:
         rep.plot(report, args.plot)
     if args.record:

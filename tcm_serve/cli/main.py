@@ -239,7 +239,8 @@ def _open_store(args):
 # -- commands ---------------------------------------------------------------------------------
 def cmd_compress(args) -> int:
     from ..codec.container import check_bitstream
-    from ..codec.pipeline import compress_images, load_model, resolve_device
+    from ..codec.pipeline import compress_images, load_model
+    from ..devices import resolve_device, set_reproducible_kernels
     from ..imageio import read_image
 
     files = _expand(args.inputs, IMAGE_SUFFIXES)
@@ -251,6 +252,7 @@ def cmd_compress(args) -> int:
     quality = args.quality if args.quality is not None else entries[-1].quality
     portable = check_bitstream(args.bitstream)
     device = resolve_device(args.device)
+    set_reproducible_kernels(device)
     t0 = time.perf_counter()
     lm = load_model(store, quality, device, args.backend, os.environ.get("TCM_ONNX_DIR") or None)
     load_s = time.perf_counter() - t0
@@ -280,12 +282,15 @@ def cmd_compress(args) -> int:
 
 
 def cmd_decompress(args) -> int:
-    from ..codec.pipeline import decompress_blob, read_blob, resolve_device, store_resolver
+    from ..codec.pipeline import decompress_blob, read_blob, store_resolver
+    from ..devices import resolve_device, set_reproducible_kernels
     from ..imageio import write_png
 
     files = _expand(args.inputs, {".tcm"})
     outs = _output_paths(files, args.output, ".png", args.force)
-    resolve = store_resolver(_open_store(args), resolve_device(args.device), args.backend, os.environ.get("TCM_ONNX_DIR") or None)
+    device = resolve_device(args.device)
+    set_reproducible_kernels(device)
+    resolve = store_resolver(_open_store(args), device, args.backend, os.environ.get("TCM_ONNX_DIR") or None)
     run = _PerFile(files)
     t0 = time.perf_counter()
 

@@ -96,12 +96,13 @@ def _val_images(folder: str, count: int) -> list:
 def cmd_train(args) -> int:
     import torch
 
-    from ..codec.pipeline import resolve_device
+    from ..devices import resolve_device, set_reproducible_kernels
     from ..training.trainer import LOG, Trainer, TrainConfig, forward_validator, text_progress
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    set_reproducible_kernels(device)
     cfg = TrainConfig(
         arch=_arch(args), lmbda=args.lmbda, data=[str(Path(d).resolve()) for d in args.data], steps=args.steps,
         batch_size=args.batch_size, crop=args.crop, lr=args.lr, aux_lr=args.aux_lr, lr_drops=sorted(args.lr_drop),

@@ -7,7 +7,6 @@ module knows about bytes.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,42 +19,13 @@ from ..store import ModelEntry, ModelStore
 from ..tuning import tune_malloc
 from .backends import BACKEND_KINDS, OnnxStages, TorchStages
 from .container import TcmFile, TcmHeader, pack, unpack
-from .geometry import check_coded_size
+from .geometry import Geometry, check_coded_size
 from .engine import V1_RETRY_THREADS, CodedImage, Engine, ImageSymbols
-from .padding import crop, pad, padding_for, pixels_to_tensor, tensor_to_pixels
+from .padding import crop, pad, pixels_to_tensor, tensor_to_pixels
 
 #: Default cap on decoded pixels (width x height) for blobs: the image guard's, so what
 #: compresses under the default limit decodes under it.
 DEFAULT_MAX_DECODE_PIXELS = DEFAULT_MAX_PIXELS
-
-
-def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` -> first CUDA device if present, else CPU; also ``cpu``, ``cuda``, ``cuda:N``."""
-    spec = (spec or "auto").strip().lower()
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda"):
-        if not re.fullmatch(r"cuda(:\d+)?", spec):
-            raise ModelNotFoundError(f"unknown device {spec!r} (use auto, cpu, cuda or cuda:N)")
-        if not torch.cuda.is_available():
-            raise ModelNotFoundError(f"device {spec!r} requested but CUDA is not available on this machine")
-        dev = torch.device(spec)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ModelNotFoundError(f"device {spec!r} does not exist ({torch.cuda.device_count()} CUDA device(s))")
-        # Encoder and decoder must compute identical entropy parameters: no TF32, no
-        # autotuned (run-to-run varying) convolution algorithms.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-        return dev
-    if spec != "cpu":
-        raise ModelNotFoundError(f"unknown device {spec!r} (use auto, cpu, cuda or cuda:N)")
-    return torch.device("cpu")
-
-
-def backend_name(device: torch.device) -> str:
-    return f"torch-{device.type}"
 
 
 @dataclass
@@ -140,7 +110,12 @@ class Compressed:
     bpp: float  # 8 * (len(z) + len(y)) / (H * W), the official formula (unpadded pixels)
 
 
-def _header_for(lm: LoadedModel, img: DecodedImage, padding, coded: CodedImage, z_shape) -> TcmHeader:
+def image_geometry(img: DecodedImage) -> Geometry:
+    """How ``img`` is padded for coding, and the grids of the padded tensor."""
+    return Geometry.for_image(img.height, img.width)
+
+
+def _header_for(lm: LoadedModel, img: DecodedImage, geometry: Geometry, coded: CodedImage) -> TcmHeader:
     return TcmHeader(
         quality=lm.entry.quality,
         config_hash=lm.config_hash,
@@ -148,8 +123,8 @@ def _header_for(lm: LoadedModel, img: DecodedImage, padding, coded: CodedImage, 
         width=img.width,
         height=img.height,
         mode=img.mode,
-        pad=padding,
-        z_shape=z_shape,
+        pad=geometry.pad,
+        z_shape=geometry.z_shape,
         backend=coded.backend or lm.backend,
         symbols_crc32=coded.symbols_crc32,
     )
@@ -158,19 +133,16 @@ def _header_for(lm: LoadedModel, img: DecodedImage, padding, coded: CodedImage, 
 def analyse_images(lm: LoadedModel, images: Sequence[DecodedImage], portable: bool = True) -> list[ImageSymbols]:
     """Run the transforms on a batch of images that share one padded size, for portable
     (version 2) or exact (version 1) blobs."""
-    paddings = [padding_for(img.height, img.width) for img in images]
-    shapes = {(img.height + p[2] + p[3], img.width + p[0] + p[1]) for img, p in zip(images, paddings)}
-    if len(shapes) != 1:
+    geometries = [image_geometry(img) for img in images]
+    if len({g.padded_shape for g in geometries}) != 1:
         raise ValueError("a batch must share one padded size")
-    x = torch.stack([pad(pixels_to_tensor(img.pixels), p) for img, p in zip(images, paddings)])
+    x = torch.stack([pad(pixels_to_tensor(img.pixels), g.pad) for img, g in zip(images, geometries)])
     return lm.engine.analyse(x, portable)
 
 
 def package(lm: LoadedModel, img: DecodedImage, coded: CodedImage) -> Compressed:
     """Wrap one image's strings in a .tcm container."""
-    padding = padding_for(img.height, img.width)
-    z_shape = ((img.height + padding[2] + padding[3]) // 64, (img.width + padding[0] + padding[1]) // 64)
-    header = _header_for(lm, img, padding, coded, z_shape)
+    header = _header_for(lm, img, image_geometry(img), coded)
     blob = pack(TcmFile(header, coded.z_string, coded.y_string, coded.hints))
     bpp = 8.0 * (len(coded.z_string) + len(coded.y_string)) / (img.width * img.height)
     return Compressed(blob, header, bpp)
@@ -182,8 +154,7 @@ def compress_images(
     """Compress images, batching those of equal padded size; results keep input order."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, img in enumerate(images):
-        p = padding_for(img.height, img.width)
-        groups.setdefault((img.height + p[2] + p[3], img.width + p[0] + p[1]), []).append(i)
+        groups.setdefault(image_geometry(img).padded_shape, []).append(i)
     out: list[Compressed | None] = [None] * len(images)
     for idx in groups.values():
         for start in range(0, len(idx), max(1, max_batch)):
@@ -223,13 +194,22 @@ def store_resolver(
 def check_identity(lm: LoadedModel, header: TcmHeader) -> None:
     """Refuse a blob made by other weights, or whose entropy parameters were computed by a
     backend ``lm`` cannot reproduce (:class:`~tcm_serve.errors.BackendMismatchError`)."""
-    if not lm.matches(header):
+    check_made_by(lm.entry, header)
+    lm.engine.entropy_path(header.backend)
+
+
+def check_made_by(entry: ModelEntry, header: TcmHeader) -> None:
+    """Refuse a blob made by another model than ``entry`` (quality, architecture or weights
+    differ), naming both. Needs no loaded model, so the service refuses such a blob before
+    it queues it."""
+    if (header.quality, header.config_hash, header.weights_hash) != (
+        entry.quality, entry.arch.config_hash(), entry.weights_hash
+    ):
         raise ModelNotFoundError(
             f"blob was made by model q{header.quality} config {header.config_hash.hex()} weights "
-            f"{header.weights_hash.hex()}, but the store's q{lm.entry.quality} is config "
-            f"{lm.config_hash.hex()} weights {lm.weights_hash.hex()}"
+            f"{header.weights_hash.hex()}, but the store's q{entry.quality} is config "
+            f"{entry.arch.config_hash().hex()} weights {entry.weights_hash.hex()}"
         )
-    lm.engine.entropy_path(header.backend)
 
 
 def coded_image(f: TcmFile) -> CodedImage:
@@ -247,10 +227,7 @@ def check_decode_size(header: TcmHeader, max_pixels: int) -> None:
     so any image accepted for compression under a limit decodes under that limit and
     decode work stays proportional to the limit.
     """
-    left, right, top, bottom = header.pad
-    check_coded_size(
-        header.width, header.height, header.width + left + right, header.height + top + bottom, max_pixels, "blob"
-    )
+    check_coded_size(header.geometry, max_pixels, "blob")
 
 
 def decompress_blob(blob: bytes, resolve: Resolver, max_pixels: int = DEFAULT_MAX_DECODE_PIXELS) -> Decompressed:
@@ -266,3 +243,22 @@ def decompress_blob(blob: bytes, resolve: Resolver, max_pixels: int = DEFAULT_MA
 def read_blob(path: str | os.PathLike) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+def decompress_batch(lm: LoadedModel, blobs: Sequence[bytes]) -> list[Decompressed]:
+    """Decode blobs of one model and one padded size together: the entropy-parameter path
+    and range decoding per blob (inside ``Engine.decompress``), the synthesis transform on
+    the batch. Equals :func:`decompress_blob` per blob (tests/test_batching.py); the caller
+    has checked each blob's size (:func:`check_decode_size`)."""
+    files = [unpack(b) for b in blobs]
+    for f in files:
+        check_identity(lm, f.header)
+    shapes = {f.header.z_shape for f in files}
+    if len(shapes) != 1:
+        raise ValueError("a decompression batch must share one padded size")
+    coded = [coded_image(f) for f in files]
+    x = lm.engine.decompress(coded, files[0].header.z_shape)
+    return [
+        Decompressed(tensor_to_pixels(crop(x[i], f.header.pad), f.header.mode), f.header.mode, f.header)
+        for i, f in enumerate(files)
+    ]

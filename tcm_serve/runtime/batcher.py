@@ -29,6 +29,10 @@ from .errors import DeadlineExceededError, QueueFullError, ShuttingDownError
 _ids = itertools.count(1)
 
 
+def _ignore_depth(depth: int) -> None:
+    """The queue-depth listener of a batcher nobody watches."""
+
+
 @dataclass(eq=False)
 class Job:
     kind: str  # "compress" or "decompress"
@@ -112,7 +116,15 @@ class Batcher:
         self._depth = 0
         self._reserved = 0
         self._closed = False
-        self._on_depth = on_depth or (lambda n: None)
+        self._on_depth: Callable[[int], None] = _ignore_depth
+        self.set_depth_listener(on_depth)
+
+    def set_depth_listener(self, on_depth: Callable[[int], None] | None) -> None:
+        """Call ``on_depth`` with the number of waiting jobs whenever it changes (the queue
+        gauge); None stops reporting. Settable after construction because the metrics that
+        listen may be created after the pool that owns the batcher."""
+        with self._cond:
+            self._on_depth = on_depth or _ignore_depth
 
     # -- producers -----------------------------------------------------------------------
     def _refuse_if_full(self, retry_after: Callable[[int], int]) -> None:
