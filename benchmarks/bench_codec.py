@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 
 from tcm_serve.codec.engine import Engine
-from tcm_serve.codec.padding import pad, padding_for, pixels_to_tensor
+from tcm_serve.codec.geometry import Geometry
+from tcm_serve.codec.padding import pad, pixels_to_tensor
 from tcm_serve.model.config import preset
 from tcm_serve.model.tcm import TCM
 from tcm_serve.store import ModelStore
@@ -66,7 +67,7 @@ def main() -> None:
         px = np.array(Image.open(f).convert("RGB"))
         if px.shape[0] > px.shape[1]:  # keep one padded size so batches are possible
             px = np.ascontiguousarray(px.transpose(1, 0, 2))
-        xs.append(pad(pixels_to_tensor(px), padding_for(*px.shape[:2]))[None])
+        xs.append(pad(pixels_to_tensor(px), Geometry.for_image(*px.shape[:2]).pad)[None])
 
     stages: dict[str, list[float]] = {k: [] for k in ("g_a", "entropy path (enc)", "range encode", "compress total",
                                                        "entropy path + range decode", "g_s", "decompress total")}

@@ -28,7 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from tcm_serve.codec.rans import EntropyTable, RansDecoder, encode
-from tcm_serve.codec.tables import default_scale_table, gaussian_table
+from tcm_serve.codec.tables import gaussian_table
+from tcm_serve.model.probability import default_scale_table
 
 KODAK_Y = 320 * 32 * 48  # y symbols of a 768x512 image
 

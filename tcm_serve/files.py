@@ -1,10 +1,11 @@
-"""Small file-system helpers shared by everything that writes files atomically."""
+"""Writing files: the one home of the atomic-replace rule (:func:`atomic_writer`)."""
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
-from pathlib import Path
+from collections.abc import Iterator
+from typing import BinaryIO
 
 
 def new_file_mode() -> int:
@@ -28,36 +29,46 @@ def new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def temp_beside(path: Path) -> tuple[int, str]:
-    """``(fd, name)`` of a new hidden temporary file in ``path``'s directory, to be renamed
-    over ``path`` once complete, with the mode a plain ``open()`` would have given it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, new_file_mode())
-    return fd, tmp
+def _existing_mode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return None
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old file or the complete new one.
+def _fsync_directory(directory: str) -> None:
+    """Make a rename in ``directory`` durable (best effort: not every file system can)."""
+    if hasattr(os, "O_DIRECTORY"):
+        with contextlib.suppress(OSError):
+            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
 
-    A new temporary file beside the target (created exclusively, so a planted symlink is
-    never followed), fsync, rename over the target, fsync the directory (best effort). An
-    existing file keeps its permission bits; a new one gets 0o666 minus the umask; a symlink
-    at ``path`` is replaced, not written through. The temporary file is removed on any
-    failure, and the OSError propagates with ``filename`` set to ``path``.
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` when the block ends without an error, so that a
+    reader (or a crash) sees the old file or the complete new one, never half of one.
+
+    The one way this project writes files (blobs, PNGs, weights, manifests, ONNX graphs,
+    reports, plots). A new temporary file beside the target (created exclusively, so a
+    planted symlink is never followed), fsync, rename over the target, fsync the directory.
+    An existing file keeps its permission bits; a new one gets 0o666 minus the umask; a
+    symlink at ``path`` is replaced, not written through. On any failure the temporary
+    file is removed and the target left as it was; an OSError names ``path``.
     """
     target = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(target))
-    base = os.path.basename(os.fsdecode(target)) or "file"
-    try:
-        existing_mode = os.stat(target).st_mode & 0o7777
-    except OSError:
-        existing_mode = None
+    base = os.path.basename(target) or "file"
+    mode = _existing_mode(target)
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), existing_mode if existing_mode is not None else new_file_mode())
-            f.write(data)
+            os.fchmod(f.fileno(), mode if mode is not None else new_file_mode())
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -70,10 +81,15 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-    if hasattr(os, "O_DIRECTORY"):  # make the rename durable
-        with contextlib.suppress(OSError):
-            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+    _fsync_directory(directory)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_writer`."""
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` through :func:`atomic_writer`."""
+    atomic_write(path, text.encode("utf-8"))

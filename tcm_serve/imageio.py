@@ -233,7 +233,7 @@ def _check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
     of at most 65535, a padded area bounded with the limit: :mod:`tcm_serve.codec.geometry`)."""
     if width < 1 or height < 1:
         raise ImageError(f"image has an invalid size {width}x{height}")
-    check_image_size(width, height, max_pixels)
+    check_image_size(height, width, max_pixels)
 
 
 # ------------------------------------------------------------------------------------

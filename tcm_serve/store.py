@@ -29,11 +29,15 @@ from typing import Any
 
 import torch
 
-from .files import temp_beside
+from .files import atomic_write_text, atomic_writer
 from .errors import CheckpointError, ConfigError, ModelNotFoundError, StoreError
 from .model.checkpoint import TABLE_BUFFERS, load_into, read_state_dict
 from .model.config import PRESETS, TCMConfig
 from .model.tcm import TCM
+# The coder tables are stored with the weights: building them needs the range coder's
+# quantiser (codec.rans), so the store uses codec.tables, which depends on the model and
+# the coder only (never on the store or the engine).
+from .codec.tables import prepare_entropy_tables
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -160,19 +164,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class ModelStore:
     """Reads and writes a store directory. Cheap to construct; loads models on demand."""
 
@@ -208,7 +199,7 @@ class ModelStore:
     def _write_manifest(self, entries: list[ModelEntry]) -> None:
         doc = {"format": MANIFEST_FORMAT, "models": [e.to_json() for e in sorted(entries, key=lambda e: e.quality)]}
         text = json.dumps(doc, indent=2) + "\n"
-        _atomic_write(self.root / MANIFEST, lambda f: f.write(text.encode()))
+        atomic_write_text(self.root / MANIFEST, text)
 
     # -- loading -------------------------------------------------------------------------
     def load_model(self, entry: ModelEntry, verify: bool = True) -> TCM:
@@ -267,8 +258,6 @@ class ModelStore:
 
         ``half`` stores parameters as float16 (half the file; cast back at load).
         ``training`` defaults to the record ``tcm train`` leaves in its checkpoints."""
-        from .codec.engine import prepare_entropy_tables  # the codec layer depends on the store, not vice versa
-
         if not 1 <= quality <= 255:
             raise StoreError(f"quality must be in 1..255, got {quality}")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -292,7 +281,8 @@ class ModelStore:
         if lmbda is None and training and isinstance(training.get("lmbda"), (int, float)):
             lmbda = float(training["lmbda"])
         tmp_name = f".import-q{quality}.pt"
-        _atomic_write(self.root / tmp_name, lambda f: torch.save(state, f))
+        with atomic_writer(self.root / tmp_name) as f:
+            torch.save(state, f)
         digest = sha256_file(self.root / tmp_name)
         name = f"q{quality}-{digest[:12]}.pt"
         os.replace(self.root / tmp_name, self.root / name)

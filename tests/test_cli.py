@@ -17,7 +17,8 @@ from PIL import Image
 from helpers import KIT_CHECKPOINT, KIT_QUALITY, KIT_VECTORS, cpu_allocation_error, index_drift
 from tcm_serve.cli.main import main
 from tcm_serve.codec.container import unpack
-from tcm_serve.codec.padding import crop, pad, padding_for, pixels_to_tensor, tensor_to_pixels
+from tcm_serve.codec.geometry import Geometry
+from tcm_serve.codec.padding import crop, pad, pixels_to_tensor, tensor_to_pixels
 
 TCM = [sys.executable, "-m", "tcm_serve.cli.main"]
 
@@ -112,7 +113,7 @@ def test_conformance_vector_through_cli_matches_reference_strings(
     not, at the reference's own close calls; tests/test_conformance.py covers that case)."""
     for name in KIT_VECTORS:
         vector_input = np.array(Image.open(conformance_dir / "vectors" / name / "input.png").convert("RGB"))
-        x = pad(pixels_to_tensor(vector_input), padding_for(*vector_input.shape[:2]))[None]
+        x = pad(pixels_to_tensor(vector_input), Geometry.for_image(*vector_input.shape[:2]).pad)[None]
         same_indexes = index_drift(kit_engine.analyse(x, portable=False)[0].y_indexes, name).size == 0
         folder = conformance_dir / "vectors" / name
         expected = json.loads((folder / "expected.json").read_text())["compress"]
@@ -149,7 +150,7 @@ def test_kodak_round_trip_psnr_matches_forward(capsys, store_args, kodak_dir, ki
     original = np.array(Image.open(src).convert("RGB"))
     decoded = np.array(Image.open(png_file))
     assert decoded.shape == original.shape
-    p = padding_for(*original.shape[:2])
+    p = Geometry.for_image(*original.shape[:2]).pad
     with torch.no_grad():
         x_hat = kit_engine.model(pad(pixels_to_tensor(original), p)[None])["x_hat"][0]
     forward = tensor_to_pixels(crop(x_hat, p), "RGB")

@@ -17,8 +17,9 @@ from PIL import Image
 
 from helpers import KIT_VECTORS, index_drift
 from tcm_serve.codec.engine import CodedImage
+from tcm_serve.codec.geometry import Geometry
 from tcm_serve.errors import DriftError
-from tcm_serve.codec.padding import crop, pad, padding_for, pixels_to_tensor, tensor_to_pixels
+from tcm_serve.codec.padding import crop, pad, pixels_to_tensor, tensor_to_pixels
 
 FLOAT_TOL = 1e-4
 
@@ -41,7 +42,7 @@ def vector(request, conformance_dir):
 
 def _padded_input(vector) -> torch.Tensor:
     img = vector["input"]
-    p = padding_for(*img.shape[:2])
+    p = Geometry.for_image(*img.shape[:2]).pad
     assert list(p) == vector["expected"]["input"]["padding_left_right_top_bottom"]
     return pad(pixels_to_tensor(img), p)[None]
 
@@ -115,7 +116,7 @@ def test_decoding_reference_strings_reproduces_decoded(vector, kit_engine):
     x_hat = kit_engine.decompress([reference], z_shape)[0]
     dec = vector["decoded"]
     assert float((x_hat - torch.from_numpy(dec["x_hat_padded"])).abs().max()) <= FLOAT_TOL
-    p = padding_for(*vector["input"].shape[:2])
+    p = Geometry.for_image(*vector["input"].shape[:2]).pad
     cropped = crop(x_hat, p)
     assert float((cropped - torch.from_numpy(dec["x_hat"])).abs().max()) <= FLOAT_TOL
     # decoded.png: at most one level off in at most 0.01% of the values.

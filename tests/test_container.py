@@ -35,7 +35,7 @@ from tcm_serve.codec.container import (
     pack,
     unpack,
 )
-from tcm_serve.codec.padding import padding_for
+from tcm_serve.codec.geometry import Geometry
 from tcm_serve.errors import FormatError, UnsupportedVersionError
 
 # --------------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def expect(exc_type, data, *fragments):
 # Strategies
 # --------------------------------------------------------------------------------------
 def _canonical_padding(w: int, h: int) -> tuple[int, int, int, int]:
-    return padding_for(h, w)
+    return Geometry.for_image(h, w).pad
 
 
 def _pad_for(size: int, k: int) -> tuple[int, int]:
@@ -606,7 +606,7 @@ def test_pack_rejects_non_file():
 def test_valid_objects_report_no_problem():
     assert BASE_HEADER.problem() is None and BASE_FILE.problem() is None
     BASE_FILE.validate()
-    assert BASE_HEADER.padded_size == (256, 256)
+    assert BASE_HEADER.geometry.padded_shape == (256, 256)
 
 
 # --------------------------------------------------------------------------------------
@@ -753,7 +753,7 @@ def test_decode_size_bounds_the_padded_tensor_as_the_encoder_does():
 
     def header(width: int, height: int, pad: tuple[int, int, int, int] | None = None) -> TcmHeader:
         if pad is None:
-            pad = padding_for(height, width)
+            pad = Geometry.for_image(height, width).pad
         left, right, top, bottom = pad
         return replace(BASE_HEADER, width=width, height=height, pad=pad,
                        z_shape=((height + top + bottom) // 64, (width + left + right) // 64))

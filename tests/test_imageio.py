@@ -886,4 +886,4 @@ def test_every_image_no_thinner_than_a_square_fits_the_padded_bound(max_pixels, 
     w = max(1, min(MAX_SIDE, int(isqrt(max_pixels) * (0.5 + share))))
     h = max(1, min(MAX_SIDE, max_pixels // w, 2 * isqrt(max_pixels) - w))
     assert w * h <= max_pixels
-    check_image_size(w, h, max_pixels)
+    check_image_size(h, w, max_pixels)

@@ -28,8 +28,9 @@ from PIL import Image
 from helpers import KIT_QUALITY, KIT_VECTORS, make_png
 from tcm_serve.codec.container import TcmFile, pack, unpack
 from tcm_serve.codec.engine import CodedImage, symbols_crc32
+from tcm_serve.codec.geometry import Geometry
 from tcm_serve.codec.onnx_graphs import GraphSet, ensure_graphs, graph_names, parity_report
-from tcm_serve.codec.padding import crop, pad, padding_for, pixels_to_tensor, tensor_to_pixels
+from tcm_serve.codec.padding import crop, pad, pixels_to_tensor, tensor_to_pixels
 from tcm_serve.codec.pipeline import compress_images, decompress_blob, load_model, store_resolver
 from tcm_serve.errors import BackendMismatchError, DriftError
 from tcm_serve.imageio import decode_image
@@ -178,7 +179,7 @@ def test_onnx_decodes_reference_strings_within_one_level(vector, onnx_lm):
     z_shape = tuple(vector["expected"]["compress"]["shape"])
     coded = CodedImage(vector["z_string"], vector["y_string"], crc, "onnx-cpu")
     x_hat = onnx_lm.engine.decompress([coded], z_shape)[0]
-    png = tensor_to_pixels(crop(x_hat, padding_for(*vector["input"].shape[:2])), "RGB").astype(int)
+    png = tensor_to_pixels(crop(x_hat, Geometry.for_image(*vector["input"].shape[:2]).pad), "RGB").astype(int)
     assert np.abs(png - vector["decoded_png"].astype(int)).max() <= 1
 
 
@@ -186,12 +187,12 @@ def test_onnx_round_trip_of_vectors_within_one_level(vector, onnx_lm, torch_lm):
     """Compress and decompress with ONNX: the strings are the reference's (the symbols did
     not move on these vectors) and the image is within 1 level of decoded.png."""
     img = vector["input"]
-    x = pad(pixels_to_tensor(img), padding_for(*img.shape[:2]))[None]
+    x = pad(pixels_to_tensor(img), Geometry.for_image(*img.shape[:2]).pad)[None]
     (coded,) = onnx_lm.engine.compress(x, portable=False)
     assert coded.backend == "onnx-cpu"
     assert (coded.z_string, coded.y_string) == (vector["z_string"], vector["y_string"])
     x_hat = onnx_lm.engine.decompress([coded], (x.shape[2] // 64, x.shape[3] // 64))[0]
-    png = tensor_to_pixels(crop(x_hat, padding_for(*img.shape[:2])), "RGB").astype(int)
+    png = tensor_to_pixels(crop(x_hat, Geometry.for_image(*img.shape[:2]).pad), "RGB").astype(int)
     assert np.abs(png - vector["decoded_png"].astype(int)).max() <= 1
 
 

@@ -27,6 +27,7 @@ from helpers import CONFORMANCE, KIT_QUALITY, kit_model
 from tcm_serve.codec import portable
 from tcm_serve.codec.container import pack, unpack
 from tcm_serve.codec.engine import Engine
+from tcm_serve.codec.geometry import Geometry
 from tcm_serve.codec.hints import decode_hints
 from tcm_serve.codec.pipeline import (
     coded_image,
@@ -34,7 +35,7 @@ from tcm_serve.codec.pipeline import (
     decompress_blob,
     load_model,
 )
-from tcm_serve.codec.padding import pad, padding_for, pixels_to_tensor
+from tcm_serve.codec.padding import pad, pixels_to_tensor
 from tcm_serve.errors import BitstreamError, DriftError, FormatError, StoreError
 from tcm_serve.imageio import read_image
 from tcm_serve.model.tcm import SliceParams
@@ -64,7 +65,7 @@ def bundled() -> ModelStore:
 
 def coffee(vector: str = "coffee-140x260") -> torch.Tensor:
     px = np.array(Image.open(CONFORMANCE / "vectors" / vector / "input.png").convert("RGB"))
-    return pad(pixels_to_tensor(px), padding_for(*px.shape[:2]))[None]
+    return pad(pixels_to_tensor(px), Geometry.for_image(*px.shape[:2]).pad)[None]
 
 
 # -- golden blobs -----------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ def test_photos_decode_with_other_thread_counts(k, lite, photo_blobs, photo_refe
 
 
 def test_photos_decode_in_a_batch_of_four(lite, photo_blobs, photo_reference):
-    from tcm_serve.runtime import decompress_batch
+    from tcm_serve.codec.pipeline import decompress_batch
 
     for out, (_, pixels) in zip(decompress_batch(lite, photo_blobs), photo_reference):
         assert np.abs(out.pixels.astype(int) - pixels.astype(int)).max() <= 1
@@ -292,7 +293,7 @@ def _blob_of(engine: Engine, coded) -> bytes:
     """A .tcm blob around ``coded`` (coffee-140x260 geometry) for decode_latent via unpack."""
     from tcm_serve.codec.container import TcmFile, TcmHeader
 
-    p = padding_for(140, 260)
+    p = Geometry.for_image(140, 260).pad
     header = TcmHeader(
         quality=KIT_QUALITY, config_hash=engine.cfg.config_hash(), weights_hash=bytes(8), width=260, height=140,
         mode="RGB", pad=p, z_shape=(4, 6), backend=coded.backend, symbols_crc32=coded.symbols_crc32,

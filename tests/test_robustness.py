@@ -119,10 +119,10 @@ def test_huge_claimed_size_refused_before_decoding(codec):
 
     f = unpack(blob)
 
-    from tcm_serve.codec.padding import padding_for
+    from tcm_serve.codec.geometry import Geometry
 
     w = h = 60000
-    p = padding_for(h, w)
+    p = Geometry.for_image(h, w).pad
     big = dataclasses.replace(f.header, width=w, height=h, pad=p, z_shape=((h + p[2] + p[3]) // 64, (w + p[0] + p[1]) // 64))
     with pytest.raises(TcmError, match="over the limit"):
         decompress_blob(pack(dataclasses.replace(f, header=big)), resolve)

@@ -18,13 +18,8 @@ import pytest
 import torch
 
 from tcm_serve.codec.rans import EntropyTable, RansDecoder, encode
-from tcm_serve.codec.tables import (
-    bottleneck_table,
-    build_indexes,
-    default_scale_table,
-    gaussian_table,
-    logits_cumulative,
-)
+from tcm_serve.codec.tables import bottleneck_table, build_indexes, gaussian_table
+from tcm_serve.model.probability import default_scale_table, logits_cumulative
 
 EB = "entropy_bottleneck."
 GC = "gaussian_conditional."

@@ -100,7 +100,7 @@ def test_resume_refuses_a_different_run(photo_dir, tmp_path):
 def test_a_fine_tune_from_a_file_with_entropy_tables_resumes_exactly(photo_dir, tmp_path):
     """Store files carry the coder's CDF tables; a run started from one (--init) must
     resume (the tables' buffers are sized from the checkpoint) and stay exact."""
-    from tcm_serve.codec.engine import prepare_entropy_tables
+    from tcm_serve.codec.tables import prepare_entropy_tables
 
     torch.set_num_threads(1)
     torch.manual_seed(3)
@@ -190,7 +190,7 @@ def test_train_import_half_and_code(photo_dir, tmp_path):
     assert saved["gaussian_conditional.scale_table"].dtype == torch.float32
     # The tables were built from the float16-rounded weights: rebuilding them at load
     # gives the same buffers.
-    from tcm_serve.codec.engine import prepare_entropy_tables
+    from tcm_serve.codec.tables import prepare_entropy_tables
 
     model = ModelStore(store).load_model(entry)
     before = {k: v.clone() for k, v in model.state_dict().items() if "cdf" in k or "offset" in k}

@@ -60,6 +60,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from tcm_serve.codec.geometry import MAX_SIDE, Z_STRIDE, Geometry, split_padding
 from tcm_serve.errors import ConfigError, FormatError, UnsupportedVersionError
 
 __all__ = [
@@ -147,10 +148,10 @@ STREAM_ALIGN = 4  # rANS strings are sequences of u32 words
 MIN_HINTS_LEN = 1  # version 2: the hint count (a varint) is always there
 MIN_FILE_SIZE = HEADER_SIZE + 2 * MIN_STREAM_LEN + TRAILER_SIZE  # 72 (version 1; version 2: 77)
 
-#: z is at 1/64 of the padded resolution (4 x stride-2 in g_a, 2 more in h_a).
-Z_STRIDE = 64
-#: Total padding per dimension is strictly below this.
+#: Total padding per dimension is strictly below this (a format rule: the writer's padding
+#: rule, :mod:`tcm_serve.codec.geometry`, adds at most 255).
 MAX_PAD_TOTAL = 256
+_U16_MAX = 0xFFFF
 _U32_MAX = 0xFFFFFFFF
 _HASH_LEN = 8
 
@@ -185,7 +186,7 @@ class TcmHeader:
     height: int  # original image height, 1..65535
     mode: str  # "L" (grayscale) or "RGB"
     pad: tuple[int, int, int, int]  # left, right, top, bottom zero padding added before coding
-    z_shape: tuple[int, int]  # (zH, zW) = padded (H/64, W/64)
+    z_shape: tuple[int, int]  # (zH, zW) = the padded tensor's z grid (Geometry.z_shape)
     backend: str  # what computed the entropy parameters: one of BACKENDS (v1) or PORTABLE_METHODS (v2)
     symbols_crc32: int  # CRC32 of the coded symbols+indexes, checked after decode
 
@@ -211,10 +212,9 @@ class TcmHeader:
             raise ValueError(msg)
 
     @property
-    def padded_size(self) -> tuple[int, int]:
-        """(padded_width, padded_height) of the tensor that was coded."""
-        left, right, top, bottom = self.pad
-        return self.width + left + right, self.height + top + bottom
+    def geometry(self) -> Geometry:
+        """The image, its padding and the padded tensor's grids, (height, width) order."""
+        return Geometry(self.height, self.width, self.pad)
 
 
 @dataclass(frozen=True)
@@ -297,8 +297,8 @@ def _header_problem(h: TcmHeader) -> Optional[str]:  # noqa: C901 - a flat list 
         v = getattr(h, name)
         if not _is_int(v):
             return f"{name} must be an int, got {type(v).__name__}"
-        if not 1 <= v <= 0xFFFF:
-            return f"{name} {v} out of range 1..65535"
+        if not 1 <= v <= MAX_SIDE:
+            return f"{name} {v} out of range 1..{MAX_SIDE}"
     # mode / backend
     if h.mode not in MODES:
         return f"mode {h.mode!r} is not one of {', '.join(MODES)}"
@@ -317,20 +317,26 @@ def _header_problem(h: TcmHeader) -> Optional[str]:  # noqa: C901 - a flat list 
             return f"pad {name} must be an int, got {type(v).__name__}"
         if not 0 <= v <= 255:
             return f"pad {name} {v} out of range 0..255"
-    left, right, top, bottom = h.pad
     # z_shape
     if not isinstance(h.z_shape, tuple) or len(h.z_shape) != 2:
         return f"z_shape must be a tuple (zH, zW), got {h.z_shape!r}"
     for name, v in zip(("zH", "zW"), h.z_shape):
         if not _is_int(v):
             return f"z_shape {name} must be an int, got {type(v).__name__}"
-        if not 1 <= v <= 0xFFFF:
-            return f"z_shape {name} {v} out of range 1..65535"
+        if not 1 <= v <= _U16_MAX:
+            return f"z_shape {name} {v} out of range 1..{_U16_MAX}"
+    return _padding_problem(h)
+
+
+def _padding_problem(h: TcmHeader) -> Optional[str]:
+    """Padding / z_shape consistency, width first then height: the header's image plus its
+    padding must be the padded size its z grid stands for."""
+    left, right, top, bottom = h.pad
     zh, zw = h.z_shape
-    # padding / z_shape consistency, width first then height
-    for axis, size, a, b, zdim, a_name, b_name, zname in (
-        ("width", h.width, left, right, zw, "left", "right", "zW"),
-        ("height", h.height, top, bottom, zh, "top", "bottom", "zH"),
+    image, grid = h.geometry, Geometry.from_z(h.z_shape)
+    for axis, size, a, b, padded, zdim, expected, a_name, b_name, zname in (
+        ("width", h.width, left, right, image.padded_width, zw, grid.padded_width, "left", "right", "zW"),
+        ("height", h.height, top, bottom, image.padded_height, zh, grid.padded_height, "top", "bottom", "zH"),
     ):
         total = a + b
         if total >= MAX_PAD_TOTAL:
@@ -338,16 +344,16 @@ def _header_problem(h: TcmHeader) -> Optional[str]:  # noqa: C901 - a flat list 
                 f"{axis} padding {a_name} {a} + {b_name} {b} = {total} must be less than "
                 f"{MAX_PAD_TOTAL}"
             )
-        if a != total // 2:
+        split = split_padding(total)
+        if (a, b) != split:
             return (
                 f"{axis} padding must be split floor/rest: {a_name} {a}, {b_name} {b}; "
-                f"expected {a_name} {total // 2}, {b_name} {total - total // 2}"
+                f"expected {a_name} {split[0]}, {b_name} {split[1]}"
             )
-        padded = size + total
-        if padded != zdim * Z_STRIDE:
+        if padded != expected:
             return (
                 f"padded {axis} {size} + {total} = {padded} does not match z_shape "
-                f"{zname} {zdim} * {Z_STRIDE} = {zdim * Z_STRIDE}"
+                f"{zname} {zdim} * {Z_STRIDE} = {expected}"
             )
     return None
 
@@ -596,7 +602,7 @@ def header_fields(f: TcmFile) -> dict:
     """
     h = f.header
     left, right, top, bottom = h.pad
-    pw, ph = h.padded_size
+    g = h.geometry
     return {
         "format_version": h.version,
         "flags": 0,
@@ -605,8 +611,8 @@ def header_fields(f: TcmFile) -> dict:
         "width": h.width,
         "height": h.height,
         "pad": {"left": left, "right": right, "top": top, "bottom": bottom},
-        "padded_width": pw,
-        "padded_height": ph,
+        "padded_width": g.padded_width,
+        "padded_height": g.padded_height,
         "z_shape": [h.z_shape[0], h.z_shape[1]],
         "backend": h.backend,
         "config_hash": bytes(h.config_hash).hex(),

@@ -39,16 +39,12 @@ from ..errors import BackendMismatchError, BitstreamError, DriftError, FormatErr
 from ..model.tcm import TCM
 from .backends import Stages, TorchStages
 from .container import PORTABLE, PORTABLE_METHODS
+from .geometry import ALIGN, MIN_PADDED, Geometry
 from .hints import decode_hints, encode_hints
 from .portable import DTYPE as PORTABLE_DTYPE
 from .portable import NO_HINTS, ExactIndexes, PortableIndexes
-from .rans import EntropyTable, RansDecoder, encode
-from .tables import bottleneck_table, default_scale_table, gaussian_table
-
-#: Spatial downsampling of y and z relative to the (padded) image.
-Y_STRIDE = 16
-Z_STRIDE = 64
-
+from .rans import RansDecoder, encode
+from .tables import prepare_entropy_tables
 
 #: Thread counts a version-1 blob is retried with when it does not decode with the current
 #: one (commonest first), then the machine's core count: torch's kernels split work by
@@ -176,49 +172,6 @@ class EntropyPath:
         return z_symbols.to(self.device, self.dtype) + self.medians
 
 
-def _table_from_buffers(module: torch.nn.Module) -> EntropyTable | None:
-    if module._quantized_cdf.numel() == 0:
-        return None
-    table = EntropyTable(
-        cdf=_to_numpy_i32(module._quantized_cdf),
-        cdf_length=_to_numpy_i32(module._cdf_length).reshape(-1),
-        offset=_to_numpy_i32(module._offset).reshape(-1),
-    )
-    table.validate()
-    return table
-
-
-def _store_table(module: torch.nn.Module, table: EntropyTable) -> None:
-    device = module._offset.device
-    module._quantized_cdf = torch.from_numpy(table.cdf.copy()).to(device)
-    module._cdf_length = torch.from_numpy(table.cdf_length.copy()).to(device)
-    module._offset = torch.from_numpy(table.offset.copy()).to(device)
-
-
-def prepare_entropy_tables(model: TCM) -> tuple[EntropyTable, EntropyTable, Tensor]:
-    """The reference ``update()``: build the z and y tables unless the checkpoint already
-    holds them (then, like the reference, keep the stored ones). Returns (z table,
-    y table, scale table) and writes them into the model's buffers."""
-    eb, gc = model.entropy_bottleneck, model.gaussian_conditional
-    with torch.no_grad():
-        z_table = _table_from_buffers(eb)
-        if z_table is None:
-            cpu = lambda ts: [t.detach().float().cpu() for t in ts]  # noqa: E731
-            z_table = bottleneck_table(eb.quantiles.detach().cpu(), cpu(eb.matrices()), cpu(eb.biases()), cpu(eb.factors()))
-            _store_table(eb, z_table)
-        y_table = _table_from_buffers(gc)
-        if y_table is None or gc.scale_table.numel() == 0:
-            scale_table = default_scale_table()
-            y_table = gaussian_table(scale_table)
-            gc.scale_table = scale_table.to(gc.scale_table.device)
-            _store_table(gc, y_table)
-    if z_table.cdf.shape[0] != eb.channels:
-        raise BitstreamError(f"z table has {z_table.cdf.shape[0]} rows for {eb.channels} channels")
-    if y_table.cdf.shape[0] != gc.scale_table.numel():
-        raise BitstreamError(f"y table has {y_table.cdf.shape[0]} rows for {gc.scale_table.numel()} scales")
-    return z_table, y_table, gc.scale_table.detach().clone()
-
-
 class Engine:
     """A loaded TCM model with its entropy tables, ready to code latents.
 
@@ -270,10 +223,6 @@ class Engine:
     def backend(self) -> str:
         """What computes this engine's exact entropy parameters (recorded in version-1 headers)."""
         return self.stages.name
-
-    @property
-    def decodable_backends(self) -> tuple[str, ...]:
-        return (*self._decode_paths, *PORTABLE_METHODS)
 
     @property
     def portable_path(self) -> EntropyPath:
@@ -386,7 +335,8 @@ class Engine:
         z_syms = self._decode_z(c.z_string, self.z_indexes(zh * zw))
         path = self.entropy_path(c.backend)
         if c.portable:
-            n_symbols = self.cfg.M * (4 * zh) * (4 * zw)
+            yh, yw = Geometry.from_z(z_shape).y_shape
+            n_symbols = self.cfg.M * yh * yw
             hints = decode_hints(c.hints, n_symbols, self.y_table.num_tables)
             try:
                 return self._decode_latent(c, z_syms, z_shape, path, path.rule(hints))
@@ -470,15 +420,16 @@ class Engine:
     @staticmethod
     def _check_z_shape(z_shape: tuple[int, int]) -> None:
         """Refuse (FormatError) a header geometry this codec never writes and the networks
-        cannot run on: the padded size must be what :meth:`_check_padded` allows (z even
-        and at least 4), or the window attention fails on the odd shape. Such a header can
+        cannot run on: the padded size must be what :meth:`_check_padded` allows
+        (:attr:`Geometry.is_coded`), or the window attention fails on the odd shape. Such a header can
         pass every container rule (found by tests/test_fuzz.py: a CRC-valid blob whose
         z_shape is another factorisation of the same symbol count crashed the decoder)."""
-        zh, zw = z_shape
-        if zh % 2 or zw % 2 or zh < 4 or zw < 4:
+        padded = Geometry.from_z(z_shape)
+        if not padded.is_coded:
+            zh, zw = z_shape
             raise FormatError(
-                f"invalid header: padded size {64 * zh}x{64 * zw} (z_shape {zh}x{zw}) is not one this codec "
-                "produces (multiples of 128, at least 256)"
+                f"invalid header: padded size {padded.padded_height}x{padded.padded_width} (z_shape {zh}x{zw}) "
+                f"is not one this codec produces (multiples of {ALIGN}, at least {MIN_PADDED})"
             )
 
     @staticmethod
@@ -486,5 +437,5 @@ class Engine:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) batch, got {tuple(x.shape)}")
         h, w = x.shape[2:]
-        if h % 128 or w % 128 or h < 256 or w < 256:
-            raise ValueError(f"padded size {h}x{w} must be multiples of 128 and at least 256")
+        if not Geometry(h, w).is_coded:
+            raise ValueError(f"padded size {h}x{w} must be multiples of {ALIGN} and at least {MIN_PADDED}")

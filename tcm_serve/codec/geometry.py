@@ -1,4 +1,9 @@
-"""Image geometry the codec can take: the padding rule's sizes and the limits built on them.
+"""Image geometry the codec can take: the padding rule, the latent grids, and the limits built on them.
+
+The one home of every size the codec derives from an image's: the padded size, how the
+padding splits between the sides, the y and z grids the networks produce, and what a
+header's z grid says about the image. Shapes are (height, width) throughout; only the
+``.tcm`` header stores width before height, and only its byte layout knows that.
 
 No torch, no numpy: the image guard (:mod:`tcm_serve.imageio`) and the container checks use
 it before any pixel is decoded.
@@ -14,6 +19,7 @@ every reasonably shaped image under ``max_pixels`` passes, extreme strips do not
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from tcm_serve.errors import ImageTooLargeError
 
@@ -23,6 +29,13 @@ ALIGN = 128
 MIN_PADDED = 256
 #: Width and height are 16-bit fields in the ``.tcm`` header.
 MAX_SIDE = 0xFFFF
+#: y is at 1/16 of the padded resolution (4 x stride-2 in g_a).
+Y_STRIDE = 16
+#: z is at 1/64 of the padded resolution (2 more stride-2 in h_a).
+Z_STRIDE = 64
+
+#: (left, right, top, bottom) of a tensor that is not padded.
+NO_PAD: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 def padded_size(n: int) -> int:
@@ -30,6 +43,76 @@ def padded_size(n: int) -> int:
     if n < 1:
         raise ValueError(f"image side must be >= 1, got {n}")
     return max(MIN_PADDED, -(-n // ALIGN) * ALIGN)
+
+
+def is_coded_side(n: int) -> bool:
+    """Whether ``n`` is a padded side :func:`padded_size` produces, hence one the networks
+    run on (window attention fails on other sizes)."""
+    return n % ALIGN == 0 and n >= MIN_PADDED
+
+
+def split_padding(total: int) -> tuple[int, int]:
+    """(before, after) halves of ``total`` padding, floor/rest, as the reference splits it:
+    the split is part of the bitstream (the image's place in the padded tensor)."""
+    return total // 2, total - total // 2
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """An image of ``height`` x ``width`` pixels in a tensor padded by ``pad``.
+
+    Built from an image by the padding rule (:meth:`for_image`), from a header's z grid
+    and padding (:meth:`from_z`), or directly, e.g. ``Geometry(h, w)`` for a tensor that
+    already has its padded size. Every padded size, padding and latent grid the codec
+    uses comes from here.
+    """
+
+    height: int
+    width: int
+    pad: tuple[int, int, int, int] = NO_PAD  # (left, right, top, bottom) zero padding
+
+    @classmethod
+    def for_image(cls, height: int, width: int) -> Geometry:
+        """The padding rule: each side up to :func:`padded_size`, split by :func:`split_padding`."""
+        left, right = split_padding(padded_size(width) - width)
+        top, bottom = split_padding(padded_size(height) - height)
+        return cls(height, width, (left, right, top, bottom))
+
+    @classmethod
+    def from_z(cls, z_shape: tuple[int, int], pad: tuple[int, int, int, int] = NO_PAD) -> Geometry:
+        """The image a z grid of ``z_shape`` (zH, zW) holds after ``pad`` is cropped off
+        (a header's view; without ``pad``, the padded tensor itself)."""
+        zh, zw = z_shape
+        left, right, top, bottom = pad
+        return cls(Z_STRIDE * zh - top - bottom, Z_STRIDE * zw - left - right, pad)
+
+    @property
+    def padded_height(self) -> int:
+        return self.height + self.pad[2] + self.pad[3]
+
+    @property
+    def padded_width(self) -> int:
+        return self.width + self.pad[0] + self.pad[1]
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        """(height, width) of the padded tensor the transforms run on."""
+        return self.padded_height, self.padded_width
+
+    @property
+    def y_shape(self) -> tuple[int, int]:
+        """(yH, yW): the latent grid g_a produces from the padded tensor."""
+        return self.padded_height // Y_STRIDE, self.padded_width // Y_STRIDE
+
+    @property
+    def z_shape(self) -> tuple[int, int]:
+        """(zH, zW): the hyper-latent grid h_a produces (what a header records)."""
+        return self.padded_height // Z_STRIDE, self.padded_width // Z_STRIDE
+
+    @property
+    def is_coded(self) -> bool:
+        """Whether the padded size is one this codec produces and its networks run on."""
+        return is_coded_side(self.padded_height) and is_coded_side(self.padded_width)
 
 
 def padded_pixel_limit(max_pixels: int) -> int:
@@ -45,27 +128,28 @@ def padded_pixel_limit(max_pixels: int) -> int:
     return max_pixels + 2 * ALIGN * math.isqrt(max_pixels - 1) + 2 * ALIGN + MIN_PADDED**2
 
 
-def check_coded_size(width: int, height: int, padded_width: int, padded_height: int, max_pixels: int, what: str) -> None:
+def check_coded_size(geometry: Geometry, max_pixels: int, what: str) -> None:
     """Raise :class:`ImageTooLargeError` unless this geometry is within ``max_pixels``.
 
     ``what`` is "image" (the encoder's image guard) or "blob" (the decoder's): both call
     this, so whatever compresses under a limit decodes under it.
     """
+    width, height = geometry.width, geometry.height
     subject = f"blob decodes to a {width}x{height} image" if what == "blob" else f"{what} is {width}x{height}"
     n = width * height
     if n > max_pixels:
         raise ImageTooLargeError(f"{subject} ({n:,} pixels), over the limit of {max_pixels:,} pixels")
     if width > MAX_SIDE or height > MAX_SIDE:
         raise ImageTooLargeError(f"{subject}: a .tcm image's sides are at most {MAX_SIDE} pixels")
-    padded, limit = padded_width * padded_height, padded_pixel_limit(max_pixels)
+    padded, limit = geometry.padded_width * geometry.padded_height, padded_pixel_limit(max_pixels)
     if padded > limit:
         raise ImageTooLargeError(
-            f"{subject}, which the model pads to {padded_width}x{padded_height} "
+            f"{subject}, which the model pads to {geometry.padded_width}x{geometry.padded_height} "
             f"({padded:,} pixels), over the {limit:,} allowed with a limit of {max_pixels:,} pixels "
             "(a strip this thin is mostly padding: split it into shorter pieces)"
         )
 
 
-def check_image_size(width: int, height: int, max_pixels: int) -> None:
+def check_image_size(height: int, width: int, max_pixels: int) -> None:
     """The encoder's check: the image and the padded tensor the model will see."""
-    check_coded_size(width, height, padded_size(width), padded_size(height), max_pixels, "image")
+    check_coded_size(Geometry.for_image(height, width), max_pixels, "image")

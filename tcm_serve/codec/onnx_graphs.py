@@ -31,9 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, StoreError
-from ..files import temp_beside
+from ..files import atomic_write_text, atomic_writer
 from ..model.tcm import TCM
 from ..store import ModelEntry, sha256_file as _sha256
+from .geometry import MIN_PADDED, Geometry
 
 #: Bump when the exported graphs change (stage split, opset, wrappers): old caches are rebuilt.
 GRAPH_FORMAT = 1
@@ -41,7 +42,7 @@ OPSET = 17
 #: Size of the example inputs used for tracing: the smallest padded image (tracing runs the
 #: model once). Sizes are recorded as shape operations, not constants, so the graphs serve
 #: every size; the parity tests run them on other, non-square sizes.
-_EXAMPLE_IMAGE = (256, 256)
+_EXAMPLE_IMAGE = (MIN_PADDED, MIN_PADDED)
 
 
 def entropy_graph_names(num_slices: int) -> list[str]:
@@ -94,22 +95,23 @@ def _specs(model: TCM, image: tuple[int, int] = _EXAMPLE_IMAGE, seed: int = 0) -
     """Each stage with example inputs for a padded image of ``image`` (height, width)."""
     cfg = model.cfg
     g = torch.Generator().manual_seed(seed)
-    h, w = image
+    geometry = Geometry(*image)
+    yh, yw = geometry.y_shape
     rand = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
-    y = rand(1, cfg.M, h // 16, w // 16)
+    y = rand(1, cfg.M, yh, yw)
     specs = {
-        "g_a": _GraphSpec(model.g_a, {"x": rand(1, 3, h, w)}, ["y"]),
+        "g_a": _GraphSpec(model.g_a, {"x": rand(1, 3, *geometry.padded_shape)}, ["y"]),
         "h_a": _GraphSpec(model.h_a, {"y": y}, ["z"]),
-        "hyper_s": _GraphSpec(_Hyper(model), {"z_hat": rand(1, cfg.hyper_channels, h // 64, w // 64)}, ["latent_means", "latent_scales"]),
+        "hyper_s": _GraphSpec(_Hyper(model), {"z_hat": rand(1, cfg.hyper_channels, *geometry.z_shape)}, ["latent_means", "latent_scales"]),
         "g_s": _GraphSpec(model.g_s, {"y_hat": y}, ["x_hat"]),
     }
     sc = cfg.slice_channels
     for i in range(cfg.num_slices):
         inputs = {"latent_means": y, "latent_scales": y}
-        inputs.update({f"support{k}": rand(1, sc, h // 16, w // 16) for k in range(cfg.support_count(i))})
+        inputs.update({f"support{k}": rand(1, sc, yh, yw) for k in range(cfg.support_count(i))})
         specs[f"slice{i}"] = _GraphSpec(_SliceParams(model, i), inputs, ["mu", "scale", "mean_support"])
-        ms = rand(1, cfg.M + sc * cfg.support_count(i), h // 16, w // 16)
-        specs[f"lrp{i}"] = _GraphSpec(_Refine(model, i), {"mean_support": ms, "y_hat_slice": rand(1, sc, h // 16, w // 16)}, ["y_hat_refined"])
+        ms = rand(1, cfg.M + sc * cfg.support_count(i), yh, yw)
+        specs[f"lrp{i}"] = _GraphSpec(_Refine(model, i), {"mean_support": ms, "y_hat_slice": rand(1, sc, yh, yw)}, ["y_hat_refined"])
     return specs
 
 
@@ -117,22 +119,15 @@ def export_graph(spec: _GraphSpec, path: Path) -> None:
     """Trace one stage and write it to ``path`` atomically (all axes but channels dynamic)."""
     names = list(spec.inputs) + spec.outputs
     dynamic = {n: {0: "batch", 2: "height", 3: "width"} for n in names}
-    fd, tmp = temp_beside(path)
-    os.close(fd)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # The legacy exporter warns that it is legacy, and the tracer that Python ints
-            # taken from shapes become constants: only in shape checks that raise, never
-            # in the computation (the parity tests run the graphs at other sizes).
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                spec.module.eval(), tuple(spec.inputs.values()), tmp, dynamo=False, opset_version=OPSET,
-                input_names=list(spec.inputs), output_names=spec.outputs, dynamic_axes=dynamic,
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as f, torch.no_grad(), warnings.catch_warnings():
+        # The legacy exporter warns that it is legacy, and the tracer that Python ints
+        # taken from shapes become constants: only in shape checks that raise, never
+        # in the computation (the parity tests run the graphs at other sizes).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            spec.module.eval(), tuple(spec.inputs.values()), f, dynamo=False, opset_version=OPSET,
+            input_names=list(spec.inputs), output_names=spec.outputs, dynamic_axes=dynamic,
+        )
 
 
 # -- the cache ------------------------------------------------------------------------------
@@ -195,9 +190,7 @@ def export_graphs(model: TCM, entry: ModelEntry, directory: str | os.PathLike) -
         "quality": entry.quality, "weights_sha256": entry.sha256, "graph_format": GRAPH_FORMAT, "opset": OPSET,
         "torch": torch.__version__, "sha256": {n: _sha256(gs.path(n)) for n in gs.names},
     }
-    tmp = gs.index_path.with_name(f".{gs.index_path.name}.tmp")
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    os.replace(tmp, gs.index_path)
+    atomic_write_text(gs.index_path, json.dumps(index, indent=2) + "\n")
     for p in gs.stale():
         p.unlink(missing_ok=True)
     return gs

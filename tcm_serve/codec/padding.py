@@ -1,11 +1,12 @@
-"""The padding rule and pixel <-> tensor conversions.
+"""Pixel <-> tensor conversions, and zero padding by a :class:`~tcm_serve.codec.geometry.Geometry`'s pad.
 
 Window attention needs every transformer stage to split into whole windows (8x8 at 1/2,
 1/4, 1/8 and 1/16 of the image, 4x4 at 1/32), so the reference evaluation pads each side
 up to a multiple of 128, split floor/rest between left/right and top/bottom, with zeros.
 The reference crashes when a padded side is exactly 128 (SWAtten's small-input fallback
 cannot split an 8-wide y), so we pad to at least 256: for every image the reference can
-code (both sides > 128) the rule, and therefore the bitstream, is identical.
+code (both sides > 128) the rule, and therefore the bitstream, is identical. The rule's
+sizes live in :mod:`tcm_serve.codec.geometry` (no torch there); this module applies them.
 """
 from __future__ import annotations
 
@@ -14,16 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tcm_serve.codec.geometry import ALIGN, MIN_PADDED, padded_size
-
-__all__ = ["ALIGN", "MIN_PADDED", "padded_size", "padding_for", "pixels_to_tensor", "pad"]
-
-
-def padding_for(height: int, width: int) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) zero padding for an image of this size."""
-    extra_w = padded_size(width) - width
-    extra_h = padded_size(height) - height
-    return extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2
+__all__ = ["pixels_to_tensor", "pad", "crop", "tensor_to_pixels"]
 
 
 def pixels_to_tensor(pixels: np.ndarray) -> Tensor:
@@ -41,6 +33,7 @@ def pad(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
 
 
 def crop(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
+    """Cut (left, right, top, bottom) off a (..., H, W) tensor: the inverse of :func:`pad`."""
     left, right, top, bottom = padding
     h, w = x.shape[-2:]
     return x[..., top : h - bottom, left : w - right]

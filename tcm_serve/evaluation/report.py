@@ -7,7 +7,6 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from .runner import BDRow, Curve, Report
@@ -193,18 +192,6 @@ def _frame(ax, xmax: float, ylabel: str, ys: list[float]) -> None:
     # Upper left (high quality at almost no rate) is the one region RD curves never reach;
     # "best" only avoids markers, and put the legend over our curve's line.
     ax.legend(fontsize=8, loc="upper left")
-
-
-def write_text(path: str | os.PathLike, content: str) -> None:
-    """Write a report file atomically (a crash leaves the old file, never half a new one)."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(content)
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def json_text(doc: dict[str, Any]) -> str:

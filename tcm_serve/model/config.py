@@ -63,11 +63,6 @@ class TCMConfig:
             raise ConfigError(f"drop_path_rate must be a number, got {self.drop_path_rate!r}")
         self.validate()
 
-    @property
-    def is_official_layout(self) -> bool:
-        """True when every hard-coded width has its official value (official checkpoints fit)."""
-        return all(getattr(self, f) == EXTENDED_DEFAULTS[f] for f in EXTENDED_DEFAULTS) and self.M == LATENT_CHANNELS
-
     # -- validation ---------------------------------------------------------------------
     def validate(self) -> None:
         """Reject configurations that the official class would build but that cannot run,

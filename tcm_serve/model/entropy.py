@@ -1,9 +1,11 @@
 """The two entropy models of TCM as parameter holders with the reference likelihoods.
 
 They own the learned parameters and the CDF-table buffers under the official key names
-(CompressAI 1.2.0 spelling), and compute likelihoods for ``forward`` and training. Table
-construction and range coding live in :mod:`tcm_serve.codec.tables` and
-:mod:`tcm_serve.codec.rans`; these modules never code bits themselves.
+(CompressAI 1.2.0 spelling), and compute likelihoods for ``forward`` and training; the
+math, and the discrete distributions the coder tables are made of, is in
+:mod:`tcm_serve.model.probability`. Quantising those into tables and range coding belong
+to the codec (:mod:`tcm_serve.codec.tables`, :mod:`tcm_serve.codec.rans`), which imports
+the model, never the reverse.
 """
 from __future__ import annotations
 
@@ -12,11 +14,17 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..codec.tables import logits_cumulative
 from .layers import LowerBound
-
-LIKELIHOOD_BOUND = 1e-9
-SCALE_BOUND = 0.11
+from .probability import (
+    LIKELIHOOD_BOUND,
+    SCALE_BOUND,
+    TAIL_MASS,
+    DiscretePmf,
+    bottleneck_pmf,
+    gaussian_cdf_bounds,
+    logits_cumulative,
+    sign_trick_mass,
+)
 
 
 def _empty_table_buffers(module: nn.Module) -> None:
@@ -29,7 +37,7 @@ def _empty_table_buffers(module: nn.Module) -> None:
 class EntropyBottleneck(nn.Module):
     """Fully factorized prior for z (Ballé et al. 2018): a per-channel learned CDF."""
 
-    def __init__(self, channels: int, init_scale: float = 10.0, filters: tuple[int, ...] = (3, 3, 3, 3), tail_mass: float = 1e-9):
+    def __init__(self, channels: int, init_scale: float = 10.0, filters: tuple[int, ...] = (3, 3, 3, 3), tail_mass: float = TAIL_MASS):
         super().__init__()
         self.likelihood_lower_bound = LowerBound(LIKELIHOOD_BOUND)
         _empty_table_buffers(self)
@@ -72,8 +80,13 @@ class EntropyBottleneck(nn.Module):
         """
         lower = self._cumulative(values - 0.5)
         upper = self._cumulative(values + 0.5)
-        sign = -torch.sign(lower + upper).detach()
-        return torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
+        return sign_trick_mass(lower, upper)
+
+    def pmf(self) -> DiscretePmf:
+        """This prior's per-channel distributions (CPU, float32, no gradient), as the coder
+        tables are built from them."""
+        cpu = lambda ts: [t.detach().float().cpu() for t in ts]  # noqa: E731
+        return bottleneck_pmf(self.quantiles.detach().cpu(), cpu(self.matrices()), cpu(self.biases()), cpu(self.factors()))
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (z_hat, likelihoods); uniform noise in training, rounding in eval."""
@@ -110,15 +123,10 @@ class GaussianConditional(nn.Module):
         self.register_buffer("scale_bound", torch.Tensor([SCALE_BOUND]))
         self.lower_bound_scale = LowerBound(SCALE_BOUND)
 
-    @staticmethod
-    def _standardized_cumulative(x: Tensor) -> Tensor:
-        return 0.5 * torch.erfc(-(2**-0.5) * x)
-
     def likelihood(self, y: Tensor, scales: Tensor, means: Tensor) -> Tensor:
         values = torch.abs(y - means)
         scales = self.lower_bound_scale(scales)
-        upper = self._standardized_cumulative((0.5 - values) / scales)
-        lower = self._standardized_cumulative((-0.5 - values) / scales)
+        lower, upper = gaussian_cdf_bounds(values, scales)
         return upper - lower
 
     def forward(self, y: Tensor, scales: Tensor, means: Tensor) -> tuple[Tensor, Tensor]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..files import atomic_writer
 
 PEAK = 255.0
 
@@ -166,6 +167,5 @@ def plot(train: list[TrainPoint], val: list[ValPoint], lmbda: float, at_bpp: flo
     ax_loss.grid(alpha=0.3, which="both")
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_writer(path) as f:
+        fig.savefig(f, format="png")

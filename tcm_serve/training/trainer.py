@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..files import atomic_writer
 from ..model.checkpoint import load_into, read_state_dict
 from ..model.config import TCMConfig
 from ..model.tcm import TCM
@@ -82,9 +82,9 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """A training checkpoint, replaced whole (a crash mid-save keeps the previous one)."""
+    with atomic_writer(path) as f:
+        torch.save(obj, f)
 
 
 class Trainer:
@@ -262,14 +262,15 @@ class Trainer:
 def forward_validator(images: list[torch.Tensor], device: torch.device) -> Callable[[TCM], dict]:
     """Estimated bpp and PSNR of the forward pass (eval mode: rounding, not noise) over
     ``images`` ((3, H, W) float tensors), padded the way the codec pads."""
-    from ..codec.padding import crop, pad, padding_for
+    from ..codec.geometry import Geometry
+    from ..codec.padding import crop, pad
     from .loss import bits_per_pixel
 
     def validate(model: TCM) -> dict:
         bpps, psnrs = [], []
         for img in images:
             x = img.unsqueeze(0).to(device)
-            p = padding_for(x.shape[2], x.shape[3])
+            p = Geometry.for_image(x.shape[2], x.shape[3]).pad
             out = model(pad(x, p))
             x_hat = crop(out["x_hat"], p).clamp(0, 1)
             bpps.append(float(bits_per_pixel(out["likelihoods"], x.shape[2] * x.shape[3])))
