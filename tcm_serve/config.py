@@ -37,16 +37,46 @@ def _one_of(value: str, allowed: tuple[str, ...], what: str) -> str:
     return value
 
 
-class Settings(BaseSettings):
-    """All knobs of the service. See ``docs/service.md`` for what each one trades off."""
+class CodecSettings(BaseSettings):
+    """What the CLI and the service share: where the models are and how they run.
+
+    The ``tcm`` commands read these (``TCM_MODEL_STORE``, ``TCM_BACKEND``, ``TCM_BITSTREAM``,
+    ``TCM_ONNX_DIR``) through :func:`load_codec_settings`, so that a bad value is refused
+    with the same words everywhere and a variable means the same to ``tcm compress`` and
+    ``tcm serve``; :class:`Settings` adds the service's own knobs.
+    """
 
     model_config = SettingsConfigDict(env_prefix="TCM_", extra="ignore", validate_default=True)
 
+    model_store: Optional[str] = Field(None, description="model store directory (default: the bundled model_store/)")
+    backend: str = Field(
+        "torch", description="torch (exact reference arithmetic) or onnx (ONNX Runtime, faster; docs/performance.md)"
+    )
+    bitstream: str = Field(
+        DEFAULT_BITSTREAM,
+        description="blobs /compress makes when a request names none: portable (decode on any machine; format "
+        "version 2) or exact (the reference codec's strings, decodable only where made; version 1)",
+    )
+    onnx_dir: Optional[str] = Field(
+        None, description="where the onnx backend keeps its exported graphs (default: the model store directory)"
+    )
+
+    @field_validator("backend")
+    @classmethod
+    def _check_backend(cls, v: str) -> str:
+        return _one_of(v, BACKEND_KINDS, "backend")
+
+    @field_validator("bitstream")
+    @classmethod
+    def _check_bitstream(cls, v: str) -> str:
+        return _one_of(v, BITSTREAMS, "bitstream")
+
+
+class Settings(CodecSettings):
+    """All knobs of the service. See ``docs/service.md`` for what each one trades off."""
+
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 behind a load balancer)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: pick a free one)")
-    store: Optional[str] = Field(
-        None, description="model store directory (default: $TCM_MODEL_STORE, else the bundled model_store/)"
-    )
     qualities: Annotated[Optional[list[int]], NoDecode] = Field(
         None, description="quality levels to serve, e.g. 2,3 (default: every level in the store)"
     )
@@ -63,17 +93,6 @@ class Settings(BaseSettings):
     max_batch_delay_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch may wait to fill up")
     max_queue: int = Field(64, ge=1, description="requests waiting for a device; more are refused with 429")
     coder_threads: int = Field(2, ge=1, le=256, description="CPU threads for range coding")
-    backend: str = Field(
-        "torch", description="torch (exact reference arithmetic) or onnx (ONNX Runtime, faster; docs/performance.md)"
-    )
-    bitstream: str = Field(
-        DEFAULT_BITSTREAM,
-        description="blobs /compress makes when a request names none: portable (decode on any machine; format "
-        "version 2) or exact (the reference codec's strings, decodable only where made; version 1)",
-    )
-    onnx_dir: Optional[str] = Field(
-        None, description="where the onnx backend keeps its exported graphs (default: the model store directory)"
-    )
     max_body_bytes: int = Field(50 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image (width x height) accepted (413 above)")
     compare_max_pixels: int = Field(
@@ -134,15 +153,7 @@ class Settings(BaseSettings):
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
 
-    @field_validator("backend")
-    @classmethod
-    def _check_backend(cls, v: str) -> str:
-        return _one_of(v, BACKEND_KINDS, "backend")
 
-    @field_validator("bitstream")
-    @classmethod
-    def _check_bitstream(cls, v: str) -> str:
-        return _one_of(v, BITSTREAMS, "bitstream")
 
     @field_validator("log_level")
     @classmethod
@@ -167,14 +178,26 @@ class Settings(BaseSettings):
         return self.max_batch_delay_ms / 1000.0
 
 
+def _one_line(exc: ValidationError) -> ConfigError:
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+    return ConfigError(f"invalid configuration: {problems}")
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment plus ``overrides`` (``None`` values are ignored);
     validation errors become one-line :class:`ConfigError`s."""
-    kwargs = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(overrides) - set(Settings.model_fields))
+    if unknown:  # the environment may hold other TCM_* variables; code must not misspell a field
+        raise ConfigError(f"invalid configuration: unknown setting(s) {', '.join(unknown)}")
     try:
-        return Settings(**kwargs)
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration: {problems}") from None
+        raise _one_line(exc) from None
+
+
+def load_codec_settings() -> CodecSettings:
+    """The codec settings from the environment (what the ``tcm`` commands default to)."""
+    try:
+        return CodecSettings()
+    except ValidationError as exc:
+        raise _one_line(exc) from None

@@ -147,12 +147,10 @@ def read_training_record(path: str | os.PathLike) -> dict[str, Any] | None:
     return out
 
 
-def resolve_store(path: str | os.PathLike | None) -> Path:
-    """``--store``, else ``TCM_MODEL_STORE``, else the bundled ``model_store/``."""
-    if path:
-        return Path(path)
-    env = os.environ.get("TCM_MODEL_STORE")
-    return Path(env) if env else DEFAULT_STORE
+def resolve_store(path: str | os.PathLike[str] | None) -> Path:
+    """The store directory: ``path`` (``--store``, or the ``model_store`` setting that
+    ``TCM_MODEL_STORE`` sets), else the bundled ``model_store/``."""
+    return Path(path) if path else DEFAULT_STORE
 
 
 def sha256_file(path: Path) -> str:

@@ -40,7 +40,7 @@ MAX_BODY = 1_000_000
 @pytest.fixture(scope="module")
 def app(service_store):
     settings = load_settings(
-        store=str(service_store), devices="cpu", max_batch_size=4, max_batch_delay_ms=5, max_queue=8,
+        model_store=str(service_store), devices="cpu", max_batch_size=4, max_batch_delay_ms=5, max_queue=8,
         max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS, request_timeout_s=60, shutdown_grace_s=10,
     )
     app = create_app(settings)
@@ -53,7 +53,7 @@ def app(service_store):
 @pytest.fixture(scope="module")
 def idle_app(service_store):
     """An app whose lifespan never ran: the pool is not started (models not loaded)."""
-    return create_app(load_settings(store=str(service_store), devices="cpu"))
+    return create_app(load_settings(model_store=str(service_store), devices="cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -453,7 +453,7 @@ def test_503_not_ready_and_shutting_down(idle_app, service_images):
 
 
 def test_503_shutting_down(service_store, service_images):
-    app = create_app(load_settings(store=str(service_store), devices="cpu"))
+    app = create_app(load_settings(model_store=str(service_store), devices="cpu"))
     app.state.pool.batcher.close()
     r = post(app, "/compress", service_images["gray64"])
     assert_error(r, 503, "shutting_down")
@@ -594,7 +594,7 @@ def test_metrics_scrape_and_parse(app, service_images):
     restarts = {s.labels["device"]: s.value for s in fams["tcm_worker_restarts"].samples if s.name.endswith("_total")}
     assert restarts == {"cpu": 0.0}
     # each app has its own registry
-    other = create_app(load_settings(store=app.state.settings.store, devices="cpu"))
+    other = create_app(load_settings(model_store=app.state.settings.model_store, devices="cpu"))
     assert "tcm_requests_total{" not in other.state.metrics.render().decode()
 
 
@@ -674,18 +674,18 @@ def test_settings_from_environment(monkeypatch):
 
 def test_bad_service_configuration_fails_at_start(service_store, tmp_path):
     with pytest.raises(ConfigError, match="not in the model store"):
-        create_app(load_settings(store=str(service_store), qualities="5"))
+        create_app(load_settings(model_store=str(service_store), qualities="5"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no models"):
-        create_app(load_settings(store=str(tmp_path / "empty")))
+        create_app(load_settings(model_store=str(tmp_path / "empty")))
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA"):
-            create_app(load_settings(store=str(service_store), devices="cuda"))
+            create_app(load_settings(model_store=str(service_store), devices="cuda"))
     # timeouts past what threading accepts: refused at start, not an OverflowError at shutdown
     with pytest.raises(ConfigError, match="shutdown_grace_s"):
-        load_settings(store=str(service_store), shutdown_grace_s=1e10)
+        load_settings(model_store=str(service_store), shutdown_grace_s=1e10)
     with pytest.raises(ConfigError, match="request_timeout_s"):
-        load_settings(store=str(service_store), request_timeout_s=1e12)
+        load_settings(model_store=str(service_store), request_timeout_s=1e12)
 
 
 def test_failed_allocations_are_413_not_bugs():
@@ -773,7 +773,7 @@ def test_compare_refuses_what_compress_refuses(app):
 
 def test_compare_has_its_own_pixel_limit(service_store):
     """compare_max_pixels bounds /compare below max_pixels (it does several times the work)."""
-    settings = load_settings(store=str(service_store), devices="cpu", qualities="3", compare_max_pixels=5000)
+    settings = load_settings(model_store=str(service_store), devices="cpu", qualities="3", compare_max_pixels=5000)
     small = create_app(settings)
     small.state.pool.start()
     try:

@@ -29,7 +29,7 @@ def keys_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(service_store, keys_file):
-    app = create_app(load_settings(store=str(service_store), devices="cpu", qualities="3", api_keys_file=str(keys_file)))
+    app = create_app(load_settings(model_store=str(service_store), devices="cpu", qualities="3", api_keys_file=str(keys_file)))
     app.state.pool.start()
     assert app.state.pool.wait_ready(120), app.state.pool.not_ready_reason()
     yield app
@@ -70,7 +70,7 @@ def test_probes_metrics_page_and_docs_stay_open(app):
 
 
 def test_open_paths_are_configurable(service_store, keys_file):
-    app = create_app(load_settings(store=str(service_store), devices="cpu", qualities="3",
+    app = create_app(load_settings(model_store=str(service_store), devices="cpu", qualities="3",
                                    api_keys_file=str(keys_file), open_paths="/healthz"))
     assert call(app, "GET", "/healthz").status_code == 200
     assert call(app, "GET", "/metrics").status_code == 401
@@ -99,7 +99,7 @@ def test_keys_file_rules_and_rotation(tmp_path, monkeypatch):
 
 def test_a_service_with_a_bad_keys_file_does_not_start(service_store, tmp_path):
     with pytest.raises(ConfigError, match="API keys file"):
-        create_app(load_settings(store=str(service_store), devices="cpu", api_keys_file=str(tmp_path / "nope")))
+        create_app(load_settings(model_store=str(service_store), devices="cpu", api_keys_file=str(tmp_path / "nope")))
 
 
 def test_the_client_sends_the_key(app, monkeypatch):

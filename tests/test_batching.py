@@ -115,7 +115,7 @@ def local_models(service_store):
 
 
 def _pool(store, batch: int, delay_ms: float) -> WorkerPool:
-    pool = WorkerPool(load_settings(store=str(store), devices="cpu", max_batch_size=batch, max_batch_delay_ms=delay_ms,
+    pool = WorkerPool(load_settings(model_store=str(store), devices="cpu", max_batch_size=batch, max_batch_delay_ms=delay_ms,
                                     max_queue=64))
     pool.start()
     assert pool.wait_ready(120), pool.not_ready_reason()

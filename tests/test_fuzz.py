@@ -117,7 +117,7 @@ def test_image_fuzz_long():
 @pytest.fixture(scope="module")
 def app(kit_store):
     settings_ = load_settings(
-        store=str(kit_store), devices="cpu", max_pixels=ODD_MAX_PIXELS, max_body_bytes=2_000_000,
+        model_store=str(kit_store), devices="cpu", max_pixels=ODD_MAX_PIXELS, max_body_bytes=2_000_000,
         request_timeout_s=120, max_queue=16,
     )
     app = create_app(settings_)
@@ -239,7 +239,7 @@ def test_not_ready_and_failure_answers_match_the_schema(kit_store, app):
     import schemathesis
 
     schema = schemathesis.openapi.from_dict(app.openapi())
-    idle = create_app(load_settings(store=str(kit_store), devices="cpu"))  # pool never started
+    idle = create_app(load_settings(model_store=str(kit_store), devices="cpu"))  # pool never started
 
     async def main():
         async with _client(idle) as c:

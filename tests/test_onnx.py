@@ -252,7 +252,7 @@ def test_service_settings_select_the_onnx_backend(kit_store, onnx_dir, blobs):
     from tcm_serve.config import load_settings
     from tcm_serve.runtime.pool import WorkerPool
 
-    pool = WorkerPool(load_settings(store=str(kit_store), devices="cpu", backend="onnx", onnx_dir=str(onnx_dir)))
+    pool = WorkerPool(load_settings(model_store=str(kit_store), devices="cpu", backend="onnx", onnx_dir=str(onnx_dir)))
     pool.start()
     try:
         assert pool.wait_ready(180), pool.not_ready_reason()

@@ -112,7 +112,7 @@ def png() -> bytes:
 
 @pytest.fixture(scope="module")
 def app(kit_store):
-    s = load_settings(store=str(kit_store), devices="cpu", max_batch_size=1, max_queue=4, max_body_bytes=MAX_BODY,
+    s = load_settings(model_store=str(kit_store), devices="cpu", max_batch_size=1, max_queue=4, max_body_bytes=MAX_BODY,
                       max_pixels=400_000, request_timeout_s=120, shutdown_grace_s=10)
     app = create_app(s)
     app.state.pool.start()
@@ -256,7 +256,7 @@ def test_an_ordinary_bug_fails_one_request_and_keeps_the_worker(app, png, expect
 
 def test_a_worker_that_keeps_dying_fails_liveness(kit_store, png, monkeypatch):
     monkeypatch.setattr(pool_module, "MAX_RESTARTS", 1)
-    app = create_app(load_settings(store=str(kit_store), devices="cpu", request_timeout_s=60))
+    app = create_app(load_settings(model_store=str(kit_store), devices="cpu", request_timeout_s=60))
     pool = app.state.pool
     pool.start()
     try:
@@ -301,7 +301,7 @@ def test_shutdown_does_not_wait_for_models_nobody_will_use(service_store, monkey
         return real_load(store, quality, *a, **k)
 
     monkeypatch.setattr(worker_module, "load_model", gated_load)
-    pool = create_app(load_settings(store=str(service_store), devices="cpu")).state.pool
+    pool = create_app(load_settings(model_store=str(service_store), devices="cpu")).state.pool
     assert len(pool.entries) >= 2
     pool.start()
     _wait(lambda: calls, 60, "first model load")
@@ -459,7 +459,7 @@ def test_tcm_serve_refuses_a_corrupt_checkpoint_in_one_line(broken_store):
 
 def test_preflight_names_a_missing_or_mismatched_file(broken_store, kit_store):
     root, weights = broken_store
-    pool = create_app(load_settings(store=str(root), devices="cpu")).state.pool
+    pool = create_app(load_settings(model_store=str(root), devices="cpu")).state.pool
     pool.verify_models()  # intact: passes
     weights.unlink()
     with pytest.raises(StoreError, match=rf"{weights.name}.*is missing"):
@@ -470,7 +470,7 @@ def test_preflight_names_a_missing_or_mismatched_file(broken_store, kit_store):
     manifest["models"][0]["arch"]["N"] = 64
     os.chmod(root / MANIFEST, 0o644)
     (root / MANIFEST).write_text(json.dumps(manifest))
-    pool = create_app(load_settings(store=str(root), devices="cpu")).state.pool
+    pool = create_app(load_settings(model_store=str(root), devices="cpu")).state.pool
     with pytest.raises(StoreError, match=rf"{weights.name}.*does not match its architecture.*shape") as exc:
         pool.verify_models()
     assert "\n" not in str(exc.value)
@@ -480,7 +480,7 @@ def test_readiness_never_turns_green_with_a_broken_model(broken_store, png):
     """Past the start-up check (say the file is damaged after it): the worker fails to
     load, readiness stays 503 naming the file, liveness turns 503, requests get 503."""
     root, weights = broken_store
-    app = create_app(load_settings(store=str(root), devices="cpu"))
+    app = create_app(load_settings(model_store=str(root), devices="cpu"))
     _corrupt(weights)
     pool = app.state.pool
     pool.start()

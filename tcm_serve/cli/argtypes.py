@@ -1,8 +1,22 @@
-"""argparse value types shared by the ``tcm`` subcommands (one wording for one mistake)."""
+"""argparse types and options shared by the ``tcm`` subcommands (one wording for one mistake).
+
+Options whose default comes from a ``TCM_*`` variable default to ``None`` here and are
+resolved through :func:`tcm_serve.config.load_codec_settings` when a command runs, so
+that the environment is read in one place and a bad value is a one-line error.
+"""
 from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..codec.container import BACKEND_KINDS, BITSTREAMS, DEFAULT_BITSTREAM, quality_problem
+
+if TYPE_CHECKING:
+    from ..store import ModelStore
+
+STORE_HELP = "model store directory (default: $TCM_MODEL_STORE, else the bundled model_store/)"
 
 
 def _int_at_least(text: str, minimum: int, what: str) -> int:
@@ -60,3 +74,70 @@ def rd_lambda(text: str) -> float:
     if not 0 < v < 10:  # also refuses nan (every comparison is false) and inf
         raise argparse.ArgumentTypeError(f"lambda must be in (0, 10), got {text}")
     return v
+
+
+def quality(text: str) -> int:
+    """A quality level (``-q``): an integer in the format's range."""
+    try:
+        q = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"quality must be an integer, got {text!r}") from None
+    problem = quality_problem(q)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return q
+
+
+def add_store_option(p: argparse.ArgumentParser) -> None:
+    """``--store DIR`` (default: the ``model_store`` setting, else the bundled store)."""
+    p.add_argument("--store", help=STORE_HELP)
+
+
+def add_backend_option(p: argparse.ArgumentParser) -> None:
+    """``--backend torch|onnx`` (default: the ``backend`` setting)."""
+    p.add_argument(
+        "--backend", choices=BACKEND_KINDS,
+        help="run the networks with PyTorch (exact reference arithmetic) or ONNX Runtime (faster; graphs are "
+        "exported on first use, see tcm export-onnx); a blob decodes with the backend that encoded it "
+        "(default: $TCM_BACKEND, else torch)",
+    )
+
+
+def add_bitstream_option(p: argparse.ArgumentParser) -> None:
+    """``--bitstream portable|exact`` (default: the ``bitstream`` setting)."""
+    p.add_argument(
+        "--bitstream", choices=BITSTREAMS,
+        help="portable: decodes on any machine, thread count and backend (format version 2); exact: the reference "
+        "codec's strings byte for byte, decodable only where the entropy parameters are reproduced bit for bit "
+        f"(format version 1, for conformance work) (default: $TCM_BITSTREAM, else {DEFAULT_BITSTREAM})",
+    )
+
+
+@dataclass(frozen=True)
+class CodecChoice:
+    """How a local command runs the codec: its options, else the ``TCM_*`` settings."""
+
+    backend: str
+    bitstream: str
+    onnx_dir: str | None
+
+
+def codec_choice(args: argparse.Namespace) -> CodecChoice:
+    """``--backend`` / ``--bitstream`` where given, else ``TCM_BACKEND`` / ``TCM_BITSTREAM``
+    (validated, one-line ConfigError), and ``TCM_ONNX_DIR``."""
+    from ..config import load_codec_settings
+
+    env = load_codec_settings()
+    return CodecChoice(
+        backend=getattr(args, "backend", None) or env.backend,
+        bitstream=getattr(args, "bitstream", None) or env.bitstream,
+        onnx_dir=env.onnx_dir,
+    )
+
+
+def open_store(args: argparse.Namespace) -> ModelStore:
+    """The store ``--store`` names, else ``TCM_MODEL_STORE``, else the bundled one."""
+    from ..config import load_codec_settings
+    from ..store import ModelStore, resolve_store
+
+    return ModelStore(resolve_store(args.store or load_codec_settings().model_store))

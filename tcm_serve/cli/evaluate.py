@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .argtypes import positive_int
+from .argtypes import add_store_option, open_store, positive_int
 
 DEFAULT_CODECS = ("tcm", "jpeg420", "jpeg444", "webp", "avif")
 
@@ -75,7 +75,7 @@ def add_parsers(sub) -> None:
         "against every codec. See docs/evaluation.md.",
     )
     e.add_argument("dataset", metavar="DATASET", help="folder of images (e.g. ../shared/data/kodak)")
-    e.add_argument("--store", help="model store directory (default: $TCM_MODEL_STORE, else the bundled model_store/)")
+    add_store_option(e)
     e.add_argument("--qualities", type=_int_list, metavar="Q1,Q2,...", help="quality levels of the store to evaluate (default: all)")
     e.add_argument("--codecs", type=_codec_list, default=list(DEFAULT_CODECS), metavar="NAMES",
                    help=f"comma-separated, from: tcm (our store), jpeg420, jpeg444, webp, avif (default: {','.join(DEFAULT_CODECS)})")
@@ -158,9 +158,8 @@ def _open_models(args):
     if OURS not in args.codecs:
         return None, None, None
     from ..devices import resolve_device, set_reproducible_kernels
-    from ..store import ModelStore, resolve_store
 
-    store = ModelStore(resolve_store(args.store))
+    store = open_store(args)
     available = store.entries()
     if not available:
         raise EvalError(

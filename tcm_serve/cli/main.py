@@ -15,11 +15,19 @@ from collections.abc import Sequence
 from importlib import import_module
 from pathlib import Path
 
-from ..codec.container import BACKEND_KINDS, BITSTREAMS, DEFAULT_BITSTREAM, quality_problem
 from ..errors import TcmError, is_out_of_memory
 from ..files import atomic_write
 from ..imageio import DEFAULT_MAX_PIXELS
-from .argtypes import positive_int, rd_lambda
+from .argtypes import (
+    add_backend_option,
+    add_bitstream_option,
+    add_store_option,
+    codec_choice,
+    open_store,
+    positive_int,
+    quality,
+    rd_lambda,
+)
 
 #: Modules under tcm_serve/cli/ that define further subcommands. Each has ``add_parsers(sub)``,
 #: and every parser it adds sets ``handler`` (via ``set_defaults``) to a function of ``args``.
@@ -39,59 +47,32 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"tcm: error: {message} (see tcm --help)\n")
 
 
-def _quality(text: str) -> int:
-    try:
-        q = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"quality must be an integer, got {text!r}") from None
-    problem = quality_problem(q)
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return q
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tcm", description="TCM learned image compression (CVPR 2023) - codec, store and service.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def store_opt(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--store", help="model store directory (default: $TCM_MODEL_STORE, else the bundled model_store/)")
-
-    def backend_opt(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument(
-            "--backend", choices=BACKEND_KINDS, default=os.environ.get("TCM_BACKEND", "torch").strip().lower() or "torch",
-            help="run the networks with PyTorch (exact reference arithmetic) or ONNX Runtime (faster; graphs are "
-            "exported on first use, see tcm export-onnx); a blob decodes with the backend that encoded it "
-            "(default: $TCM_BACKEND, else torch)",
-        )
-
     c = sub.add_parser("compress", help="compress images to .tcm files")
     c.add_argument("inputs", nargs="+", metavar="IN", help="image files or directories of images")
     c.add_argument("-o", "--output", help="output file (one input) or directory (default: next to each input)")
-    c.add_argument("-q", "--quality", type=_quality, help="quality level in the store (default: the highest available)")
+    c.add_argument("-q", "--quality", type=quality, help="quality level in the store (default: the highest available)")
     c.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    backend_opt(c)
-    c.add_argument(
-        "--bitstream", choices=BITSTREAMS, default=os.environ.get("TCM_BITSTREAM", DEFAULT_BITSTREAM).strip().lower(),
-        help="portable: decodes on any machine, thread count and backend (format version 2); exact: the reference "
-        "codec's strings byte for byte, decodable only where the entropy parameters are reproduced bit for bit "
-        f"(format version 1, for conformance work) (default: $TCM_BITSTREAM, else {DEFAULT_BITSTREAM})",
-    )
+    add_backend_option(c)
+    add_bitstream_option(c)
     c.add_argument("--drop-alpha", action="store_true", help="discard an alpha channel instead of refusing the image")
     c.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
     c.add_argument("--force", action="store_true", help="overwrite existing output files")
-    store_opt(c)
+    add_store_option(c)
 
     d = sub.add_parser("decompress", help="decompress .tcm files to PNG")
     d.add_argument("inputs", nargs="+", metavar="IN", help=".tcm files or directories of them")
     d.add_argument("-o", "--output", help="output file (one input) or directory (default: next to each input)")
     d.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    backend_opt(d)
+    add_backend_option(d)
     d.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse blobs that decode to images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
     d.add_argument("--force", action="store_true", help="overwrite existing output files")
-    store_opt(d)
+    add_store_option(d)
 
     i = sub.add_parser("inspect", help="show every header field of a .tcm file")
     i.add_argument("file", metavar="FILE.tcm")
@@ -101,10 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     msub = m.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
     ml = msub.add_parser("list", help="list the quality levels in the store")
     ml.add_argument("--json", action="store_true")
-    store_opt(ml)
+    add_store_option(ml)
     mi = msub.add_parser("import", help="check an official-format checkpoint and add it to the store")
     mi.add_argument("checkpoint", metavar="CHECKPOINT")
-    mi.add_argument("-q", "--quality", type=_quality, required=True)
+    mi.add_argument("-q", "--quality", type=quality, required=True)
     arch = mi.add_mutually_exclusive_group()
     arch.add_argument("--preset", help="architecture preset: official-small (default for official checkpoints), official-large, lite, conformance-small; a tcm train checkpoint names its own")
     arch.add_argument("--arch-json", metavar="FILE", help="TCM constructor arguments as a JSON file")
@@ -113,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--source", help="where the weights came from (recorded in the manifest)")
     mi.add_argument("--replace", action="store_true", help="replace an existing entry for this quality")
     mi.add_argument("--half", action="store_true", help="store the weights in float16 (half the file; cast back at load)")
-    store_opt(mi)
+    add_store_option(mi)
     for module in EXTENSIONS:
         import_module(f"{__package__}.{module}").add_parsers(sub)
     return p
@@ -230,12 +211,6 @@ class _PerFile:
         return EXIT_ERROR if self.failed else 0
 
 
-def _open_store(args):
-    from ..store import ModelStore, resolve_store
-
-    return ModelStore(resolve_store(args.store))
-
-
 # -- commands ---------------------------------------------------------------------------------
 def cmd_compress(args) -> int:
     from ..codec.container import check_bitstream
@@ -245,16 +220,17 @@ def cmd_compress(args) -> int:
 
     files = _expand(args.inputs, IMAGE_SUFFIXES)
     outs = _output_paths(files, args.output, ".tcm", args.force)
-    store = _open_store(args)
+    store = open_store(args)
     entries = store.entries()
     if not entries:
         raise CliError(f"model store {store.root} has no models (add one with: tcm models import)")
     quality = args.quality if args.quality is not None else entries[-1].quality
-    portable = check_bitstream(args.bitstream)
+    codec = codec_choice(args)
+    portable = check_bitstream(codec.bitstream)
     device = resolve_device(args.device)
     set_reproducible_kernels(device)
     t0 = time.perf_counter()
-    lm = load_model(store, quality, device, args.backend, os.environ.get("TCM_ONNX_DIR") or None)
+    lm = load_model(store, quality, device, codec.backend, codec.onnx_dir)
     load_s = time.perf_counter() - t0
     run = _PerFile(files)
     total = {"bits": 0, "pixels": 0}
@@ -275,7 +251,7 @@ def cmd_compress(args) -> int:
     done = max(len(files) - len(run.failed), 1)
     return run.finish(
         "compressed", elapsed,
-        f" at q{quality} on {device} ({args.bitstream} bitstream, {args.backend} backend): "
+        f" at q{quality} on {device} ({codec.bitstream} bitstream, {codec.backend} backend): "
         f"{total['bits'] / max(total['pixels'], 1):.4f} bpp "
         f"(container included), {elapsed / done:.2f} s/image, model load {load_s:.2f} s,",
     )
@@ -290,7 +266,8 @@ def cmd_decompress(args) -> int:
     outs = _output_paths(files, args.output, ".png", args.force)
     device = resolve_device(args.device)
     set_reproducible_kernels(device)
-    resolve = store_resolver(_open_store(args), device, args.backend, os.environ.get("TCM_ONNX_DIR") or None)
+    codec = codec_choice(args)
+    resolve = store_resolver(open_store(args), device, codec.backend, codec.onnx_dir)
     run = _PerFile(files)
     t0 = time.perf_counter()
 
@@ -326,7 +303,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_models_list(args) -> int:
-    store = _open_store(args)
+    store = open_store(args)
     entries = store.entries()
     if args.json:
         print(json.dumps({"store": str(store.root), "models": [e.to_json() for e in entries]}, indent=2))
@@ -365,7 +342,7 @@ def cmd_models_import(args) -> int:
             name = next((k for k, v in PRESETS.items() if v == arch), None)
         else:
             name, arch = "official-small", preset("official-small")
-    store = _open_store(args)
+    store = open_store(args)
     t0 = time.perf_counter()
     entry = store.import_checkpoint(
         args.checkpoint, args.quality, arch, preset=name, lmbda=args.lmbda, metric=args.metric,

@@ -12,6 +12,7 @@ import argparse
 import time
 
 from ..errors import TcmError
+from .argtypes import add_store_option, open_store, quality
 
 
 class ExportError(TcmError):
@@ -20,8 +21,8 @@ class ExportError(TcmError):
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("export-onnx", help="export store models to ONNX graphs (for --backend onnx)")
-    p.add_argument("--store", help="model store directory (default: $TCM_MODEL_STORE, else the bundled model_store/)")
-    p.add_argument("-q", "--quality", type=int, help="quality level to export (default: every level in the store)")
+    add_store_option(p)
+    p.add_argument("-q", "--quality", type=quality, help="quality level to export (default: every level in the store)")
     p.add_argument("--out", help="directory for the graphs (default: the store directory, next to the checkpoints)")
     p.add_argument("--force", action="store_true", help="rebuild graphs even when up to date")
     p.add_argument("--check", action="store_true", help="after export, compare every graph with PyTorch on a test input")
@@ -30,9 +31,8 @@ def add_parsers(sub) -> None:
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from ..codec.onnx_graphs import ensure_graphs, parity_report
-    from ..store import ModelStore, resolve_store
 
-    store = ModelStore(resolve_store(args.store))
+    store = open_store(args)
     entries = store.entries()
     if args.quality is not None:
         entries = [store.entry(args.quality)]

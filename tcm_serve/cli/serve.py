@@ -19,13 +19,11 @@ import time
 
 from ..codec.container import BITSTREAMS
 from ..errors import TcmError
-from .argtypes import positive_int
+from .argtypes import add_store_option, positive_int, quality
 
 
 def add_parsers(sub) -> None:
     """Add ``serve`` and ``remote`` to the ``tcm`` subcommands."""
-    from .main import _quality
-
     s = sub.add_parser(
         "serve",
         help="run the HTTP compression service",
@@ -34,9 +32,9 @@ def add_parsers(sub) -> None:
     )
     s.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 behind a load balancer)")
     s.add_argument("--port", type=int, help="TCP port (default 8000; 0 picks a free one)")
-    s.add_argument("--store", help="model store directory (default: $TCM_MODEL_STORE, else the bundled model_store/)")
+    add_store_option(s)
     s.add_argument("--qualities", help="quality levels to serve, e.g. 2,3 (default: every level in the store)")
-    s.add_argument("--default-quality", type=_quality, help="quality when a request names none (default: the highest)")
+    s.add_argument("--default-quality", type=quality, help="quality when a request names none (default: the highest)")
     s.add_argument("--devices", help="auto, cpu, cuda, or a list like cuda:0,cuda:1 (default auto)")
     s.add_argument("--max-batch-size", type=positive_int, help="largest batch (default 1 on CPU, 8 on CUDA)")
     s.add_argument("--max-batch-delay-ms", type=float, help="how long a batch may wait to fill (default 5)")
@@ -67,7 +65,7 @@ def add_parsers(sub) -> None:
 
     rc = rsub.add_parser("compress", help="compress images to .tcm files via the service")
     rc.add_argument("inputs", nargs="+", metavar="IN", help="image files or directories of images")
-    rc.add_argument("-q", "--quality", type=_quality, help="quality level (default: the service's default)")
+    rc.add_argument("-q", "--quality", type=quality, help="quality level (default: the service's default)")
     rc.add_argument("--drop-alpha", action="store_true", help="discard an alpha channel instead of refusing the image")
     rc.add_argument("--bitstream", choices=BITSTREAMS, help="portable or exact (default: the service's)")
     common(rc)
@@ -81,7 +79,7 @@ def add_parsers(sub) -> None:
 #: Exit status of ``tcm serve`` when the worker pool gave up while serving.
 EXIT_UNHEALTHY = 3
 SETTINGS_FLAGS = (
-    "host", "port", "store", "qualities", "default_quality", "devices", "max_batch_size", "max_batch_delay_ms",
+    "host", "port", "qualities", "default_quality", "devices", "max_batch_size", "max_batch_delay_ms",
     "max_queue", "coder_threads", "max_body_bytes", "max_pixels", "request_timeout_s", "shutdown_grace_s", "log_level",
     "backend", "onnx_dir", "bitstream", "compare_max_pixels", "compare_concurrency", "api_keys_file", "open_paths",
 )
@@ -96,7 +94,7 @@ def cmd_serve(args) -> int:
     from ..api.logs import configure_logging
     from ..config import load_settings
 
-    settings = load_settings(**{k: getattr(args, k, None) for k in SETTINGS_FLAGS})
+    settings = load_settings(model_store=args.store, **{k: getattr(args, k, None) for k in SETTINGS_FLAGS})
     configure_logging(settings.log_level)
     app = create_app(settings)  # ConfigError (no models, unknown quality/device) -> exit 1 here
     app.state.pool.verify_models()  # a missing/corrupt/mismatched weights file -> exit 1 before listening

@@ -29,7 +29,6 @@ import torch
 from torch import Tensor
 
 from ..model.tcm import TCM, SliceParams
-from .container import BACKEND_KINDS
 
 if TYPE_CHECKING:  # onnxruntime is imported only by the ONNX backend
     import onnxruntime

@@ -17,8 +17,8 @@ from ..errors import ConfigError, ModelNotFoundError
 from ..imageio import DEFAULT_MAX_PIXELS, DecodedImage
 from ..store import ModelEntry, ModelStore
 from ..tuning import tune_malloc
-from .backends import BACKEND_KINDS, OnnxStages, TorchStages
-from .container import TcmFile, TcmHeader, pack, unpack
+from .backends import OnnxStages, TorchStages
+from .container import BACKEND_KINDS, TcmFile, TcmHeader, pack, unpack
 from .geometry import Geometry, check_coded_size
 from .engine import V1_RETRY_THREADS, CodedImage, Engine, ImageSymbols
 from .padding import crop, pad, pixels_to_tensor, tensor_to_pixels

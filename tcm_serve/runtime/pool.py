@@ -78,7 +78,7 @@ class WorkerPool:
         from ..store import resolve_store
 
         self.settings = settings
-        self.store = store or ModelStore(resolve_store(settings.store))
+        self.store = store or ModelStore(resolve_store(settings.model_store))
         entries = {e.quality: e for e in self.store.entries()}
         if not entries:
             raise ConfigError(f"model store {self.store.root} has no models (add one with: tcm models import)")
