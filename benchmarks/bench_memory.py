@@ -31,8 +31,10 @@ SHARED = Path(os.environ.get("TCM_SHARED_DIR") or ROOT.parent / "shared")
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from benchmarks.bench_service import free_port, wait_ready  # noqa: E402
-from fuzzing import proc_status  # noqa: E402
+
 from tcm_serve.client import TcmClient  # noqa: E402
+
+from fuzzing import proc_status  # noqa: E402
 
 
 def peak_rss_gib(pid: int) -> float:

@@ -50,7 +50,7 @@ def main() -> None:
     x, xb = torch.rand(1, 3, 512, 768), torch.rand(args.batch, 3, 256, 256)
     fwd: dict[str, list[float]] = {p: [] for p in models}
     step: dict[str, list[float]] = {p: [] for p in models}
-    for p, m in models.items():  # warm-up
+    for m in models.values():  # warm-up
         forward_time(m, x)
     for _ in range(args.rounds):
         for p, m in models.items():

@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from helpers import KIT_CHECKPOINT, KIT_QUALITY  # noqa: E402
 from fuzzing import main_progress, make_context, run_image_fuzz, run_tcm_fuzz  # noqa: E402
+from helpers import KIT_CHECKPOINT, KIT_QUALITY  # noqa: E402
 
 
 def kit_store(root: Path) -> Path:

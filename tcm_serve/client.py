@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import httpx
 
@@ -28,7 +28,7 @@ from .api import exceptions as http_errors  # noqa: F401  (defines the HTTP-leve
 from .errors import TcmError
 from .runtime import errors as service_errors
 
-ImageInput = Union[bytes, bytearray, memoryview, str, os.PathLike]
+ImageInput = bytes | bytearray | memoryview | str | os.PathLike
 
 
 class ConnectionFailedError(service_errors.ServiceError):
@@ -201,7 +201,7 @@ class TcmClient:
         ``$TCM_API_KEY``)."""
         self._http = _http_client(httpx.Client, base_url, timeout=timeout, transport=transport, headers=_auth(api_key))
 
-    def __enter__(self) -> "TcmClient":
+    def __enter__(self) -> TcmClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -256,7 +256,7 @@ class AsyncTcmClient:
             httpx.AsyncClient, base_url, timeout=timeout, transport=transport, headers=_auth(api_key)
         )
 
-    async def __aenter__(self) -> "AsyncTcmClient":
+    async def __aenter__(self) -> AsyncTcmClient:
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -8,7 +8,7 @@ Every field can be set as an environment variable with the ``TCM_`` prefix (``TC
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -48,7 +48,7 @@ class CodecSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TCM_", extra="ignore", validate_default=True)
 
-    model_store: Optional[str] = Field(None, description="model store directory (default: the bundled model_store/)")
+    model_store: str | None = Field(None, description="model store directory (default: the bundled model_store/)")
     backend: str = Field(
         "torch", description="torch (exact reference arithmetic) or onnx (ONNX Runtime, faster; docs/performance.md)"
     )
@@ -57,7 +57,7 @@ class CodecSettings(BaseSettings):
         description="blobs /compress makes when a request names none: portable (decode on any machine; format "
         "version 2) or exact (the reference codec's strings, decodable only where made; version 1)",
     )
-    onnx_dir: Optional[str] = Field(
+    onnx_dir: str | None = Field(
         None, description="where the onnx backend keeps its exported graphs (default: the model store directory)"
     )
 
@@ -77,16 +77,16 @@ class Settings(CodecSettings):
 
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 behind a load balancer)")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: pick a free one)")
-    qualities: Annotated[Optional[list[int]], NoDecode] = Field(
+    qualities: Annotated[list[int] | None, NoDecode] = Field(
         None, description="quality levels to serve, e.g. 2,3 (default: every level in the store)"
     )
-    default_quality: Optional[int] = Field(
+    default_quality: int | None = Field(
         None, ge=MIN_QUALITY, le=MAX_QUALITY, description="quality used when a request names none (default: the highest served)"
     )
     devices: str = Field(
         "auto", description="auto (every CUDA device, else the CPU), cpu, cuda (every CUDA device), or a list cuda:0,cuda:1"
     )
-    max_batch_size: Optional[int] = Field(
+    max_batch_size: int | None = Field(
         None, ge=1, le=256,
         description="largest batch of same-size images (default: 1 on CPU, where batching is slower, 8 on CUDA)",
     )
@@ -100,7 +100,7 @@ class Settings(CodecSettings):
         description="largest image /compare takes (413 above; also capped by max_pixels): it also searches JPEG, WebP "
         "and AVIF at the same size and scores every result, several times the work and memory of /compress",
     )
-    api_keys_file: Optional[str] = Field(
+    api_keys_file: str | None = Field(
         None,
         description="a file of API keys, one per line: when set, requests need Authorization: Bearer <key> "
         "(except open_paths and the page's assets); read again when it changes (rotation). Unset: no keys",
@@ -135,7 +135,7 @@ class Settings(CodecSettings):
 
     @field_validator("qualities")
     @classmethod
-    def _check_qualities(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+    def _check_qualities(cls, v: list[int] | None) -> list[int] | None:
         if v is None:
             return None
         for q in v:
@@ -168,7 +168,7 @@ class Settings(CodecSettings):
         return v
 
     @model_validator(mode="after")
-    def _check_default_quality(self) -> "Settings":
+    def _check_default_quality(self) -> Settings:
         if self.default_quality is not None and self.qualities is not None and self.default_quality not in self.qualities:
             raise ValueError(f"default_quality {self.default_quality} is not among the served qualities {self.qualities}")
         return self

@@ -80,7 +80,7 @@ def cuda_unavailable_reason() -> str:
     return "torch.cuda.is_available() is false"
 
 
-def _torch_device(name: str) -> "torch.device":
+def _torch_device(name: str) -> torch.device:
     """The ``torch.device`` of a parsed name other than ``auto``, refused if this machine
     lacks it (so a request for a GPU fails at start instead of at the first image)."""
     import torch
@@ -96,7 +96,7 @@ def _torch_device(name: str) -> "torch.device":
     return device
 
 
-def resolve_device(spec: str | None = "auto") -> "torch.device":
+def resolve_device(spec: str | None = "auto") -> torch.device:
     """One device for a CLI command: ``auto`` is the first CUDA device if there is one, else
     the CPU; ``cpu``, ``cuda`` and ``cuda:N`` as named."""
     import torch
@@ -131,7 +131,7 @@ def _every_cuda_device() -> tuple[str, ...]:
     return tuple(f"cuda:{i}" for i in range(torch.cuda.device_count()))
 
 
-def resolve_devices(spec: str) -> list["torch.device"]:
+def resolve_devices(spec: str) -> list[torch.device]:
     """The service's devices (see :func:`parse_devices`): ``auto`` is every CUDA device, else
     the CPU (logged, with the reason); ``cuda`` is every CUDA device and fails, saying why,
     without one, so that a GPU deployment never serves at CPU speed."""
@@ -147,7 +147,7 @@ def resolve_devices(spec: str) -> list["torch.device"]:
 
 
 # -- configuring a device for work ----------------------------------------------------------------
-def set_reproducible_kernels(device: "torch.device") -> None:
+def set_reproducible_kernels(device: torch.device) -> None:
     """Make torch compute the same entropy parameters on every run on ``device``: encoder
     and decoder must agree to the last bit, so no TF32 and no autotuned (run-to-run
     varying) convolution algorithms. The flags are process-wide; the CPU needs none."""

@@ -68,15 +68,15 @@ import os
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tcm_serve.files import atomic_write
 from tcm_serve.codec.geometry import check_image_size
 from tcm_serve.errors import ImageError, ImageTooLargeError, UnsupportedImageFormatError
+from tcm_serve.files import atomic_write
 
 __all__ = [
     "ALLOWED_FORMATS",

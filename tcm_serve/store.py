@@ -29,15 +29,15 @@ from typing import Any
 
 import torch
 
-from .files import atomic_write_text, atomic_writer
-from .errors import CheckpointError, ConfigError, ModelNotFoundError, StoreError
-from .model.checkpoint import TABLE_BUFFERS, load_into, read_state_dict
-from .model.config import PRESETS, TCMConfig
-from .model.tcm import TCM
 # The coder tables are stored with the weights: building them needs the range coder's
 # quantiser (codec.rans), so the store uses codec.tables, which depends on the model and
 # the coder only (never on the store or the engine).
 from .codec.tables import prepare_entropy_tables
+from .errors import CheckpointError, ConfigError, ModelNotFoundError, StoreError
+from .files import atomic_write_text, atomic_writer
+from .model.checkpoint import TABLE_BUFFERS, load_into, read_state_dict
+from .model.config import PRESETS, TCMConfig
+from .model.tcm import TCM
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -77,7 +77,7 @@ class ModelEntry:
         }
 
     @classmethod
-    def from_json(cls, d: Any) -> "ModelEntry":
+    def from_json(cls, d: Any) -> ModelEntry:
         if not isinstance(d, dict):
             raise StoreError("manifest entry is not an object")
         try:

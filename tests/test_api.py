@@ -19,7 +19,6 @@ import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import cpu_allocation_error, make_png
 from tcm_serve.api import create_app
 from tcm_serve.api.errors import STATUS, status_for
 from tcm_serve.api.logs import JsonFormatter
@@ -31,6 +30,8 @@ from tcm_serve.errors import ConfigError, FormatError, ImageError, ImageTooLarge
 from tcm_serve.imageio import decode_image
 from tcm_serve.runtime.errors import NotReadyError, QueueFullError
 from tcm_serve.store import ModelStore
+
+from helpers import cpu_allocation_error, make_png
 
 MAX_PIXELS = 200_000
 MAX_BODY = 1_000_000

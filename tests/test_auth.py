@@ -8,13 +8,14 @@ import anyio
 import httpx
 import pytest
 
-from helpers import make_png
 from tcm_serve.api import create_app
 from tcm_serve.api.auth import ApiKeys
 from tcm_serve.api.exceptions import UnauthorizedError
 from tcm_serve.client import TcmClient
 from tcm_serve.config import load_settings
 from tcm_serve.errors import ConfigError
+
+from helpers import make_png
 
 KEY_A = "a" * 20 + "-first-key"
 KEY_B = "b" * 20 + "-second-key"

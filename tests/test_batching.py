@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import make_png
 from tcm_serve.codec.container import pack, unpack
 from tcm_serve.codec.geometry import Geometry
 from tcm_serve.codec.padding import pad, pixels_to_tensor
@@ -25,7 +24,10 @@ from tcm_serve.config import load_settings
 from tcm_serve.errors import FormatError
 from tcm_serve.imageio import decode_image
 from tcm_serve.runtime import WorkerPool
+from tcm_serve.runtime.batcher import Job
 from tcm_serve.store import ModelStore
+
+from helpers import make_png
 
 
 def _padded(png: bytes) -> torch.Tensor:
@@ -211,8 +213,7 @@ def test_unbatched_pool_gives_the_same_bytes(service_store, local_models):
 
 
 # -- queue places (Batcher.reserve) ---------------------------------------------------------
-def _job(quality: int = 1) -> "Job":
-    from tcm_serve.runtime.batcher import Job
+def _job(quality: int = 1) -> Job:
 
     return Job("compress", quality, (256, 256), None, time.monotonic() + 60)
 

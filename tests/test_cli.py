@@ -14,11 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import KIT_CHECKPOINT, KIT_QUALITY, KIT_VECTORS, cpu_allocation_error, index_drift
 from tcm_serve.cli.main import main
 from tcm_serve.codec.container import unpack
 from tcm_serve.codec.geometry import Geometry
 from tcm_serve.codec.padding import crop, pad, pixels_to_tensor, tensor_to_pixels
+
+from helpers import KIT_CHECKPOINT, KIT_QUALITY, KIT_VECTORS, cpu_allocation_error, index_drift
 
 TCM = [sys.executable, "-m", "tcm_serve.cli.main"]
 

@@ -15,11 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import KIT_VECTORS, index_drift
 from tcm_serve.codec.engine import CodedImage
 from tcm_serve.codec.geometry import Geometry
-from tcm_serve.errors import DriftError
 from tcm_serve.codec.padding import crop, pad, pixels_to_tensor, tensor_to_pixels
+from tcm_serve.errors import DriftError
+
+from helpers import KIT_VECTORS, index_drift
 
 FLOAT_TOL = 1e-4
 

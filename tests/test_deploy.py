@@ -34,14 +34,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
 import yaml  # the test extra installs it; a missing one must fail, not skip the whole file
 
-from tcm_serve.codec.geometry import padded_pixel_limit
 from tcm_serve.api.logs import CODEC_ROUTES
+from tcm_serve.codec.geometry import padded_pixel_limit
 from tcm_serve.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,12 +108,12 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 class Stage:
     name: str
     base: str                       # image reference or the name of an earlier stage
-    parent: "Stage | None"
+    parent: Stage | None
     instructions: list[tuple[str, str]] = field(default_factory=list)
     args: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)      # this stage's ENV only
 
-    def chain(self) -> list["Stage"]:
+    def chain(self) -> list[Stage]:
         """This stage and the stages it is built FROM, nearest first."""
         out, s = [], self
         while s is not None:
@@ -171,7 +171,7 @@ def _logical_lines(text: str) -> list[str]:
     return lines
 
 
-@lru_cache(maxsize=None)
+@cache
 def parse_dockerfile(path: Path = DOCKERFILE) -> dict[str, Stage]:
     """Stages by name (unnamed ones by index), in order; the last one is the default target."""
     global_args: dict[str, str] = {}
@@ -510,7 +510,7 @@ def test_compose_cpu_override_drops_the_gpu():
 
 
 # -- Kubernetes ------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
+@cache
 def render(overlay: str) -> tuple[dict, ...]:
     res = run([tool("kubectl"), "kustomize", str(DEPLOY / "overlays" / overlay)])
     assert res.returncode == 0, res.stderr

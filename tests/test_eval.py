@@ -18,14 +18,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import KIT_QUALITY, KODAK, make_png
 from tcm_serve.cli.main import main
 from tcm_serve.evaluation import baselines, published
 from tcm_serve.evaluation.bdrate import BDError, bd_rate, pchip_eval, pchip_integral, pchip_slopes
 from tcm_serve.evaluation.metrics import MS_SSIM_MIN_SIDE, gaussian_window, ms_ssim, psnr, ssim
 from tcm_serve.evaluation.runner import (
-    OURS, Curve, Measurement, bd_table, code_baseline, load_dataset, summarise,
+    OURS,
+    Curve,
+    Measurement,
+    bd_table,
+    code_baseline,
+    load_dataset,
+    summarise,
 )
+
+from helpers import KIT_QUALITY, KODAK, make_png
 
 
 def _kodak(name: str) -> np.ndarray:

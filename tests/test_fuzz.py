@@ -16,7 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
-from helpers import KIT_QUALITY
+from tcm_serve.api import create_app
+from tcm_serve.codec.container import unpack
+from tcm_serve.config import load_settings
+from tcm_serve.errors import ImageError, ImageTooLargeError, UnsupportedImageFormatError
+
 from fuzzing import (
     ODD_MAX_PIXELS,
     OddImage,
@@ -27,10 +31,7 @@ from fuzzing import (
     run_image_fuzz,
     run_tcm_fuzz,
 )
-from tcm_serve.api import create_app
-from tcm_serve.codec.container import unpack
-from tcm_serve.config import load_settings
-from tcm_serve.errors import ImageError, ImageTooLargeError, UnsupportedImageFormatError
+from helpers import KIT_QUALITY
 
 ODD = odd_images()
 #: Resident memory a fuzz run may add at its peak (the decoder allocates per case; a leak

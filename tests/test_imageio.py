@@ -30,6 +30,7 @@ from tcm_serve.imageio import (
     write_png,
 )
 
+
 # ---------------------------------------------------------------------------- helpers
 def save(img: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()

@@ -6,12 +6,13 @@ import json
 import pytest
 import torch
 
-from helpers import KIT_CHECKPOINT, kit_model
 from tcm_serve.codec.tables import prepare_entropy_tables
 from tcm_serve.errors import CheckpointError, ConfigError
 from tcm_serve.model.checkpoint import TABLE_BUFFERS, load_into, read_state_dict
 from tcm_serve.model.config import PRESETS, TCMConfig, preset
 from tcm_serve.model.tcm import TCM
+
+from helpers import KIT_CHECKPOINT, kit_model
 
 
 def _layout(manifest: dict) -> list[tuple[str, tuple[int, ...]]]:

@@ -25,7 +25,6 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import KIT_QUALITY, KIT_VECTORS, make_png
 from tcm_serve.codec.container import TcmFile, pack, unpack
 from tcm_serve.codec.engine import CodedImage, symbols_crc32
 from tcm_serve.codec.geometry import Geometry
@@ -35,6 +34,8 @@ from tcm_serve.codec.pipeline import compress_images, decompress_blob, load_mode
 from tcm_serve.errors import BackendMismatchError, DriftError
 from tcm_serve.imageio import decode_image
 from tcm_serve.store import ModelStore
+
+from helpers import KIT_QUALITY, KIT_VECTORS, make_png
 
 STAGE_TOL = 1e-4
 CPU = torch.device("cpu")

@@ -23,23 +23,24 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import CONFORMANCE, KIT_QUALITY, kit_model
 from tcm_serve.codec import portable
 from tcm_serve.codec.container import pack, unpack
 from tcm_serve.codec.engine import Engine
 from tcm_serve.codec.geometry import Geometry
 from tcm_serve.codec.hints import decode_hints
+from tcm_serve.codec.padding import pad, pixels_to_tensor
 from tcm_serve.codec.pipeline import (
     coded_image,
     compress_images,
     decompress_blob,
     load_model,
 )
-from tcm_serve.codec.padding import pad, pixels_to_tensor
 from tcm_serve.errors import BitstreamError, DriftError, FormatError, StoreError
 from tcm_serve.imageio import read_image
 from tcm_serve.model.tcm import SliceParams
 from tcm_serve.store import DEFAULT_STORE, ModelStore
+
+from helpers import CONFORMANCE, KIT_QUALITY, kit_model
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 CPU = torch.device("cpu")

@@ -41,7 +41,6 @@ import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import KIT_QUALITY, make_png
 from tcm_serve.api import create_app
 from tcm_serve.client import TcmClient
 from tcm_serve.codec.container import BACKENDS, pack, unpack
@@ -51,6 +50,8 @@ from tcm_serve.errors import BitstreamError, DriftError, StoreError
 from tcm_serve.runtime import pool as pool_module
 from tcm_serve.runtime import worker as worker_module
 from tcm_serve.store import MANIFEST, ModelStore
+
+from helpers import KIT_QUALITY, make_png
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BODY = 300_000

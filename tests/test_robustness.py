@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from dataclasses import replace
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,13 +13,14 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from helpers import KIT_QUALITY
 from tcm_serve.cli.main import main
 from tcm_serve.codec.container import HEADER_SIZE, pack, unpack
 from tcm_serve.codec.pipeline import compress_images, decompress_blob, load_model, store_resolver
 from tcm_serve.errors import DriftError, FormatError, ModelNotFoundError, TcmError
 from tcm_serve.imageio import DecodedImage
 from tcm_serve.store import ModelStore
+
+from helpers import KIT_QUALITY
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from servers import START_TIMEOUT_S, Server, free_port
 from tcm_serve.client import ConnectionFailedError, TcmClient
 from tcm_serve.codec.container import unpack
 from tcm_serve.errors import ImageError
+
+from servers import START_TIMEOUT_S, Server, free_port
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from tcm_serve.model.config import PRESETS, preset
 from tcm_serve.model.tcm import TCM
 from tcm_serve.store import ModelStore
 from tcm_serve.training.data import load_sources, random_batch
-from tcm_serve.training.trainer import CHECKPOINT, Trainer, TrainConfig
+from tcm_serve.training.trainer import CHECKPOINT, TrainConfig, Trainer
 
 from helpers import SHARED
 

@@ -19,8 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from servers import Server
 from tcm_serve.store import DEFAULT_STORE
+
+from servers import Server
+
 
 def _working_chromium() -> str | None:
     """Debian's chromium, if it runs (Ubuntu's chromium-browser can be a snap stub that does not)."""

@@ -195,9 +195,10 @@ def _runnable_baselines(codecs: list[str], notes: list[str]) -> list[str]:
 
 
 def cmd_eval(args) -> int:
-    from ..evaluation import baselines, report as rep
-    from ..files import atomic_write_text
+    from ..evaluation import baselines
+    from ..evaluation import report as rep
     from ..evaluation.runner import OURS, Report, bd_table, code_baseline, code_store, load_dataset, ms_ssim_note
+    from ..files import atomic_write_text
 
     _validate(args)
     notes: list[str] = []

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from importlib import import_module
 from pathlib import Path
 
@@ -246,7 +247,7 @@ def cmd_compress(args) -> int:
             print(f"{src} -> {dst}: {img.width}x{img.height} {img.mode}, q{quality}, {len(res.blob)} bytes, {res.bpp:.4f} bpp")
 
     for src, dst in zip(files, outs):
-        run.run(src, lambda: one(src, dst))
+        run.run(src, partial(one, src, dst))
     elapsed = time.perf_counter() - t1
     done = max(len(files) - len(run.failed), 1)
     return run.finish(
@@ -282,7 +283,7 @@ def cmd_decompress(args) -> int:
             print(f"{src} -> {dst}: {out.header.width}x{out.header.height} {out.mode}")
 
     for src, dst in zip(files, outs):
-        run.run(src, lambda: one(src, dst))
+        run.run(src, partial(one, src, dst))
     return run.finish("decompressed", time.perf_counter() - t0)
 
 

@@ -97,7 +97,7 @@ def cmd_train(args) -> int:
     import torch
 
     from ..devices import resolve_device, set_reproducible_kernels
-    from ..training.trainer import LOG, Trainer, TrainConfig, forward_validator, text_progress
+    from ..training.trainer import LOG, TrainConfig, Trainer, forward_validator, text_progress
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -58,7 +58,7 @@ import hashlib
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from tcm_serve.codec.geometry import MAX_SIDE, Z_STRIDE, Geometry, split_padding
 from tcm_serve.errors import ConfigError, FormatError, UnsupportedVersionError
@@ -201,7 +201,7 @@ class TcmHeader:
     def portable(self) -> bool:
         return self.version == 2
 
-    def problem(self) -> Optional[str]:
+    def problem(self) -> str | None:
         """The first rule this header breaks, as a one-line message, or ``None``."""
         return _header_problem(self)
 
@@ -225,7 +225,7 @@ class TcmFile:
     #: Version 2: the encoded hint list (:mod:`tcm_serve.codec.hints`); empty in version 1.
     hints: bytes = b""
 
-    def problem(self) -> Optional[str]:
+    def problem(self) -> str | None:
         """The first rule this file breaks, as a one-line message, or ``None``."""
         if not isinstance(self.header, TcmHeader):
             return f"header must be a TcmHeader, got {type(self.header).__name__}"
@@ -256,7 +256,7 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _stream_len_problem(name: str, n: int) -> Optional[str]:
+def _stream_len_problem(name: str, n: int) -> str | None:
     if n < MIN_STREAM_LEN:
         return (
             f"{name} is {n} bytes; an entropy-coded string is at least {MIN_STREAM_LEN} "
@@ -269,7 +269,7 @@ def _stream_len_problem(name: str, n: int) -> Optional[str]:
     return None
 
 
-def _hints_len_problem(version: int, n: int) -> Optional[str]:
+def _hints_len_problem(version: int, n: int) -> str | None:
     if version == 1:
         return None if n == 0 else f"a version-1 file has no hints section, got {n} bytes of hints"
     if n < MIN_HINTS_LEN:
@@ -279,7 +279,7 @@ def _hints_len_problem(version: int, n: int) -> Optional[str]:
     return None
 
 
-def _header_problem(h: TcmHeader) -> Optional[str]:  # noqa: C901 - a flat list of rules
+def _header_problem(h: TcmHeader) -> str | None:  # noqa: C901 - a flat list of rules
     # quality
     if not _is_int(h.quality):
         return f"quality must be an int, got {type(h.quality).__name__}"
@@ -328,7 +328,7 @@ def _header_problem(h: TcmHeader) -> Optional[str]:  # noqa: C901 - a flat list 
     return _padding_problem(h)
 
 
-def _padding_problem(h: TcmHeader) -> Optional[str]:
+def _padding_problem(h: TcmHeader) -> str | None:
     """Padding / z_shape consistency, width first then height: the header's image plus its
     padding must be the padded size its z grid stands for."""
     left, right, top, bottom = h.pad

@@ -33,7 +33,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError, StoreError
 from ..files import atomic_write_text, atomic_writer
 from ..model.tcm import TCM
-from ..store import ModelEntry, sha256_file as _sha256
+from ..store import ModelEntry
+from ..store import sha256_file as _sha256
 from .geometry import MIN_PADDED, Geometry
 
 #: Bump when the exported graphs change (stage split, opset, wrappers): old caches are rebuilt.
@@ -144,7 +145,7 @@ class GraphSet:
     names: tuple[str, ...]
 
     @classmethod
-    def for_entry(cls, entry: ModelEntry, directory: str | os.PathLike) -> "GraphSet":
+    def for_entry(cls, entry: ModelEntry, directory: str | os.PathLike) -> GraphSet:
         return cls(Path(directory), graph_prefix(entry), tuple(graph_names(entry.arch.num_slices)))
 
     def path(self, name: str) -> Path:

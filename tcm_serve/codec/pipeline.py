@@ -19,8 +19,8 @@ from ..store import ModelEntry, ModelStore
 from ..tuning import tune_malloc
 from .backends import OnnxStages, TorchStages
 from .container import BACKEND_KINDS, TcmFile, TcmHeader, pack, unpack
-from .geometry import Geometry, check_coded_size
 from .engine import V1_RETRY_THREADS, CodedImage, Engine, ImageSymbols
+from .geometry import Geometry, check_coded_size
 from .padding import crop, pad, pixels_to_tensor, tensor_to_pixels
 
 #: Default cap on decoded pixels (width x height) for blobs: the image guard's, so what

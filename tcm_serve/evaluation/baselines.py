@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -73,7 +73,7 @@ CODECS: dict[str, PillowCodec] = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def unavailable_reason(name: str) -> str | None:
     """Why this Pillow cannot run the codec (None when it can): checked by a real round trip."""
     codec = CODECS[name]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image
@@ -47,7 +47,7 @@ class EqualSize:
         return abs(len(self.data) - self.target) <= TOLERANCE * self.target
 
 
-@lru_cache(maxsize=None)
+@cache
 def _ijg_base_tables() -> tuple[tuple[int, ...], ...]:
     """The standard JPEG luminance and chrominance tables (IJG quality 50 = scale 100 %),
     as Pillow itself writes and reads them (so their order is Pillow's)."""

@@ -124,7 +124,7 @@ class TCMConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TCMConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TCMConfig:
         if not isinstance(data, dict):
             raise ConfigError("architecture must be a JSON object of TCM constructor arguments")
         known = {f for f in cls.__dataclass_fields__}

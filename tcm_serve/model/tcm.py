@@ -107,7 +107,7 @@ class TCM(nn.Module):
         lrp = self.lrp_transforms[i](torch.cat([mean_support, y_hat_slice], dim=1))
         return y_hat_slice + 0.5 * torch.tanh(lrp)
 
-    def entropy_copy(self, dtype: torch.dtype, device: torch.device) -> "TCM":
+    def entropy_copy(self, dtype: torch.dtype, device: torch.device) -> TCM:
         """A copy that computes entropy parameters only (hyper-synthesis, SWAtten and slice
         networks, LRP) in ``dtype`` on ``device``. The transforms ``g_a``, ``h_a`` and ``g_s``
         are not copied (empty placeholders take their place), so a float64 copy for the

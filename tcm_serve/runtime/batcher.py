@@ -74,8 +74,8 @@ class Slot:
     :meth:`Batcher.put` consumes it; :meth:`release` gives it back (idempotent), so a
     request that fails on bad input never leaks a slot."""
 
-    def __init__(self, batcher: "Batcher") -> None:
-        self._batcher: "Batcher | None" = batcher
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher: Batcher | None = batcher
 
     @property
     def held(self) -> bool:
@@ -91,7 +91,7 @@ class Slot:
         held, self._batcher = self._batcher is not None, None
         return held
 
-    def __enter__(self) -> "Slot":
+    def __enter__(self) -> Slot:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -112,7 +112,7 @@ class Batcher:
         self._batch_limit = max_batch_size if callable(max_batch_size) else (lambda kind, n=max_batch_size: n)
         self.delay = max_batch_delay_s
         self._cond = threading.Condition()
-        self._groups: "OrderedDict[tuple, deque[Job]]" = OrderedDict()
+        self._groups: OrderedDict[tuple, deque[Job]] = OrderedDict()
         self._depth = 0
         self._reserved = 0
         self._closed = False

@@ -99,7 +99,7 @@ class WorkerHost(Protocol):
         """One more model is loaded and warm."""
         ...
 
-    def worker_died(self, worker: "Worker") -> None:
+    def worker_died(self, worker: Worker) -> None:
         """``worker`` is dying (its jobs are settled): its models no longer count."""
         ...
 

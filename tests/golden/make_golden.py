@@ -33,12 +33,13 @@ GOLDEN = (
 def main() -> None:
     import torch
 
-    from helpers import CONFORMANCE, kit_store_at
-    from tcm_serve.codec.pipeline import coded_image, compress_images, decompress_blob, load_model
     from tcm_serve.codec.container import unpack
     from tcm_serve.codec.hints import decode_hints
+    from tcm_serve.codec.pipeline import coded_image, compress_images, decompress_blob, load_model
     from tcm_serve.imageio import read_image, write_png
     from tcm_serve.store import DEFAULT_STORE, ModelStore
+
+    from helpers import CONFORMANCE, kit_store_at
 
     torch.set_num_threads(2)
     cpu = torch.device("cpu")

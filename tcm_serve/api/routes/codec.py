@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -30,12 +30,12 @@ from ..state import ApiState
 router = APIRouter()
 
 Quality = Annotated[
-    Optional[int],
+    int | None,
     Query(ge=MIN_QUALITY, le=MAX_QUALITY, description="quality level (default: the service's default)"),
 ]
 DropAlpha = Annotated[bool, Query(description="discard an alpha channel instead of refusing the image")]
 Bitstream = Annotated[
-    Optional[Literal[BITSTREAMS]],  # type: ignore[valid-type]
+    Literal[BITSTREAMS] | None,  # type: ignore[valid-type]
     Query(
         description="portable: decodes on any machine, thread count and backend (format version 2); exact: the "
         "reference codec's strings byte for byte, decodable only where the entropy parameters are reproduced bit "

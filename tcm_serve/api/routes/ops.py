@@ -4,7 +4,7 @@ while the models load.
 """
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -39,7 +39,7 @@ async def models(request: Request) -> dict[str, Any]:
     responses=HEALTHZ_RESPONSES,
     response_model=None,
 )
-async def healthz(request: Request) -> Union[dict[str, str], JSONResponse]:
+async def healthz(request: Request) -> dict[str, str] | JSONResponse:
     problem = ApiState.of(request).pool.alive_problem()
     if problem:
         return error_response(503, "unhealthy", problem)
@@ -49,7 +49,7 @@ async def healthz(request: Request) -> Union[dict[str, str], JSONResponse]:
 @router.get(
     "/readyz", summary="Readiness: every model loaded and warmed up", responses=READYZ_RESPONSES, response_model=None
 )
-async def readyz(request: Request) -> Union[dict[str, Any], JSONResponse]:
+async def readyz(request: Request) -> dict[str, Any] | JSONResponse:
     pool = ApiState.of(request).pool
     if pool.ready:
         return {"status": "ready", "models_loaded": sum(len(w.slots) for w in pool.workers)}
