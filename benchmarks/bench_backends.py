@@ -98,7 +98,7 @@ class _CoderClock:
         return timed
 
 
-def _worker(conn, kind: str, args: argparse.Namespace) -> None:  # noqa: C901 - one command loop
+def _worker(conn, kind: str, args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
@@ -133,7 +133,7 @@ def _worker(conn, kind: str, args: argparse.Namespace) -> None:  # noqa: C901 - 
     if engine is not None:  # time the coder calls inside the engine
         engine_mod.encode = clock.wrap(engine_mod.encode)
         engine_mod.RansDecoder.decode = clock.wrap(engine_mod.RansDecoder.decode)
-    sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)  # noqa: E731
+    sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
     coded: dict[int, object] = {}
     conn.send(("ready", getattr(engine, "backend", f"reference-{device.type}")))
     while True:
@@ -265,7 +265,7 @@ def _coder_scaling(symbols, max_threads: int, jobs_per_thread: int = 2) -> list[
     return out
 
 
-def main() -> None:  # noqa: C901 - a report, section by section
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="official-small")
     ap.add_argument("--images", type=int, default=2, help="how many Kodak images (768x512)")

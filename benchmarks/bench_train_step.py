@@ -18,13 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-import torch  # noqa: E402
+import torch
 
-from tcm_serve.model.checkpoint import load_into, read_state_dict  # noqa: E402
-from tcm_serve.model.config import preset  # noqa: E402
-from tcm_serve.model.tcm import TCM  # noqa: E402
-from tcm_serve.training.loss import rate_distortion  # noqa: E402
-from tcm_serve.training.trainer import TrainConfig  # noqa: E402
+from tcm_serve.model.checkpoint import load_into, read_state_dict
+from tcm_serve.model.config import preset
+from tcm_serve.model.tcm import TCM
+from tcm_serve.training.loss import rate_distortion
+from tcm_serve.training.trainer import TrainConfig
 
 
 def one_step(model: TCM, x: torch.Tensor, lmbda: float) -> tuple[float, float]:

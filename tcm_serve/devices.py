@@ -73,7 +73,7 @@ def cuda_unavailable_reason() -> str:
         return f"this torch ({torch.__version__}) is a CPU-only build"
     try:
         torch.cuda.init()
-    except Exception as exc:  # torch words the driver and device problems itself
+    except Exception as exc:  # noqa: BLE001 - torch words the driver and device problems itself
         return " ".join(str(exc).split())[:300] or type(exc).__name__
     if torch.cuda.device_count() == 0:
         return "no CUDA device is visible to this process (the pod's GPU request, CUDA_VISIBLE_DEVICES)"

@@ -323,7 +323,7 @@ def _transparency_kind(img: Image.Image) -> str | None:
 def _orientation(img: Image.Image) -> int:
     try:
         value = img.getexif().get(0x0112, 1)
-    except Exception:  # damaged metadata: ignore it, the pixels are fine
+    except Exception:  # noqa: BLE001 - damaged metadata: ignore it, the pixels are fine
         return 1
     return value if isinstance(value, int) and value in _ORIENT else 1
 

@@ -136,7 +136,7 @@ def read_training_record(path: str | os.PathLike) -> dict[str, Any] | None:
     """The ``training`` record that ``tcm train`` leaves in its checkpoints, if any."""
     try:
         obj = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception:  # read_state_dict reports unreadable files; this is best effort
+    except Exception:  # noqa: BLE001 - read_state_dict reports unreadable files; this is best effort
         return None
     rec = obj.get("training") if isinstance(obj, dict) else None
     if not isinstance(rec, dict):

@@ -510,9 +510,9 @@ def test_status_table_covers_the_hierarchy():
     }
     # every module that defines an error class, so the result does not depend on which
     # other tests ran first
-    import tcm_serve.cli.main  # noqa: F401
-    import tcm_serve.cli.onnx  # noqa: F401
-    import tcm_serve.client  # noqa: F401
+    import tcm_serve.cli.main
+    import tcm_serve.cli.onnx
+    import tcm_serve.client
     import tcm_serve.evaluation.runner  # noqa: F401
 
     seen = {cls.__name__: status_for(cls.__new__(cls)) for cls in subclasses(TcmError)}

@@ -91,9 +91,9 @@ def json_doc(description: str, schema: Doc) -> Doc:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def errors_doc(*codes: int) -> dict[int, Doc]:
+def errors_doc(*codes: int) -> dict[int | str, Doc]:
     """The error responses ``codes``, each with the error body (and Retry-After on 429 / 503)."""
-    doc = {c: json_doc(_ERROR_TEXT[c], ERROR_SCHEMA) for c in codes}
+    doc: dict[int | str, Doc] = {c: json_doc(_ERROR_TEXT[c], ERROR_SCHEMA) for c in codes}
     for c in (429, 503):
         if c in doc:
             doc[c]["headers"] = RETRY_AFTER

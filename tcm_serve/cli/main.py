@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from functools import partial
 from importlib import import_module
 from pathlib import Path
+from typing import NoReturn
 
 from ..errors import TcmError, is_out_of_memory
 from ..files import atomic_write
@@ -44,7 +45,7 @@ class CliError(TcmError):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like every other failure
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, like every other failure
         self.exit(EXIT_USAGE, f"tcm: error: {message} (see tcm --help)\n")
 
 

@@ -104,7 +104,7 @@ def cmd_serve(args) -> int:
         port=settings.port,
         log_config=None,  # our JSON logging
         access_log=False,  # one line per request comes from the app (tcm.access)
-        timeout_graceful_shutdown=settings.shutdown_grace_s,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]  # seconds, float or int
         lifespan="on",
         server_header=False,
     )

@@ -130,7 +130,7 @@ def _run_end(run: Path) -> tuple[float | None, int | None, str]:
     ckpt = (run if run.is_dir() else run.parent) / CHECKPOINT
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for non-checkpoints; all mean the same
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for non-checkpoints; all mean the same
         return None, None, f"cannot read the run's lambda from {ckpt} ({type(exc).__name__}): pass --lambda"
     record = state if isinstance(state, dict) else {}
     try:
@@ -158,7 +158,7 @@ def cmd_train_curve(args) -> int:
         for run_lmbda, _, why in ends:
             if run_lmbda is None:
                 raise ConfigError(why)
-        lambdas = {run_lmbda for run_lmbda, _, _ in ends}
+        lambdas = {run_lmbda for run_lmbda, _, _ in ends if run_lmbda is not None}  # None raised above
         if len(lambdas) > 1:
             raise ConfigError(f"the runs were trained with different lambdas ({', '.join(map(str, sorted(lambdas)))}): "
                               "one curve needs one lambda (pass --lambda to force one)")

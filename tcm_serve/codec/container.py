@@ -279,7 +279,7 @@ def _hints_len_problem(version: int, n: int) -> str | None:
     return None
 
 
-def _header_problem(h: TcmHeader) -> str | None:  # noqa: C901 - a flat list of rules
+def _header_problem(h: TcmHeader) -> str | None:
     # quality
     if not _is_int(h.quality):
         return f"quality must be an int, got {type(h.quality).__name__}"

@@ -243,8 +243,11 @@ class Engine:
         and make the range decoder read the wrong symbols."""
         if backend in PORTABLE_METHODS:
             return self.portable_path
-        stages = self.stages if backend is None else self._decode_paths.get(backend)
-        if stages is None:
+        if backend is None:
+            stages = self.stages
+        elif backend in self._decode_paths:
+            stages = self._decode_paths[backend]
+        else:
             raise BackendMismatchError(backend_mismatch_message(backend, tuple(self._decode_paths)))
         return EntropyPath(stages.name, stages, self.device, torch.float32, self.z_medians, self.scale_table)
 

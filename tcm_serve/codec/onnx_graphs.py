@@ -126,7 +126,8 @@ def export_graph(spec: _GraphSpec, path: Path) -> None:
         # in the computation (the parity tests run the graphs at other sizes).
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            spec.module.eval(), tuple(spec.inputs.values()), f, dynamo=False, opset_version=OPSET,
+            spec.module.eval(), tuple(spec.inputs.values()), f,  # type: ignore[arg-type]  # file objects work too
+            dynamo=False, opset_version=OPSET,
             input_names=list(spec.inputs), output_names=spec.outputs, dynamic_axes=dynamic,
         )
 
@@ -253,7 +254,7 @@ def open_sessions(gs: GraphSet, device: torch.device, threads: int | None = None
     for name in names or gs.names:
         try:
             sessions[name] = ort.InferenceSession(str(gs.path(name)), so, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types for bad files
             raise StoreError(f"cannot load ONNX graph {gs.path(name).name}: {str(exc).splitlines()[0][:200]}") from None
     return sessions, backend
 

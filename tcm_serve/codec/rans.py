@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tcm_serve.codec import _rans
+
 from ..errors import BitstreamError
-from . import _rans
 
 __all__ = ["PRECISION", "EntropyTable", "encode", "RansDecoder", "quantize_cdf"]
 

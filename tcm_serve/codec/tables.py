@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..errors import BitstreamError
+from ..model.entropy import EntropyBottleneck, GaussianConditional
 from ..model.probability import (
     SCALE_BOUND,
     TAIL_MASS,
@@ -70,7 +71,7 @@ def bottleneck_table(
     return quantize_pmf(bottleneck_pmf(quantiles, matrices, biases, factors))
 
 
-def _table_from_buffers(module: torch.nn.Module) -> EntropyTable | None:
+def _table_from_buffers(module: EntropyBottleneck | GaussianConditional) -> EntropyTable | None:
     """The table an entropy model's buffers hold, or None where they are empty (a
     checkpoint saved before ``update()``)."""
     if module._quantized_cdf.numel() == 0:
@@ -80,7 +81,7 @@ def _table_from_buffers(module: torch.nn.Module) -> EntropyTable | None:
     return EntropyTable(cdf=cdf, cdf_length=length.reshape(-1), offset=offset.reshape(-1))
 
 
-def _store_table(module: torch.nn.Module, table: EntropyTable) -> None:
+def _store_table(module: EntropyBottleneck | GaussianConditional, table: EntropyTable) -> None:
     """Write ``table`` into an entropy model's buffers, where the checkpoint keeps it."""
     device = module._offset.device
     module._quantized_cdf = torch.from_numpy(table.cdf.copy()).to(device)

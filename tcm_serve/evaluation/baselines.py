@@ -40,9 +40,8 @@ class PillowCodec:
 
     def decode(self, data: bytes, channels: int) -> np.ndarray:
         """Decode to (H, W, channels) uint8 (the original's channel count)."""
-        with Image.open(io.BytesIO(data), formats=[self.format]) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            out = np.asarray(im, dtype=np.uint8)
+        with Image.open(io.BytesIO(data), formats=[self.format]) as src:
+            out = np.asarray(src.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
         return out[:, :, None] if out.ndim == 2 else out
 
 
@@ -85,7 +84,7 @@ def unavailable_reason(name: str) -> str | None:
     try:
         probe = np.zeros((16, 16, 3), dtype=np.uint8)
         codec.decode(codec.encode(probe, codec.qualities[0]), 3)
-    except Exception as exc:  # a plugin present but without a working encoder
+    except Exception as exc:  # noqa: BLE001 - a plugin present but without a working encoder
         return f"{codec.label} round trip fails in this Pillow {PIL.__version__}: {exc}"
     return None
 

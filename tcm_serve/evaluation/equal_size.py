@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from .baselines import CODECS, PillowCodec, to_pil, unavailable_reason
 
@@ -54,6 +54,7 @@ def _ijg_base_tables() -> tuple[tuple[int, ...], ...]:
     buf = io.BytesIO()
     Image.new("RGB", (16, 16)).save(buf, format="JPEG", quality=50)
     with Image.open(buf) as im:
+        assert isinstance(im, JpegImagePlugin.JpegImageFile)
         tables = im.quantization
     return tuple(tuple(tables[k]) for k in sorted(tables))
 

@@ -41,7 +41,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         raise CheckpointError(f"checkpoint not found: {p}")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for non-checkpoints; all mean the same
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for non-checkpoints; all mean the same
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read checkpoint {p.name}: {first[:200]}") from None
     return normalise_state_dict(obj)

@@ -37,6 +37,12 @@ def _empty_table_buffers(module: nn.Module) -> None:
 class EntropyBottleneck(nn.Module):
     """Fully factorized prior for z (Ballé et al. 2018): a per-channel learned CDF."""
 
+    # buffers (register_buffer): declared for the type checker
+    target: Tensor
+    _offset: Tensor
+    _quantized_cdf: Tensor
+    _cdf_length: Tensor
+
     def __init__(self, channels: int, init_scale: float = 10.0, filters: tuple[int, ...] = (3, 3, 3, 3), tail_mass: float = TAIL_MASS):
         super().__init__()
         self.likelihood_lower_bound = LowerBound(LIKELIHOOD_BOUND)
@@ -114,6 +120,13 @@ class EntropyBottleneck(nn.Module):
 
 class GaussianConditional(nn.Module):
     """Conditional Gaussian model of y given (mu, sigma) from the hyperprior and context."""
+
+    # buffers (register_buffer): declared for the type checker
+    scale_table: Tensor
+    scale_bound: Tensor
+    _offset: Tensor
+    _quantized_cdf: Tensor
+    _cdf_length: Tensor
 
     def __init__(self) -> None:
         super().__init__()

@@ -33,6 +33,8 @@ def subpel_conv3x3(in_ch: int, out_ch: int, r: int = 1) -> nn.Sequential:
 class LowerBound(nn.Module):
     """``max(x, bound)``; the bound is a buffer so that it travels with checkpoints."""
 
+    bound: Tensor
+
     def __init__(self, bound: float) -> None:
         super().__init__()
         self.register_buffer("bound", torch.Tensor([float(bound)]))
@@ -43,6 +45,8 @@ class LowerBound(nn.Module):
 
 class NonNegativeParametrizer(nn.Module):
     """Maps a raw parameter to a non-negative value: ``max(x, bound)**2 - pedestal``."""
+
+    pedestal: Tensor
 
     def __init__(self, minimum: float = 0.0, reparam_offset: float = 2**-18) -> None:
         super().__init__()
@@ -180,6 +184,8 @@ def relative_position_index(p: int) -> Tensor:
 class WMSA(nn.Module):
     """Multi-head self-attention inside (optionally shifted) non-overlapping windows."""
 
+    _rel_index: Tensor
+
     def __init__(self, input_dim: int, output_dim: int, head_dim: int, window_size: int, shifted: bool) -> None:
         super().__init__()
         if input_dim % head_dim:
@@ -277,7 +283,7 @@ class ConvTransBlock(nn.Module):
         self.conv_block = ResidualBlock(conv_dim, conv_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        conv_x, trans_x = torch.split(self.conv1_1(x), (self.conv_dim, self.trans_dim), dim=1)
+        conv_x, trans_x = torch.split(self.conv1_1(x), [self.conv_dim, self.trans_dim], dim=1)
         conv_x = self.conv_block(conv_x) + conv_x
         trans_x = self.trans_block(trans_x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return x + self.conv1_2(torch.cat((conv_x, trans_x), dim=1))

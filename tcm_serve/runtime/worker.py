@@ -223,7 +223,7 @@ class Worker(threading.Thread):
             log.info(
                 "model ready",
                 extra={"fields": {"quality": slot.entry.quality, "device": str(self.device),
-                                  "load_s": round(slot.load_s, 3), "warmup_s": round(slot.warmup_s, 3)}},
+                                  "load_s": round(slot.load_s or 0.0, 3), "warmup_s": round(slot.warmup_s or 0.0, 3)}},
             )
 
     def _load_slot(self, slot: ModelSlot, image: DecodedImage) -> None:
@@ -232,17 +232,18 @@ class Worker(threading.Thread):
         settings = self.host.settings
         slot.state = "loading"
         t0 = time.monotonic()
-        slot.model = load_model(
+        model = load_model(
             self.host.store, slot.entry.quality, self.device, settings.backend, settings.onnx_dir,
             SERVICE_V1_RETRY_THREADS,
         )
+        slot.model = model
         slot.load_s = time.monotonic() - t0
         slot.state = "warming"
         t0 = time.monotonic()
         for portable in (True, False):
-            (symbols,) = analyse_images(slot.model, [image], portable)
-            comp = package(slot.model, image, slot.model.engine.encode_symbols(symbols))
-            out = decompress_blob(comp.blob, lambda h, lm=slot.model: lm, settings.max_pixels)
+            (symbols,) = analyse_images(model, [image], portable)
+            comp = package(model, image, model.engine.encode_symbols(symbols))
+            out = decompress_blob(comp.blob, lambda header: model, settings.max_pixels)
             if out.pixels.shape != image.pixels.shape:
                 raise RuntimeError(f"warm-up round trip of q{slot.entry.quality} returned {out.pixels.shape}")
         self._sync()
@@ -274,7 +275,7 @@ class Worker(threading.Thread):
                     self._compress(jobs)
                 else:
                     self._decompress(jobs)
-            except BaseException as exc:  # noqa: BLE001 - one bad batch must not kill the worker
+            except BaseException as exc:
                 if is_fatal(exc):
                     raise
                 err = as_service_error(exc)
@@ -350,7 +351,7 @@ class Worker(threading.Thread):
         try:
             results = work(jobs)
             self._sync()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             if is_fatal(exc):
                 raise
             if len(jobs) == 1:

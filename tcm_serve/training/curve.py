@@ -103,7 +103,8 @@ def chain(logs: list[tuple[list[TrainPoint], list[ValPoint]]],
     for i, (t, v) in enumerate(logs):
         train += [TrainPoint(p.step + offset, p.loss, p.bpp, p.psnr, p.s_per_step) for p in t]
         val += [ValPoint(p.step + offset, p.bpp, p.psnr, p.images) for p in v]
-        end = ends[i] if ends and ends[i] is not None else max([p.step for p in t] + [p.step for p in v] + [0])
+        known = ends[i] if ends else None
+        end = known if known is not None else max([p.step for p in t] + [p.step for p in v] + [0])
         offset += end
     return train, val
 

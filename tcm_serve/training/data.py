@@ -11,6 +11,7 @@ photos does not drown a folder of 40 large ones (the training README asks to mix
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +43,8 @@ def _downscale_factor(width: int, height: int, max_side: int) -> int:
 
 def load_image(path: Path, crop: int, max_side: int) -> torch.Tensor | None:
     """Decode one photo as (3, H, W) uint8; None when it is smaller than a crop."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")
+    with Image.open(path) as src:
+        im = ImageOps.exif_transpose(src).convert("RGB")
         f = _downscale_factor(im.width, im.height, max_side)
         if f > 1:
             im = im.resize((im.width // f, im.height // f), Image.Resampling.LANCZOS)
@@ -64,7 +65,7 @@ def sources_under(root: Path) -> list[Path]:
     return subs or [root]
 
 
-def load_sources(roots: list[str | os.PathLike], crop: int, max_side: int = 1024) -> list[Source]:
+def load_sources(roots: Sequence[str | os.PathLike[str]], crop: int, max_side: int = 1024) -> list[Source]:
     """Decode every usable image under ``roots``; refuse Kodak and empty datasets."""
     if crop < MIN_CROP:
         raise ConfigError(f"crop must be at least {MIN_CROP} (smaller crops break the shifted-window blocks), got {crop}")

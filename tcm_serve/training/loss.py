@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -23,7 +24,8 @@ class RDLoss:
 
 def bits_per_pixel(likelihoods: dict[str, Tensor], num_pixels: int) -> Tensor:
     """Estimated rate of all latents, from their likelihoods (the sum of -log2 p)."""
-    return sum(torch.log(lik).sum() for lik in likelihoods.values()) / (-math.log(2) * num_pixels)
+    total = cast(Tensor, sum(torch.log(lik).sum() for lik in likelihoods.values()))  # sum() starts at int 0
+    return total / (-math.log(2) * num_pixels)
 
 
 def rate_distortion(out: dict, target: Tensor, lmbda: float) -> RDLoss:

@@ -162,7 +162,7 @@ class Trainer:
 
         try:
             ckpt = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as exc:  # torch raises many types for non-checkpoints; all mean the same
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for non-checkpoints; all mean the same
             raise refuse(type(exc).__name__) from None
         if not isinstance(ckpt, dict) or not RESUME_KEYS <= ckpt.keys():
             have = set(ckpt) if isinstance(ckpt, dict) else set()

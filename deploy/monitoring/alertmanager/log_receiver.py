@@ -12,7 +12,7 @@ MAX_BODY = 1 << 20
 
 
 class Receiver(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+    def do_POST(self) -> None:
         length = min(int(self.headers.get("Content-Length") or 0), MAX_BODY)
         try:
             note = json.loads(self.rfile.read(length) or b"{}")
