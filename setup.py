@@ -3,6 +3,7 @@
 Everything else lives in pyproject.toml; setuptools still needs setup.py to declare a
 C extension portably across its versions.
 """
+
 from setuptools import Extension, setup
 
 setup(

@@ -20,6 +20,7 @@ close each transform runs to the CPU's nominal arithmetic peak (FLOPs counted by
     .venv/bin/python benchmarks/bench_backends.py --preset official-small --images 2 --repeat 1
     .venv/bin/python benchmarks/bench_backends.py --preset lite --images 4 --repeat 2 --batch 4,8
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,7 +61,16 @@ def _entry(model, preset_name: str):
     for k, v in model.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return ModelEntry(quality=1, file="-", arch=model.cfg, preset=preset_name, lmbda=None, metric="mse", sha256=h.hexdigest(), source="benchmark")
+    return ModelEntry(
+        quality=1,
+        file="-",
+        arch=model.cfg,
+        preset=preset_name,
+        lmbda=None,
+        metric="mse",
+        sha256=h.hexdigest(),
+        source="benchmark",
+    )
 
 
 def _images(kodak: str, count: int):
@@ -148,7 +158,9 @@ def _worker(conn, kind: str, args: argparse.Namespace) -> None:
                 out = ref.compress(model, x)
                 sync()
                 coded[arg] = out
-                conn.send({"total": time.perf_counter() - t0, "bytes": len(out["strings"][0][0]) + len(out["strings"][1][0])})
+                conn.send(
+                    {"total": time.perf_counter() - t0, "bytes": len(out["strings"][0][0]) + len(out["strings"][1][0])}
+                )
                 continue
             with torch.no_grad():
                 y = engine.stages.g_a(x)
@@ -159,8 +171,15 @@ def _worker(conn, kind: str, args: argparse.Namespace) -> None:
                 c = engine.encode_symbols(sym)
             t3 = time.perf_counter()
             coded[arg] = (c, sym)
-            conn.send({"total": t3 - t0, "g_a": t1 - t0, "entropy": t2 - t1, "coder": clock.seconds,
-                       "bytes": len(c.z_string) + len(c.y_string)})
+            conn.send(
+                {
+                    "total": t3 - t0,
+                    "g_a": t1 - t0,
+                    "entropy": t2 - t1,
+                    "coder": clock.seconds,
+                    "bytes": len(c.z_string) + len(c.y_string),
+                }
+            )
         elif cmd == "decompress":
             x = images[arg]
             z_shape = (x.shape[2] // 64, x.shape[3] // 64)
@@ -182,7 +201,9 @@ def _worker(conn, kind: str, args: argparse.Namespace) -> None:
             conn.send({"total": t2 - t0, "entropy": t1 - t0, "g_s": t2 - t1, "coder": clock.seconds})
         elif cmd == "symbols":
             sym = coded[arg][1]
-            conn.send((sym.y_symbols, sym.y_indexes, engine.y_table.cdf, engine.y_table.cdf_length, engine.y_table.offset))
+            conn.send(
+                (sym.y_symbols, sym.y_indexes, engine.y_table.cdf, engine.y_table.cdf_length, engine.y_table.offset)
+            )
         elif cmd == "batch":
             b, reps = arg
             xs = [images[i % len(images)] for i in range(b)]
@@ -214,7 +235,10 @@ def _worker(conn, kind: str, args: argparse.Namespace) -> None:
             x = images[0]
             counts = {}
             with torch.no_grad():
-                for name, fn in (("g_a", lambda: model.g_a(x)), ("g_s", lambda: model.g_s(torch.zeros(1, model.cfg.M, x.shape[2] // 16, x.shape[3] // 16)))):
+                for name, fn in (
+                    ("g_a", lambda: model.g_a(x)),
+                    ("g_s", lambda: model.g_s(torch.zeros(1, model.cfg.M, x.shape[2] // 16, x.shape[3] // 16))),
+                ):
                     with FlopCounterMode(display=False) as fc:
                         fn()
                     counts[name] = fc.get_total_flops()
@@ -233,7 +257,9 @@ def _nominal_peak_gflops(threads: int) -> tuple[float, str]:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return float("nan"), "unknown CPU"
-    mhz = next((float(line.split(":")[1]) for line in info.splitlines() if line.lower().startswith("cpu mhz")), float("nan"))
+    mhz = next(
+        (float(line.split(":")[1]) for line in info.splitlines() if line.lower().startswith("cpu mhz")), float("nan")
+    )
     flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
     # AMD cores up to Zen 4 run AVX-512 on 256-bit pipes: count 8 fp32 lanes there.
     wide = " avx512f" in flags and "AuthenticAMD" not in info
@@ -290,8 +316,10 @@ def main() -> None:
         child.close()  # so that a worker that dies (e.g. killed for memory) shows as EOFError
         status, backend = parent.recv()
         workers[kind] = (proc, parent, backend)
-    print(f"preset {args.preset} (random init), {args.images} Kodak image(s) 768x512, repeat {args.repeat}, "
-          f"{args.threads} thread(s) per worker, device {args.device}; workers ready in {time.perf_counter() - t0:.0f} s")
+    print(
+        f"preset {args.preset} (random init), {args.images} Kodak image(s) 768x512, repeat {args.repeat}, "
+        f"{args.threads} thread(s) per worker, device {args.device}; workers ready in {time.perf_counter() - t0:.0f} s"
+    )
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
 
     res = {k: {"c": [], "d": []} for k in kinds}
@@ -304,24 +332,34 @@ def main() -> None:
                     res[kind][way[0]].append(conn.recv())
     base = "reference" if "reference" in kinds else kinds[0]
     med = lambda rows, key="total": statistics.median(r[key] for r in rows)  # noqa: E731
-    print(f"\n== end to end, batch 1 (medians; ratio = reference time / ours; load average now {os.getloadavg()[0]:.2f}) ==")
-    print(f"{'pipeline':<11} {'backend':<14} {'compress s':>10} {'img/s':>6} {'x ref':>6} {'decompress s':>12} {'img/s':>6} {'x ref':>6} {'both x ref':>10}")
+    print(
+        f"\n== end to end, batch 1 (medians; ratio = reference time / ours; load average now {os.getloadavg()[0]:.2f}) =="
+    )
+    print(
+        f"{'pipeline':<11} {'backend':<14} {'compress s':>10} {'img/s':>6} {'x ref':>6} {'decompress s':>12} {'img/s':>6} {'x ref':>6} {'both x ref':>10}"
+    )
     for kind in kinds:
         c, d = med(res[kind]["c"]), med(res[kind]["d"])
         bc, bd = med(res[base]["c"]), med(res[base]["d"])
-        print(f"{kind:<11} {workers[kind][2]:<14} {c:>10.3f} {1 / c:>6.3f} {bc / c:>5.2f}x {d:>12.3f} {1 / d:>6.3f} {bd / d:>5.2f}x {(bc + bd) / (c + d):>9.2f}x")
+        print(
+            f"{kind:<11} {workers[kind][2]:<14} {c:>10.3f} {1 / c:>6.3f} {bc / c:>5.2f}x {d:>12.3f} {1 / d:>6.3f} {bd / d:>5.2f}x {(bc + bd) / (c + d):>9.2f}x"
+        )
     sizes = {k: res[k]["c"][0]["bytes"] for k in kinds}
     print(f"bytes of image 0: {sizes}")
 
     print("\n== where the time goes (medians, s; coder = range coding inside the engine) ==")
-    print(f"{'pipeline':<11} {'g_a':>7} {'entropy':>8} {'coder':>7} {'| dec entropy':>14} {'coder':>7} {'g_s':>7} {'coder share':>12}")
+    print(
+        f"{'pipeline':<11} {'g_a':>7} {'entropy':>8} {'coder':>7} {'| dec entropy':>14} {'coder':>7} {'g_s':>7} {'coder share':>12}"
+    )
     for kind in kinds:
         if kind == "reference":
             continue
         rc, rd = res[kind]["c"], res[kind]["d"]
         share = (med(rc, "coder") + med(rd, "coder")) / (med(rc) + med(rd))
-        print(f"{kind:<11} {med(rc, 'g_a'):>7.3f} {med(rc, 'entropy'):>8.3f} {med(rc, 'coder'):>7.3f} {med(rd, 'entropy'):>14.3f} "
-              f"{med(rd, 'coder'):>7.3f} {med(rd, 'g_s'):>7.3f} {share:>11.2%}")
+        print(
+            f"{kind:<11} {med(rc, 'g_a'):>7.3f} {med(rc, 'entropy'):>8.3f} {med(rc, 'coder'):>7.3f} {med(rd, 'entropy'):>14.3f} "
+            f"{med(rd, 'coder'):>7.3f} {med(rd, 'g_s'):>7.3f} {share:>11.2%}"
+        )
 
     if "torch" in kinds:
         conn = workers["torch"][1]
@@ -333,7 +371,9 @@ def main() -> None:
             rc, rd = res[kind]["c"], res[kind]["d"]
             for stage, t in (("g_a", med(rc, "g_a")), ("entropy", med(rc, "entropy")), ("g_s", med(rd, "g_s"))):
                 gf = flops[stage] / 1e9
-                print(f"{kind:<7} {stage:<8} {gf:>7.1f} GFLOP in {t:>6.3f} s = {gf / t:>6.1f} GFLOP/s ({gf / t / peak:.0%} of nominal peak)")
+                print(
+                    f"{kind:<7} {stage:<8} {gf:>7.1f} GFLOP in {t:>6.3f} s = {gf / t:>6.1f} GFLOP/s ({gf / t / peak:.0%} of nominal peak)"
+                )
 
         conn.send(("symbols", 0))
         symbols = conn.recv()
@@ -351,11 +391,15 @@ def main() -> None:
             try:
                 r = conn.recv()
             except EOFError:
-                print(f"{kind:<7} worker died (exit code {workers[kind][0].join(5) or workers[kind][0].exitcode}): "
-                      f"out of memory? batch {b} of this preset needs several GB per worker")
+                print(
+                    f"{kind:<7} worker died (exit code {workers[kind][0].join(5) or workers[kind][0].exitcode}): "
+                    f"out of memory? batch {b} of this preset needs several GB per worker"
+                )
                 continue
-            print(f"{kind:<7} compress {b / r['single_c']:.3f} -> {b / r['batch_c']:.3f} img/s ({r['single_c'] / r['batch_c']:.2f}x); "
-                  f"decompress {b / r['single_d']:.3f} -> {b / r['batch_d']:.3f} img/s ({r['single_d'] / r['batch_d']:.2f}x)")
+            print(
+                f"{kind:<7} compress {b / r['single_c']:.3f} -> {b / r['batch_c']:.3f} img/s ({r['single_c'] / r['batch_c']:.2f}x); "
+                f"decompress {b / r['single_d']:.3f} -> {b / r['batch_d']:.3f} img/s ({r['single_d'] / r['batch_d']:.2f}x)"
+            )
 
     for proc, conn, _ in workers.values():
         if proc.is_alive():

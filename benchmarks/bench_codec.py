@@ -9,6 +9,7 @@ with a fixed random initialisation (timing depends on the architecture, not the 
 
     .venv/bin/python benchmarks/bench_codec.py --preset official-small --images 3 --repeat 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,18 @@ def main() -> None:
             px = np.ascontiguousarray(px.transpose(1, 0, 2))
         xs.append(pad(pixels_to_tensor(px), Geometry.for_image(*px.shape[:2]).pad)[None])
 
-    stages: dict[str, list[float]] = {k: [] for k in ("g_a", "entropy path (enc)", "range encode", "compress total",
-                                                       "entropy path + range decode", "g_s", "decompress total")}
+    stages: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "g_a",
+            "entropy path (enc)",
+            "range encode",
+            "compress total",
+            "entropy path + range decode",
+            "g_s",
+            "decompress total",
+        )
+    }
     with torch.no_grad():
         engine.compress(xs[0], portable)  # warm-up
         for _ in range(args.repeat):
@@ -99,13 +110,21 @@ def main() -> None:
             single.append(t1)
             batched.append(tb)
 
-    print(f"model: {label}; {args.bitstream} bitstream; images: {len(xs)} x {tuple(xs[0].shape[2:])} padded; threads: {args.threads}; repeat: {args.repeat}")
+    print(
+        f"model: {label}; {args.bitstream} bitstream; images: {len(xs)} x {tuple(xs[0].shape[2:])} padded; threads: {args.threads}; repeat: {args.repeat}"
+    )
     print(f"{'stage':<30} {'median s':>9} {'share':>7}")
     for k, v in stages.items():
-        total = statistics.median(stages["compress total"] if "decode" not in k and k not in ("g_s", "decompress total") else stages["decompress total"])
+        total = statistics.median(
+            stages["compress total"]
+            if "decode" not in k and k not in ("g_s", "decompress total")
+            else stages["decompress total"]
+        )
         print(f"{k:<30} {statistics.median(v):>9.3f} {statistics.median(v) / total:>7.1%}")
     ratio = statistics.median(single) / statistics.median(batched)
-    print(f"g_a x{b}: one at a time {statistics.median(single):.3f} s, batched {statistics.median(batched):.3f} s, speed-up {ratio:.2f}x")
+    print(
+        f"g_a x{b}: one at a time {statistics.median(single):.3f} s, batched {statistics.median(batched):.3f} s, speed-up {ratio:.2f}x"
+    )
 
 
 if __name__ == "__main__":

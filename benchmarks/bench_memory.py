@@ -14,6 +14,7 @@ about; the run prints no timings. Loopback only; every request has a deadline.
 With ``--backend onnx`` the graphs are exported into a temporary directory first (by the
 server, as in production), so "ready" includes what onnxruntime holds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,9 +71,30 @@ def measure(store: str, qualities: str, backend: str, images: list[tuple[str, by
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
     with tempfile.TemporaryDirectory() as onnx_dir, tempfile.TemporaryFile() as log:
-        cmd = [sys.executable, "-m", "tcm_serve.cli.main", "serve", "--store", store, "--port", str(port),
-               "--devices", "cpu", "--max-batch-size", "1", "--qualities", qualities, "--backend", backend,
-               "--onnx-dir", onnx_dir, "--max-pixels", str(4 * 1536 * 1024), "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tcm_serve.cli.main",
+            "serve",
+            "--store",
+            store,
+            "--port",
+            str(port),
+            "--devices",
+            "cpu",
+            "--max-batch-size",
+            "1",
+            "--qualities",
+            qualities,
+            "--backend",
+            backend,
+            "--onnx-dir",
+            onnx_dir,
+            "--max-pixels",
+            str(4 * 1536 * 1024),
+            "--log-level",
+            "warning",
+        ]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             try:
@@ -100,8 +122,12 @@ def measure(store: str, qualities: str, backend: str, images: list[tuple[str, by
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default=str(ROOT / "model_store"))
-    ap.add_argument("--qualities", nargs="+", default=None,
-                    help="quality sets to serve, one server each (default: the lowest level alone, then all)")
+    ap.add_argument(
+        "--qualities",
+        nargs="+",
+        default=None,
+        help="quality sets to serve, one server each (default: the lowest level alone, then all)",
+    )
     ap.add_argument("--backend", default="torch", choices=("torch", "onnx"))
     args = ap.parse_args()
     from tcm_serve.errors import TcmError

@@ -11,6 +11,7 @@ RD are meaningful), or a preset's layout with a fixed random initialisation (tim
 
 Prints one table row per model and, with --json, writes every per-image measurement.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,12 @@ def measure(lm: LoadedModel, images: list, repeat: int) -> list[dict]:
             n_symbols = lm.entry.arch.M * 16 * f.header.z_shape[0] * f.header.z_shape[1]
             hints = decode_hints(f.hints, n_symbols, n_tables)[0].size if f.header.portable else 0
             row[mode] = {
-                "bytes": len(res.blob), "bpp": 8 * len(res.blob) / (img.width * img.height), "hints": int(hints),
-                "symbols": n_symbols, "encode_s": min(enc), "decode_s": min(dec),
+                "bytes": len(res.blob),
+                "bpp": 8 * len(res.blob) / (img.width * img.height),
+                "hints": int(hints),
+                "symbols": n_symbols,
+                "encode_s": min(enc),
+                "decode_s": min(dec),
                 "psnr": psnr(img.pixels, out.pixels.reshape(img.pixels.shape)),
             }
         rows.append(row)
@@ -83,7 +88,8 @@ def summarise(label: str, rows: list[dict]) -> dict:
         return sum(r[mode][key] for r in rows)
 
     s = {
-        "model": label, "images": len(rows),
+        "model": label,
+        "images": len(rows),
         "bytes_overhead_pct": 100 * (total("portable", "bytes") / total("exact", "bytes") - 1),
         "hints_per_image": total("portable", "hints") / len(rows),
         "hint_rate": total("portable", "hints") / total("portable", "symbols"),
@@ -127,7 +133,9 @@ def main() -> None:
         models += [(f"{store.entry(q).preset or 'store'} q{q}", store, q) for q in qs]
 
     print(f"Kodak x{len(images)}, {args.threads} thread(s), backend {args.backend}, best of {args.repeat}")
-    print("| model | bytes | hints/image | encode s (exact -> portable) | decode s (exact -> portable) | bpp | PSNR dB (exact / portable) |")
+    print(
+        "| model | bytes | hints/image | encode s (exact -> portable) | decode s (exact -> portable) | bpp | PSNR dB (exact / portable) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     results = []
     for label, store, q in models:
@@ -143,7 +151,9 @@ def main() -> None:
             flush=True,
         )
     if args.json:
-        Path(args.json).write_text(json.dumps({"threads": args.threads, "backend": args.backend, "models": results}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"threads": args.threads, "backend": args.backend, "models": results}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ official-small, so machine noise hits all of them alike.
 
     .venv/bin/python benchmarks/bench_presets.py [--presets lite official-small] [--rounds 2] [--batch 8]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,11 +59,15 @@ def main() -> None:
             step[p].append(train_step_time(m, opts[p], xb))
     base = args.presets[0]
     print(f"threads {args.threads}, rounds {args.rounds}, best of rounds; ratios against {base}")
-    print(f"{'preset':16} {'params':>8} {'fp16 MB':>8} {'fwd 768x512':>12} {'ratio':>6} {'step b' + str(args.batch):>10} {'ratio':>6}")
+    print(
+        f"{'preset':16} {'params':>8} {'fp16 MB':>8} {'fwd 768x512':>12} {'ratio':>6} {'step b' + str(args.batch):>10} {'ratio':>6}"
+    )
     for p, m in models.items():
         n = sum(t.numel() for t in m.parameters())
         f, s = min(fwd[p]), min(step[p])
-        print(f"{p:16} {n / 1e6:7.2f}M {2 * n / 1e6:8.1f} {f:11.2f}s {min(fwd[base]) / f:5.1f}x {s:9.2f}s {min(step[base]) / s:5.1f}x")
+        print(
+            f"{p:16} {n / 1e6:7.2f}M {2 * n / 1e6:8.1f} {f:11.2f}s {min(fwd[base]) / f:5.1f}x {s:9.2f}s {min(step[base]) / s:5.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ free cores); with the GIL held it would stay at about 1.0.
 
     .venv/bin/python benchmarks/bench_rans.py [--threads 2] [--repeats 7] [--kit PATH]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,7 +57,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--kit", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "conformance")
+    parser.add_argument(
+        "--kit", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
+    )
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -76,8 +79,10 @@ def main() -> None:
         tot.append(e + d)
     e, d, single = statistics.median(enc), statistics.median(dec), statistics.median(tot)
     print(f"stream: {size:,} bytes ({8 * size / n:.3f} bits/symbol)")
-    print(f"1 thread : encode {n / e / 1e6:7.2f} Msym/s  decode {n / d / 1e6:7.2f} Msym/s  "
-          f"encode+decode {single * 1e3:7.2f} ms/job = {n / single / 1e6:6.2f} Msym/s")
+    print(
+        f"1 thread : encode {n / e / 1e6:7.2f} Msym/s  decode {n / d / 1e6:7.2f} Msym/s  "
+        f"encode+decode {single * 1e3:7.2f} ms/job = {n / single / 1e6:6.2f} Msym/s"
+    )
 
     k = args.threads
     walls = []

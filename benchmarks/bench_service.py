@@ -14,6 +14,7 @@ overhead (HTTP, image decode, queueing, PNG encode). Loopback only; bounded; sto
 Without ``--store`` it imports the conformance checkpoint (../shared/conformance) into a
 temporary store. Images: crops of the Kodak set (../shared/data/kodak), else synthetic.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,14 +84,30 @@ def pct(xs: list[float], p: float) -> float:
 
 class Row:
     def __init__(self, mode: str, op: str, conc: int, lat: list[float], wall: float, errors: int, batch: float | None):
-        self.mode, self.op, self.conc, self.lat, self.wall, self.errors, self.batch = mode, op, conc, lat, wall, errors, batch
+        self.mode, self.op, self.conc, self.lat, self.wall, self.errors, self.batch = (
+            mode,
+            op,
+            conc,
+            lat,
+            wall,
+            errors,
+            batch,
+        )
 
     def cells(self) -> list[str]:
         n = len(self.lat)
         b = "-" if self.batch is None else f"{self.batch:.2f}"
         return [
-            self.mode, self.op, str(self.conc), str(n), str(self.errors), f"{n / self.wall:.2f}",
-            f"{1000 * pct(self.lat, 50):.0f}", f"{1000 * pct(self.lat, 95):.0f}", f"{1000 * pct(self.lat, 99):.0f}", b,
+            self.mode,
+            self.op,
+            str(self.conc),
+            str(n),
+            str(self.errors),
+            f"{n / self.wall:.2f}",
+            f"{1000 * pct(self.lat, 50):.0f}",
+            f"{1000 * pct(self.lat, 95):.0f}",
+            f"{1000 * pct(self.lat, 99):.0f}",
+            b,
         ]
 
 
@@ -100,7 +117,9 @@ HEAD = ["mode", "op", "conc", "n", "err", "req/s", "p50 ms", "p95 ms", "p99 ms",
 def table(rows: list[Row]) -> str:
     cells = [HEAD] + [r.cells() for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(HEAD))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cell, widths))) for cell in cells]
+    lines = [
+        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cell, widths))) for cell in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -139,8 +158,9 @@ def load(url: str, op: str, payloads: list[bytes], quality: int, conc: int, n: i
                 data = payloads[i % len(payloads)]
                 t0 = time.perf_counter()
                 if op == "compress":
-                    r = c.post("/compress", params={"quality": quality}, content=data,
-                               headers={"content-type": "image/png"})
+                    r = c.post(
+                        "/compress", params={"quality": quality}, content=data, headers={"content-type": "image/png"}
+                    )
                 else:
                     r = c.post("/decompress", content=data, headers={"content-type": "application/x-tcm"})
                 dt = time.perf_counter() - t0
@@ -163,10 +183,32 @@ def load(url: str, op: str, payloads: list[bytes], quality: int, conc: int, n: i
 def serve(store: Path, port: int, batch: int, delay_ms: float, coder_threads: int, log) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "tcm_serve.cli.main", "serve", "--store", str(store), "--port", str(port),
-         "--devices", "cpu", "--max-batch-size", str(batch), "--max-batch-delay-ms", str(delay_ms),
-         "--coder-threads", str(coder_threads), "--max-queue", "256", "--log-level", "warning"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "tcm_serve.cli.main",
+            "serve",
+            "--store",
+            str(store),
+            "--port",
+            str(port),
+            "--devices",
+            "cpu",
+            "--max-batch-size",
+            str(batch),
+            "--max-batch-delay-ms",
+            str(delay_ms),
+            "--coder-threads",
+            str(coder_threads),
+            "--max-queue",
+            "256",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -245,8 +287,11 @@ def main() -> None:
         lm = load_model(ModelStore(store), quality, torch.device("cpu"))
         blobs = [compress_images(lm, [decode_image(p)])[0].blob for p in pngs]
         del lm
-        print(f"# {args.size}x{args.size} crops, quality {quality}, {os.cpu_count()} CPUs, torch threads "
-              f"{torch.get_num_threads()}, {args.requests} requests per row (max {args.max_seconds:g} s)", flush=True)
+        print(
+            f"# {args.size}x{args.size} crops, quality {quality}, {os.cpu_count()} CPUs, torch threads "
+            f"{torch.get_num_threads()}, {args.requests} requests per row (max {args.max_seconds:g} s)",
+            flush=True,
+        )
         # the codec in-process, before and after the service runs (this machine may be shared:
         # two measurements bracket the service rows)
         rows = direct_rows(store, quality, pngs, blobs, args.requests, args.max_seconds, "direct (1st)")
@@ -277,8 +322,10 @@ def main() -> None:
                 d[r.op] = min(d.get(r.op, float("inf")), statistics.median(r.lat))
         for r in rows:
             if r.mode == "batch off" and r.conc == 1:
-                print(f"# service overhead at concurrency 1, {r.op}: p50 {1000 * (pct(r.lat, 50) - d[r.op]):+.0f} ms "
-                      f"over the direct codec (better of the two direct p50s: {1000 * d[r.op]:.0f} ms)")
+                print(
+                    f"# service overhead at concurrency 1, {r.op}: p50 {1000 * (pct(r.lat, 50) - d[r.op]):+.0f} ms "
+                    f"over the direct codec (better of the two direct p50s: {1000 * d[r.op]:.0f} ms)"
+                )
 
 
 if __name__ == "__main__":

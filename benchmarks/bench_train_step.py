@@ -8,6 +8,7 @@ Weights are a fixed random initialisation, or a checkpoint with ``--init``.
 
     .venv/bin/python benchmarks/bench_train_step.py --preset lite --batch 4 --steps 4 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,12 @@ def main() -> int:
     med = {p: statistics.median(t) for p, t in times.items()}
     print(f"{args.preset}, batch {args.batch} at {args.crop}, {args.threads} thread(s), {args.steps} steps each")
     for p in times:
-        print(f"  {p:5s} median {med[p]:.2f} s/step  (min {min(times[p]):.2f}, max {max(times[p]):.2f})  loss {losses[p]:.4f}")
-    print(f"  bf16 speed-up: {med['fp32'] / med['bf16']:.2f}x; loss change {100 * (losses['bf16'] / losses['fp32'] - 1):+.2f}%")
+        print(
+            f"  {p:5s} median {med[p]:.2f} s/step  (min {min(times[p]):.2f}, max {max(times[p]):.2f})  loss {losses[p]:.4f}"
+        )
+    print(
+        f"  bf16 speed-up: {med['fp32'] / med['bf16']:.2f}x; loss change {100 * (losses['bf16'] / losses['fp32'] - 1):+.2f}%"
+    )
     return 0
 
 

@@ -12,6 +12,7 @@ that runs past --case-timeout-s dumps every thread's stack and exits 1 (a hang c
 pass). Resident memory is reported at start, end and peak (VmHWM), with --max-rss-growth-mb
 as the budget. The model is the conformance kit's (tests/helpers.py finds ../shared).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,9 @@ def kit_store(root: Path) -> Path:
     from tcm_serve.model.config import preset
     from tcm_serve.store import ModelStore
 
-    ModelStore(root).import_checkpoint(KIT_CHECKPOINT, KIT_QUALITY, preset("conformance-small"), lmbda=0.013,
-                                       source="conformance kit")
+    ModelStore(root).import_checkpoint(
+        KIT_CHECKPOINT, KIT_QUALITY, preset("conformance-small"), lmbda=0.013, source="conformance kit"
+    )
     return root
 
 
@@ -42,10 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-cases", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=1, help="hypothesis seed (the same cases for the same seed)")
     p.add_argument("--case-timeout-s", type=float, default=120.0, help="a single case running longer is a hang")
-    p.add_argument("--max-rss-growth-mb", type=float, default=1024.0,
-                   help="fail if the peak resident memory grows more than this past the start")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (1: on a shared 2-core machine more threads only spin)")
+    p.add_argument(
+        "--max-rss-growth-mb",
+        type=float,
+        default=1024.0,
+        help="fail if the peak resident memory grows more than this past the start",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (1: on a shared 2-core machine more threads only spin)",
+    )
     args = p.parse_args(argv)
     import torch
 
@@ -62,10 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.monotonic()
             ctx = make_context(kit_store(Path(tmp)), KIT_QUALITY)
-            print(f"## .tcm parser + decoder (conformance model, {len(ctx.bases)} real blobs as seeds, "
-                  f"set up in {time.monotonic() - t0:.1f} s)", flush=True)
-            rep = run_tcm_fuzz(ctx, args.tcm_cases, seed=args.seed, case_timeout_s=args.case_timeout_s,
-                               progress=main_progress)
+            print(
+                f"## .tcm parser + decoder (conformance model, {len(ctx.bases)} real blobs as seeds, "
+                f"set up in {time.monotonic() - t0:.1f} s)",
+                flush=True,
+            )
+            rep = run_tcm_fuzz(
+                ctx, args.tcm_cases, seed=args.seed, case_timeout_s=args.case_timeout_s, progress=main_progress
+            )
         print(rep.summary(), flush=True)
         failed |= rep.peak_rss_mb - rep.rss_start_mb > args.max_rss_growth_mb
     if failed:

@@ -9,6 +9,7 @@ For a preset's layout (fixed random initialisation) on one Kodak-size input (768
 
     .venv/bin/python benchmarks/profile_stages.py --preset official-small
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,8 +79,10 @@ def faults(name: str, tuned: bool) -> None:
         m.g_a(x)
         dt = time.perf_counter() - t0
         r1 = resource.getrusage(resource.RUSAGE_SELF)
-    print(f"{'tuned' if tuned else 'glibc defaults':<15} wall {dt:6.3f} s  user {r1.ru_utime - r0.ru_utime:6.3f} s  "
-          f"sys {r1.ru_stime - r0.ru_stime:6.3f} s  minor faults {r1.ru_minflt - r0.ru_minflt:>9,}")
+    print(
+        f"{'tuned' if tuned else 'glibc defaults':<15} wall {dt:6.3f} s  user {r1.ru_utime - r0.ru_utime:6.3f} s  "
+        f"sys {r1.ru_stime - r0.ru_stime:6.3f} s  minor faults {r1.ru_minflt - r0.ru_minflt:>9,}"
+    )
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ same bytes as CompressAI's. The reference's C++ coder loops are at least as slow
 (measured under 1% of the time either way), so the stand-in flatters the baseline, if
 anything.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -65,11 +66,15 @@ def use_reference_attention() -> None:
 
 # -- CompressAI-style list-taking coder calls (stand-ins, see the module docstring) ----------
 def _table(cdf: list, cdf_lengths: list, offsets: list) -> EntropyTable:
-    return EntropyTable(np.asarray(cdf, dtype=np.int32), np.asarray(cdf_lengths, dtype=np.int32), np.asarray(offsets, dtype=np.int32))
+    return EntropyTable(
+        np.asarray(cdf, dtype=np.int32), np.asarray(cdf_lengths, dtype=np.int32), np.asarray(offsets, dtype=np.int32)
+    )
 
 
 def encode_with_indexes(symbols: list, indexes: list, cdf: list, cdf_lengths: list, offsets: list) -> bytes:
-    return encode(np.asarray(symbols, dtype=np.int32), np.asarray(indexes, dtype=np.int32), _table(cdf, cdf_lengths, offsets))
+    return encode(
+        np.asarray(symbols, dtype=np.int32), np.asarray(indexes, dtype=np.int32), _table(cdf, cdf_lengths, offsets)
+    )
 
 
 class ListRansDecoder:
@@ -82,7 +87,11 @@ class ListRansDecoder:
 
 # -- the procedure ------------------------------------------------------------------------
 def _tables(module) -> tuple[list, list, list]:
-    return module._quantized_cdf.tolist(), module._cdf_length.reshape(-1).int().tolist(), module._offset.reshape(-1).int().tolist()
+    return (
+        module._quantized_cdf.tolist(),
+        module._cdf_length.reshape(-1).int().tolist(),
+        module._offset.reshape(-1).int().tolist(),
+    )
 
 
 def _z_indexes(model: TCM, size: torch.Size) -> Tensor:
@@ -95,7 +104,10 @@ def _eb_compress(model: TCM, z: Tensor) -> list[bytes]:
     medians = model.entropy_bottleneck.medians().detach().reshape(1, -1, 1, 1)
     symbols = torch.round(z - medians).int()
     cdf, lengths, offsets = _tables(model.entropy_bottleneck)
-    return [encode_with_indexes(symbols[i].reshape(-1).tolist(), indexes[i].reshape(-1).tolist(), cdf, lengths, offsets) for i in range(z.size(0))]
+    return [
+        encode_with_indexes(symbols[i].reshape(-1).tolist(), indexes[i].reshape(-1).tolist(), cdf, lengths, offsets)
+        for i in range(z.size(0))
+    ]
 
 
 def _eb_decompress(model: TCM, strings: list[bytes], shape: tuple[int, int]) -> Tensor:

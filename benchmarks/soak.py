@@ -22,6 +22,7 @@ The report gives counts, latencies and the least-squares slope of RSS / fds / th
 the samples after the first ``--warmup-fraction`` of the soak. Exit status 1 if any answer
 was wrong or a 5xx, or if the server did not exit 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,16 +62,36 @@ def make_store(root: Path) -> Path:
     from tcm_serve.model.config import preset
     from tcm_serve.store import ModelStore
 
-    ModelStore(root).import_checkpoint(KIT_CHECKPOINT, QUALITY, preset("conformance-small"), lmbda=0.013,
-                                       source="conformance kit")
+    ModelStore(root).import_checkpoint(
+        KIT_CHECKPOINT, QUALITY, preset("conformance-small"), lmbda=0.013, source="conformance kit"
+    )
     return root
 
 
 def start_server(store: Path, port: int, log: Path, max_queue: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
-    cmd = [sys.executable, "-m", "tcm_serve.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--store", str(store), "--devices", "cpu", "--max-batch-size", "1", "--max-queue", str(max_queue),
-           "--request-timeout-s", "120", "--shutdown-grace-s", "60"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tcm_serve.cli.main",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--store",
+        str(store),
+        "--devices",
+        "cpu",
+        "--max-batch-size",
+        "1",
+        "--max-queue",
+        str(max_queue),
+        "--request-timeout-s",
+        "120",
+        "--shutdown-grace-s",
+        "60",
+    ]
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
 
@@ -96,8 +117,11 @@ def sample_proc(pid: int) -> dict[str, float]:
             k, _, v = line.partition(":")
             if k in ("VmRSS", "Threads"):
                 status[k] = int(v.split()[0])
-    return {"rss_mb": status["VmRSS"] / 1024.0, "threads": float(status["Threads"]),
-            "fds": float(len(os.listdir(f"/proc/{pid}/fd")))}
+    return {
+        "rss_mb": status["VmRSS"] / 1024.0,
+        "threads": float(status["Threads"]),
+        "fds": float(len(os.listdir(f"/proc/{pid}/fd"))),
+    }
 
 
 def slope_per_min(ts: list[float], ys: list[float]) -> float:
@@ -131,8 +155,14 @@ def overload(url: str, png: bytes, expected: bytes, burst: int) -> dict:
     def one() -> None:
         t0 = time.monotonic()
         r = httpx.post(url + "/compress", content=png, headers={"connection": "close"}, timeout=300)
-        results.append((r.status_code, time.monotonic() - t0, r.content == expected if r.status_code == 200 else None,
-                        r.headers.get("retry-after")))
+        results.append(
+            (
+                r.status_code,
+                time.monotonic() - t0,
+                r.content == expected if r.status_code == 200 else None,
+                r.headers.get("retry-after"),
+            )
+        )
 
     s = threading.Thread(target=sampler)
     s.start()
@@ -155,11 +185,16 @@ def overload(url: str, png: bytes, expected: bytes, burst: int) -> dict:
     ok = [dt for c, dt, _, _ in results if c == 200]
     refused = [dt for c, dt, _, _ in results if c == 429]
     return {
-        "burst": burst, "codes": dict(codes), "accepted_correct": sum(1 for _, _, good, _ in results if good),
-        "accepted_p50_s": pct(ok, 50), "accepted_max_s": max(ok, default=float("nan")),
-        "refused_p50_s": pct(refused, 50), "refused_max_s": max(refused, default=float("nan")),
+        "burst": burst,
+        "codes": dict(codes),
+        "accepted_correct": sum(1 for _, _, good, _ in results if good),
+        "accepted_p50_s": pct(ok, 50),
+        "accepted_max_s": max(ok, default=float("nan")),
+        "refused_p50_s": pct(refused, 50),
+        "refused_max_s": max(refused, default=float("nan")),
         "retry_after": sorted({int(ra) for c, _, _, ra in results if c == 429 and ra}),
-        "max_queue_depth_seen": max(depths, default=0.0), "burst_s": burst_s,
+        "max_queue_depth_seen": max(depths, default=0.0),
+        "burst_s": burst_s,
         "recovered_after_s": time.monotonic() - t1,
     }
 
@@ -171,8 +206,11 @@ class Traffic:
     def __init__(self, url: str) -> None:
         self.url = url
         rng = np.random.default_rng(3)
-        self.images = {"rgb200x136": make_png(136, 200, seed=1), "gray64": make_png(64, 64, "L", seed=2),
-                       "rgb300x260": make_png(260, 300, seed=3)}
+        self.images = {
+            "rgb200x136": make_png(136, 200, seed=1),
+            "gray64": make_png(64, 64, "L", seed=2),
+            "rgb300x260": make_png(260, 300, seed=3),
+        }
         self.blobs: dict[str, bytes] = {}
         self.pngs: dict[str, bytes] = {}
         with httpx.Client(base_url=url, timeout=300) as c:
@@ -222,9 +260,27 @@ def cli_spot_check(store: Path, traffic: Traffic, tmp: Path) -> bool:
     k = "rgb300x260"
     (tmp / f"{k}.tcm").write_bytes(traffic.blobs[k])
     env = {kk: v for kk, v in os.environ.items() if not kk.startswith("TCM_")}
-    r = subprocess.run([sys.executable, "-m", "tcm_serve.cli.main", "decompress", str(tmp / f"{k}.tcm"), "-o",
-                        str(tmp / f"{k}.cli.png"), "--store", str(store), "--device", "cpu", "--force"],
-                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tcm_serve.cli.main",
+            "decompress",
+            str(tmp / f"{k}.tcm"),
+            "-o",
+            str(tmp / f"{k}.cli.png"),
+            "--store",
+            str(store),
+            "--device",
+            "cpu",
+            "--force",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
     if r.returncode != 0:
         return False
     a = np.asarray(Image.open(tmp / f"{k}.cli.png"))
@@ -263,19 +319,27 @@ def soak(url: str, pid: int, store: Path, tmp: Path, args) -> dict:
     keep = [(t, s) for t, s in samples if t >= args.warmup_fraction * args.duration_s]
     ts = [t for t, _ in keep]
     out = {
-        "duration_s": time.monotonic() - t_start, "concurrency": args.concurrency,
+        "duration_s": time.monotonic() - t_start,
+        "concurrency": args.concurrency,
         "requests": sum(traffic.counts.values()),
         "by_op_status": {f"{op} {code}": n for (op, code), n in sorted(traffic.counts.items())},
-        "failures": traffic.failures[:20], "failure_count": len(traffic.failures),
+        "failures": traffic.failures[:20],
+        "failure_count": len(traffic.failures),
         "latency_p50_ms": {op: round(1000 * pct(v, 50), 1) for op, v in traffic.latency.items()},
         "latency_p99_ms": {op: round(1000 * pct(v, 99), 1) for op, v in traffic.latency.items()},
-        "cli_spot_checks": cli_checks, "samples": len(samples),
+        "cli_spot_checks": cli_checks,
+        "samples": len(samples),
     }
     for key in ("rss_mb", "fds", "threads"):
         ys = [s[key] for _, s in keep]
         allv = [s[key] for _, s in samples]
-        out[key] = {"first": allv[0], "last": allv[-1], "min": min(allv), "max": max(allv),
-                    "slope_per_min_after_warmup": round(slope_per_min(ts, ys), 3)}
+        out[key] = {
+            "first": allv[0],
+            "last": allv[-1],
+            "min": min(allv),
+            "max": max(allv),
+            "slope_per_min_after_warmup": round(slope_per_min(ts, ys), 3),
+        }
     return out
 
 
@@ -320,10 +384,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(text + "\n")
         errors_5xx = sum(n for k, n in report["soak"]["by_op_status"].items() if k.split()[-1].startswith("5"))
-        bad = (report["soak"]["failure_count"] or errors_5xx or report["exit_code"] != 0
-               or not all(report["soak"]["cli_spot_checks"])
-               or ("overload" in report and report["overload"]["accepted_correct"]
-                   != report["overload"]["codes"].get(200, 0)))
+        bad = (
+            report["soak"]["failure_count"]
+            or errors_5xx
+            or report["exit_code"] != 0
+            or not all(report["soak"]["cli_spot_checks"])
+            or (
+                "overload" in report
+                and report["overload"]["accepted_correct"] != report["overload"]["codes"].get(200, 0)
+            )
+        )
         if bad:
             print("FAILED: see the report above", file=sys.stderr)
             print(log.read_text(errors="replace")[-3000:], file=sys.stderr)

@@ -8,6 +8,7 @@ workers are alive); pass /readyz to wait until every model is loaded and warmed 
     tcm-healthcheck            # liveness
     tcm-healthcheck /readyz    # readiness
 """
+
 import os
 import sys
 import urllib.error

@@ -14,6 +14,7 @@ for ``queue_full``, ...), with the server's ``detail`` as the message and ``stat
 HTTP status) and ``retry_after`` (seconds, for 429/503) as attributes. Transport failures
 (connection refused, timeouts) raise :class:`ConnectionFailedError`.
 """
+
 from __future__ import annotations
 
 import os
@@ -106,7 +107,9 @@ def _input_bytes(data: ImageInput, what: str = "image") -> bytes:
         raise error(f"cannot read {what} file {data}: {exc.strerror or exc}") from None
 
 
-def _compress_request(image: ImageInput, quality: int | None, drop_alpha: bool, bitstream: str | None) -> dict[str, Any]:
+def _compress_request(
+    image: ImageInput, quality: int | None, drop_alpha: bool, bitstream: str | None
+) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if quality is not None:
         params["quality"] = quality
@@ -194,7 +197,10 @@ class TcmClient:
     """Synchronous client. ``transport`` lets tests plug in e.g. ``httpx.MockTransport``."""
 
     def __init__(
-        self, base_url: str, timeout: float = 120.0, transport: httpx.BaseTransport | None = None,
+        self,
+        base_url: str,
+        timeout: float = 120.0,
+        transport: httpx.BaseTransport | None = None,
         api_key: str | None = None,
     ) -> None:
         """``api_key``: sent as ``Authorization: Bearer <key>`` (services with keys; default
@@ -222,7 +228,9 @@ class TcmClient:
         self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False, bitstream: str | None = None
     ) -> CompressResult:
         """``bitstream``: ``portable`` or ``exact`` (default: the service's; docs/service.md)."""
-        return _compress_result(self._send("POST", "/compress", **_compress_request(image, quality, drop_alpha, bitstream)))
+        return _compress_result(
+            self._send("POST", "/compress", **_compress_request(image, quality, drop_alpha, bitstream))
+        )
 
     def compress(
         self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False, bitstream: str | None = None
@@ -249,7 +257,10 @@ class AsyncTcmClient:
     """Asynchronous client with the same methods as :class:`TcmClient` (awaitable)."""
 
     def __init__(
-        self, base_url: str, timeout: float = 120.0, transport: httpx.AsyncBaseTransport | None = None,
+        self,
+        base_url: str,
+        timeout: float = 120.0,
+        transport: httpx.AsyncBaseTransport | None = None,
         api_key: str | None = None,
     ) -> None:
         self._http = _http_client(

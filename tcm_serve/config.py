@@ -5,6 +5,7 @@ Every field can be set as an environment variable with the ``TCM_`` prefix (``TC
 ``tcm serve`` flags override both. Invalid values are refused at start-up with one line
 (:class:`~tcm_serve.errors.ConfigError`), never at the first request.
 """
+
 from __future__ import annotations
 
 import math
@@ -81,13 +82,19 @@ class Settings(CodecSettings):
         None, description="quality levels to serve, e.g. 2,3 (default: every level in the store)"
     )
     default_quality: int | None = Field(
-        None, ge=MIN_QUALITY, le=MAX_QUALITY, description="quality used when a request names none (default: the highest served)"
+        None,
+        ge=MIN_QUALITY,
+        le=MAX_QUALITY,
+        description="quality used when a request names none (default: the highest served)",
     )
     devices: str = Field(
-        "auto", description="auto (every CUDA device, else the CPU), cpu, cuda (every CUDA device), or a list cuda:0,cuda:1"
+        "auto",
+        description="auto (every CUDA device, else the CPU), cpu, cuda (every CUDA device), or a list cuda:0,cuda:1",
     )
     max_batch_size: int | None = Field(
-        None, ge=1, le=256,
+        None,
+        ge=1,
+        le=256,
         description="largest batch of same-size images (default: 1 on CPU, where batching is slower, 8 on CUDA)",
     )
     max_batch_delay_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch may wait to fill up")
@@ -96,7 +103,8 @@ class Settings(CodecSettings):
     max_body_bytes: int = Field(50 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image (width x height) accepted (413 above)")
     compare_max_pixels: int = Field(
-        4_000_000, ge=1,
+        4_000_000,
+        ge=1,
         description="largest image /compare takes (413 above; also capped by max_pixels): it also searches JPEG, WebP "
         "and AVIF at the same size and scores every result, several times the work and memory of /compress",
     )
@@ -153,8 +161,6 @@ class Settings(CodecSettings):
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
 
-
-
     @field_validator("log_level")
     @classmethod
     def _check_log_level(cls, v: str) -> str:
@@ -169,8 +175,14 @@ class Settings(CodecSettings):
 
     @model_validator(mode="after")
     def _check_default_quality(self) -> Settings:
-        if self.default_quality is not None and self.qualities is not None and self.default_quality not in self.qualities:
-            raise ValueError(f"default_quality {self.default_quality} is not among the served qualities {self.qualities}")
+        if (
+            self.default_quality is not None
+            and self.qualities is not None
+            and self.default_quality not in self.qualities
+        ):
+            raise ValueError(
+                f"default_quality {self.default_quality} is not among the served qualities {self.qualities}"
+            )
         return self
 
     @property

@@ -14,6 +14,7 @@ One home for every device rule, in three steps that run at different times:
 
 Every failure is a one-line :class:`~tcm_serve.errors.ConfigError`.
 """
+
 from __future__ import annotations
 
 import logging

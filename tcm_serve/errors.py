@@ -5,6 +5,7 @@ Each exception carries a one-line, user-facing message and a stable machine-read
 each class to a status code in a single table. Anything *not* derived from
 :class:`TcmError` is a bug.
 """
+
 from __future__ import annotations
 
 

@@ -1,4 +1,5 @@
 """Writing files: the one home of the atomic-replace rule (:func:`atomic_writer`)."""
+
 from __future__ import annotations
 
 import contextlib

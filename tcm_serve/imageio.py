@@ -61,6 +61,7 @@ Decisions worth knowing
 * The returned array is writable (so ``torch.from_numpy`` does not warn), and the
   dataclass compares by identity (``eq=False``): arrays have no single truth value.
 """
+
 from __future__ import annotations
 
 import io
@@ -140,9 +141,12 @@ class DecodedImage:
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TIFF_PREFIXES = (
-    b"II*\x00", b"MM\x00*",      # classic TIFF
-    b"II+\x00", b"MM\x00+",      # BigTIFF
-    b"MM*\x00", b"II\x00*",      # odd byte orders Pillow also accepts
+    b"II*\x00",
+    b"MM\x00*",  # classic TIFF
+    b"II+\x00",
+    b"MM\x00+",  # BigTIFF
+    b"MM*\x00",
+    b"II\x00*",  # odd byte orders Pillow also accepts
 )
 
 
@@ -218,9 +222,7 @@ def _sniff_format(data: bytes) -> str:
             return name
     other = _other_format(data)
     if other is not None:
-        raise UnsupportedImageFormatError(
-            f"unsupported image format {other}; supported formats: {_ALLOWED_LIST}"
-        )
+        raise UnsupportedImageFormatError(f"unsupported image format {other}; supported formats: {_ALLOWED_LIST}")
     raise ImageError(f"unrecognized image data (not a {_ALLOWED_OR} file)")
 
 
@@ -260,7 +262,7 @@ def _check_png(data: bytes, max_pixels: int) -> None:
     while True:
         if pos + 12 > n:
             raise ImageError("truncated PNG: the data ends before the IEND chunk")
-        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
+        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
         if length > 0x7FFFFFFF or not (ctype.isascii() and ctype.isalpha()):
             raise ImageError(f"malformed PNG: invalid chunk header at byte {pos}")
         name = ctype.decode("ascii")
@@ -268,8 +270,8 @@ def _check_png(data: bytes, max_pixels: int) -> None:
         if end + 4 > n:
             raise ImageError(f"truncated PNG: the data ends inside the {name} chunk")
         if ctype in _PNG_CRITICAL:
-            (crc,) = struct.unpack(">I", data[end:end + 4])
-            if zlib.crc32(view[pos + 4:end]) != crc:
+            (crc,) = struct.unpack(">I", data[end : end + 4])
+            if zlib.crc32(view[pos + 4 : end]) != crc:
                 raise ImageError(f"corrupt PNG: bad checksum in the {name} chunk at byte {pos}")
         if ctype == b"IEND":
             return
@@ -358,9 +360,7 @@ def _to_array(img: Image.Image, fmt: str, drop_alpha: bool) -> tuple[np.ndarray,
     """Apply the transparency policy and convert to (uint8 (H, W[, 3]) array, mode)."""
     kind = _transparency_kind(img)
     if kind is not None and not drop_alpha:
-        raise ImageError(
-            f"image has {kind}; pass drop_alpha=True (CLI: --drop-alpha) to discard it"
-        )
+        raise ImageError(f"image has {kind}; pass drop_alpha=True (CLI: --drop-alpha) to discard it")
     # Colour-key / palette transparency is metadata: forget it (drop_alpha=True, or there is
     # none) so that Pillow's conversions neither use nor warn about it.
     img.info.pop("transparency", None)
@@ -434,17 +434,13 @@ def decode_image(
         raise TypeError(f"image data must be bytes, not {type(data).__name__}")
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
-    if max_bytes is not None and (
-        isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1
-    ):
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
         raise ValueError(f"max_bytes must be a positive integer or None, got {max_bytes!r}")
     data = bytes(data)
     if not data:
         raise ImageError("empty image data")
     if max_bytes is not None and len(data) > max_bytes:
-        raise ImageTooLargeError(
-            f"image data is {len(data):,} bytes, over the limit of {max_bytes:,} bytes"
-        )
+        raise ImageTooLargeError(f"image data is {len(data):,} bytes, over the limit of {max_bytes:,} bytes")
     fmt = "image"
     try:
         fmt = _sniff_format(data)
@@ -454,15 +450,11 @@ def decode_image(
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(
-            f"{fmt} image exceeds Pillow's decompression-bomb limit: {_describe(exc)}"
-        ) from exc
+        raise ImageTooLargeError(f"{fmt} image exceeds Pillow's decompression-bomb limit: {_describe(exc)}") from exc
     except MemoryError:
         raise ImageTooLargeError(f"not enough memory to decode this {fmt} image") from None
     except Exception as exc:
-        raise ImageError(
-            f"cannot decode {fmt} image (corrupt or truncated data): {_describe(exc)}"
-        ) from exc
+        raise ImageError(f"cannot decode {fmt} image (corrupt or truncated data): {_describe(exc)}") from exc
 
 
 def read_image(
@@ -481,9 +473,7 @@ def read_image(
     except OSError as exc:
         raise ImageError(f"cannot read image file {name}: {exc.strerror or exc}") from exc
     if max_bytes is not None and len(data) > max_bytes:
-        raise ImageTooLargeError(
-            f"{name}: image file is over the limit of {max_bytes:,} bytes"
-        )
+        raise ImageTooLargeError(f"{name}: image file is over the limit of {max_bytes:,} bytes")
     try:
         return decode_image(data, max_pixels=max_pixels, max_bytes=max_bytes, drop_alpha=drop_alpha)
     except ImageError as exc:

@@ -18,6 +18,7 @@ made: config, lambda, data, steps) and ``evaluation`` (measured results, e.g. Ko
 and PSNR from ``tcm eval``). Loading verifies the SHA-256 and refuses a mismatch: a
 corrupted or swapped weights file would otherwise decode every stored image wrongly.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -179,7 +180,11 @@ class ModelStore:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot read {path}: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("models"), list):
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != MANIFEST_FORMAT
+            or not isinstance(data.get("models"), list)
+        ):
             raise StoreError(f"{path} is not a format-{MANIFEST_FORMAT} manifest")
         entries = [ModelEntry.from_json(d) for d in data["models"]]
         qualities = [e.quality for e in entries]

@@ -16,6 +16,7 @@ fix it but is not pip-installable; glibc's own knobs do, at run time, via ``mall
 This changes no arithmetic (conformance stays byte-exact). ``TCM_MALLOC_TUNING=0`` turns
 it off; on a C library other than glibc it does nothing.
 """
+
 from __future__ import annotations
 
 import ctypes

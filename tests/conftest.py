@@ -3,6 +3,7 @@
 Plain constants and helpers live in ``tests/helpers.py``: tests import them from there,
 never from this file.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,7 +41,9 @@ def kodak_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def kit_checkpoint_with_tables(tmp_path_factory, kit_state_dict) -> Path:
-    return write_kit_checkpoint_with_tables(tmp_path_factory.mktemp("kit_tables") / "kit-updated.pth.tar", kit_state_dict)
+    return write_kit_checkpoint_with_tables(
+        tmp_path_factory.mktemp("kit_tables") / "kit-updated.pth.tar", kit_state_dict
+    )
 
 
 @pytest.fixture(scope="session")

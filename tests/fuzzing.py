@@ -16,6 +16,7 @@ Anything else -- another exception type, a case running longer than the watchdog
 (``faulthandler`` dumps every thread and exits the process: a hang cannot pass silently),
 or resident memory growing past the budget -- is a failure.
 """
+
 from __future__ import annotations
 
 import faulthandler
@@ -38,11 +39,25 @@ from tcm_serve.errors import TcmError
 
 #: Header layout (offset, struct code) of the fields a structure-aware mutation rewrites.
 FIELDS: dict[str, tuple[int, str]] = {
-    "version": (4, "B"), "flags": (5, "B"), "quality": (6, "B"), "mode": (7, "B"),
-    "width": (8, "H"), "height": (10, "H"), "zH": (12, "H"), "zW": (14, "H"),
-    "pad_left": (16, "B"), "pad_right": (17, "B"), "pad_top": (18, "B"), "pad_bottom": (19, "B"),
-    "backend": (20, "B"), "reserved": (21, "3s"), "config_hash": (24, "8s"), "weights_hash": (32, "8s"),
-    "symbols_crc32": (40, "I"), "z_len": (44, "I"), "y_len": (48, "I"),
+    "version": (4, "B"),
+    "flags": (5, "B"),
+    "quality": (6, "B"),
+    "mode": (7, "B"),
+    "width": (8, "H"),
+    "height": (10, "H"),
+    "zH": (12, "H"),
+    "zW": (14, "H"),
+    "pad_left": (16, "B"),
+    "pad_right": (17, "B"),
+    "pad_top": (18, "B"),
+    "pad_bottom": (19, "B"),
+    "backend": (20, "B"),
+    "reserved": (21, "3s"),
+    "config_hash": (24, "8s"),
+    "weights_hash": (32, "8s"),
+    "symbols_crc32": (40, "I"),
+    "z_len": (44, "I"),
+    "y_len": (48, "I"),
 }
 #: Version 2 (portable) only.
 V2_FIELDS: dict[str, tuple[int, str]] = {"hints_len": (52, "I")}
@@ -185,7 +200,7 @@ def tcm_cases(draw, blobs: Sequence[bytes]) -> tuple[str, bytes]:
             name = draw(st.sampled_from(sorted(fields)))
             off, code = fields[name]
             size = struct.calcsize("<" + code)
-            body[off:off + size] = draw(st.binary(min_size=size, max_size=size))
+            body[off : off + size] = draw(st.binary(min_size=size, max_size=size))
         return kind, fix_crc(bytes(body))
     if kind == "geometry_crc":
         # A header that satisfies every container rule but describes another size: the
@@ -212,7 +227,7 @@ def tcm_cases(draw, blobs: Sequence[bytes]) -> tuple[str, bytes]:
         s = z if which == "z" else y
         k = 4 * draw(st.integers(-8, 8))
         if k < 0:
-            del s[max(0, len(s) + k):]
+            del s[max(0, len(s) + k) :]
         else:
             s += draw(st.binary(min_size=k, max_size=k))
         return kind, _assemble(body, f, z, y)
@@ -299,19 +314,25 @@ class FuzzReport:
 
     def summary(self) -> str:
         lines = [
-            f"cases: {self.cases}" + (f" ({self.distinct} distinct inputs)" if self.distinct else "")
+            f"cases: {self.cases}"
+            + (f" ({self.distinct} distinct inputs)" if self.distinct else "")
             + f" in {self.seconds:.1f} s (slowest case {self.slowest_case_s:.2f} s)",
             f"resident memory: {self.rss_start_mb:.0f} MB at start, {self.rss_end_mb:.0f} MB at end, "
             f"peak {self.peak_rss_mb:.0f} MB",
-            "mutations (cases, seconds): " + ", ".join(
-                f"{k} {v} ({self.kind_seconds[k]:.0f} s)" for k, v in sorted(self.kinds.items())),
+            "mutations (cases, seconds): "
+            + ", ".join(f"{k} {v} ({self.kind_seconds[k]:.0f} s)" for k, v in sorted(self.kinds.items())),
             "outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())),
         ]
         return "\n".join(lines)
 
 
-def run_tcm_fuzz(ctx: FuzzContext, cases: int, seed: int | None = None, case_timeout_s: float = 120.0,
-                 progress: Callable[[FuzzReport], None] | None = None) -> FuzzReport:
+def run_tcm_fuzz(
+    ctx: FuzzContext,
+    cases: int,
+    seed: int | None = None,
+    case_timeout_s: float = 120.0,
+    progress: Callable[[FuzzReport], None] | None = None,
+) -> FuzzReport:
     """Run ``cases`` hypothesis-generated cases through :func:`check_case`. ``seed=None``
     derandomizes (the same cases every run); a hang past ``case_timeout_s`` dumps every
     thread's stack and exits the process (exit code 1)."""
@@ -319,8 +340,14 @@ def run_tcm_fuzz(ctx: FuzzContext, cases: int, seed: int | None = None, case_tim
 
     report = FuzzReport(rss_start_mb=rss_mb())
 
-    @settings(max_examples=cases, deadline=None, database=None, derandomize=seed is None,
-              phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=cases,
+        deadline=None,
+        database=None,
+        derandomize=seed is None,
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=tcm_cases([b.blob for b in ctx.bases]))
     def one(case: tuple[str, bytes]) -> None:
         kind, data = case
@@ -357,7 +384,11 @@ def run_tcm_fuzz(ctx: FuzzContext, cases: int, seed: int | None = None, case_tim
 
 
 def main_progress(report: FuzzReport) -> None:
-    print(f"  ... {report.cases} cases, rss {rss_mb():.0f} MB, outcomes {dict(report.outcomes)}", file=sys.stderr, flush=True)
+    print(
+        f"  ... {report.cases} cases, rss {rss_mb():.0f} MB, outcomes {dict(report.outcomes)}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # -- odd images (tests/test_fuzz.py, benchmarks/fuzz.py) ------------------------------------------------------
@@ -398,7 +429,7 @@ def _patch_jpeg_size(data: bytes, width: int, height: int) -> bytes:
     i = 2
     while i + 9 < len(out):
         assert out[i] == 0xFF, "lost JPEG marker sync"
-        marker, seg_len = out[i + 1], struct.unpack(">H", out[i + 2:i + 4])[0]
+        marker, seg_len = out[i + 1], struct.unpack(">H", out[i + 2 : i + 4])[0]
         if marker in (0xC0, 0xC2):
             struct.pack_into(">HH", out, i + 5, height, width)
             return bytes(out)
@@ -464,21 +495,28 @@ def odd_images() -> dict[str, OddImage]:
     struct.pack_into("<ii", bmp, 18, 100_000, 100_000)
     cases["bomb-bmp-header"] = OddImage(bytes(bmp), ImageTooLargeError)
     cases["bomb-webp-header"] = OddImage(
-        _patch_webp_lossless_size(_save(rgb, "WEBP", lossless=True), 16_384, 16_384), ImageTooLargeError)
+        _patch_webp_lossless_size(_save(rgb, "WEBP", lossless=True), 16_384, 16_384), ImageTooLargeError
+    )
     # ... and a real zlib bomb: 4000x4000 zeros (16 MP of pixel data) in ~16 KB
     cases["bomb-png-zlib-16mp"] = OddImage(_png(4000, 4000, 8, 0, bytes(4001 * 4000)), ImageTooLargeError)
     # animation and multiple frames: the first frame
     red, green = Image.new("RGB", (6, 4), (255, 0, 0)), Image.new("RGB", (6, 4), (0, 255, 0))
     cases["animated-png"] = OddImage(_save(red, "PNG", save_all=True, append_images=[green]), (4, 6, 3))
-    cases["animated-webp"] = OddImage(_save(red, "WEBP", save_all=True, append_images=[green], lossless=True), (4, 6, 3))
+    cases["animated-webp"] = OddImage(
+        _save(red, "WEBP", save_all=True, append_images=[green], lossless=True), (4, 6, 3)
+    )
     cases["multipage-tiff"] = OddImage(_save(red, "TIFF", save_all=True, append_images=[green]), (4, 6, 3))
-    cases["animated-gif"] = OddImage(_save(red, "GIF", save_all=True, append_images=[green]), UnsupportedImageFormatError)
+    cases["animated-gif"] = OddImage(
+        _save(red, "GIF", save_all=True, append_images=[green]), UnsupportedImageFormatError
+    )
     # colour spaces and depths
     cases["cmyk-jpeg"] = OddImage(_save(rgb.convert("CMYK"), "JPEG"), (16, 24, 3))
     cases["cmyk-tiff"] = OddImage(_save(rgb.convert("CMYK"), "TIFF"), (16, 24, 3))
     g16 = rng.integers(0, 65536, (16, 24)).astype(">u2")
     cases["16bit-gray-png"] = OddImage(_png(24, 16, 16, 0, b"".join(b"\x00" + r.tobytes() for r in g16)), (16, 24, 1))
-    cases["16bit-gray-tiff"] = OddImage(_save(Image.frombytes("I;16", (24, 16), g16.astype("<u2").tobytes()), "TIFF"), (16, 24, 1))
+    cases["16bit-gray-tiff"] = OddImage(
+        _save(Image.frombytes("I;16", (24, 16), g16.astype("<u2").tobytes()), "TIFF"), (16, 24, 1)
+    )
     c16 = rng.integers(0, 65536, (16, 24 * 3)).astype(">u2")
     cases["16bit-rgb-png"] = OddImage(_png(24, 16, 16, 2, b"".join(b"\x00" + r.tobytes() for r in c16)), (16, 24, 3))
     a16 = rng.integers(0, 65536, (16, 24 * 4)).astype(">u2")
@@ -496,7 +534,9 @@ def odd_images() -> dict[str, OddImage]:
     for o in range(1, 9):
         exif = Image.Exif()
         exif[0x0112] = o
-        cases[f"exif-orientation-{o}-jpeg"] = OddImage(_save(rgb, "JPEG", exif=exif), (24, 16, 3) if o >= 5 else (16, 24, 3))
+        cases[f"exif-orientation-{o}-jpeg"] = OddImage(
+            _save(rgb, "JPEG", exif=exif), (24, 16, 3) if o >= 5 else (16, 24, 3)
+        )
     # truncated and corrupt
     for fmt, kw in (("PNG", {}), ("JPEG", {}), ("WEBP", {}), ("TIFF", {})):
         full = _save(rgb, fmt, **kw)
@@ -548,17 +588,21 @@ def image_cases(draw, seeds: Sequence[bytes]) -> tuple[str, bytes]:
         if not data:
             break
         i = draw(st.integers(0, len(data) - 1))
-        op = draw(st.sampled_from(["set", "xor", "delete", "insert", "duplicate"] if kind == "edit" else ["duplicate", "delete"]))
+        op = draw(
+            st.sampled_from(
+                ["set", "xor", "delete", "insert", "duplicate"] if kind == "edit" else ["duplicate", "delete"]
+            )
+        )
         if op == "set":
             data[i] = draw(st.integers(0, 255))
         elif op == "xor":
             data[i] ^= 1 << draw(st.integers(0, 7))
         elif op == "delete":
-            del data[i: i + draw(st.integers(1, 64))]
+            del data[i : i + draw(st.integers(1, 64))]
         elif op == "insert":
             data[i:i] = draw(st.binary(min_size=1, max_size=16))
         else:
-            data[i:i] = data[i: i + draw(st.integers(1, 256))]
+            data[i:i] = data[i : i + draw(st.integers(1, 256))]
     return kind, bytes(data)
 
 
@@ -587,8 +631,14 @@ def run_image_fuzz(cases: int, seed: int | None = None, case_timeout_s: float = 
     seeds = [c.data for c in odd_images().values()]
     report = FuzzReport(rss_start_mb=rss_mb())
 
-    @settings(max_examples=cases, deadline=None, database=None, derandomize=seed is None,
-              phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=cases,
+        deadline=None,
+        database=None,
+        derandomize=seed is None,
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=image_cases(seeds), drop_alpha=st.booleans())
     def one(case: tuple[str, bytes], drop_alpha: bool) -> None:
         kind, data = case

@@ -4,6 +4,7 @@ The conformance kit and the Kodak images live in ``../shared`` beside the reposi
 (override with ``TCM_SHARED_DIR``). They are required: a missing kit fails the tests
 loudly instead of skipping the proofs of conformance. Fixtures are in ``conftest.py``.
 """
+
 from __future__ import annotations
 
 import os
@@ -110,7 +111,9 @@ def kit_store_at(root: Path, qualities: tuple[int, ...] = (KIT_QUALITY,), checkp
     made = checkpoint is None
     checkpoint = checkpoint or write_kit_checkpoint_with_tables(root / ".kit-with-tables.pth.tar")
     for q in qualities:
-        ModelStore(root).import_checkpoint(checkpoint, q, preset("conformance-small"), lmbda=0.013, source="conformance kit")
+        ModelStore(root).import_checkpoint(
+            checkpoint, q, preset("conformance-small"), lmbda=0.013, source="conformance kit"
+        )
     if made:
         checkpoint.unlink()
     return root

@@ -1,5 +1,6 @@
 """A real ``tcm serve`` process on 127.0.0.1 for the tests that need one (test_server.py,
 test_web.py): started in a subprocess, its log in a file, stopped with SIGTERM."""
+
 from __future__ import annotations
 
 import os
@@ -32,9 +33,27 @@ class Server:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tcm_serve.cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--store", str(store), "--devices", "cpu", "--request-timeout-s", "600", *extra],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[1],
+            [
+                sys.executable,
+                "-m",
+                "tcm_serve.cli.main",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--store",
+                str(store),
+                "--devices",
+                "cpu",
+                "--request-timeout-s",
+                "600",
+                *extra,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=Path(__file__).resolve().parents[1],
         )
         self.readyz: list[int] = []  # every /readyz status seen while waiting
 

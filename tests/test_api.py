@@ -1,5 +1,6 @@
 """The HTTP API in-process (httpx.ASGITransport): every error status, models, probes, metrics,
 logs, config and the client's error mapping. The real server is in test_server.py."""
+
 from __future__ import annotations
 
 import asyncio
@@ -41,8 +42,15 @@ MAX_BODY = 1_000_000
 @pytest.fixture(scope="module")
 def app(service_store):
     settings = load_settings(
-        model_store=str(service_store), devices="cpu", max_batch_size=4, max_batch_delay_ms=5, max_queue=8,
-        max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS, request_timeout_s=60, shutdown_grace_s=10,
+        model_store=str(service_store),
+        devices="cpu",
+        max_batch_size=4,
+        max_batch_delay_ms=5,
+        max_queue=8,
+        max_body_bytes=MAX_BODY,
+        max_pixels=MAX_PIXELS,
+        request_timeout_s=60,
+        shutdown_grace_s=10,
     )
     app = create_app(settings)
     app.state.pool.start()
@@ -181,8 +189,12 @@ def test_400_malformed_image_and_blob(app, service_images):
     assert_error(post(app, "/decompress", bytes(flipped)), 400)
     assert_error(post(app, "/decompress", b""), 400, "malformed_blob")
     # a multipart body without the field, and a field that is not a file
-    assert_error(run(app, lambda c: c.post("/compress", files={"other": ("a.png", png, "image/png")})), 400, "bad_request")
-    assert_error(run(app, lambda c: c.post("/compress", data={"file": "abc"}, files={"x": ("a", b"1")})), 400, "bad_request")
+    assert_error(
+        run(app, lambda c: c.post("/compress", files={"other": ("a.png", png, "image/png")})), 400, "bad_request"
+    )
+    assert_error(
+        run(app, lambda c: c.post("/compress", data={"file": "abc"}, files={"x": ("a", b"1")})), 400, "bad_request"
+    )
 
 
 def test_400_corrupt_bitstream_with_valid_container(app, service_images):
@@ -232,7 +244,9 @@ def test_413_too_large(app, service_images, local_model):
 
 def test_415_unsupported_media_type(app, service_images):
     png = service_images["gray64"]
-    assert_error(post(app, "/compress", png, headers={"content-type": "application/json"}), 415, "unsupported_media_type")
+    assert_error(
+        post(app, "/compress", png, headers={"content-type": "application/json"}), 415, "unsupported_media_type"
+    )
     assert_error(post(app, "/decompress", b"x", headers={"content-type": "text/plain"}), 415, "unsupported_media_type")
     gif = io.BytesIO()
     Image.new("RGB", (8, 8)).save(gif, format="GIF")
@@ -394,10 +408,20 @@ def test_a_client_that_hangs_up_mid_upload_is_not_a_server_error(app, service_im
         async def send(message):
             sent.append(message)
 
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": route, "raw_path": route.encode(), "query_string": b"", "root_path": "",
-                 "headers": [(b"host", b"testserver"), (b"content-type", b"application/octet-stream")],
-                 "client": ("127.0.0.1", 5000), "server": ("testserver", 80)}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": route,
+            "raw_path": route.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"testserver"), (b"content-type", b"application/octet-stream")],
+            "client": ("127.0.0.1", 5000),
+            "server": ("testserver", 80),
+        }
         await app(scope, receive, send)
 
     before = get(app, "/metrics").text
@@ -411,9 +435,13 @@ def test_a_client_that_hangs_up_mid_upload_is_not_a_server_error(app, service_im
     after = get(app, "/metrics").text
 
     def count(text: str, code: str) -> float:
-        return sum(s.value for f in text_string_to_metric_families(text) if f.name == "tcm_requests"
-                   for s in f.samples if s.name == "tcm_requests_total" and s.labels["endpoint"] == route
-                   and s.labels["code"] == code)
+        return sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            if f.name == "tcm_requests"
+            for s in f.samples
+            if s.name == "tcm_requests_total" and s.labels["endpoint"] == route and s.labels["code"] == code
+        )
 
     assert count(after, "499") == count(before, "499") + 1 and count(after, "500") == count(before, "500")
     assert (pool.batcher.depth, pool.batcher.reserved) == (0, 0)
@@ -497,16 +525,39 @@ def test_status_table_covers_the_hierarchy():
     # Written out independently of STATUS: a new error class fails here until someone
     # decides its status (the fallback would silently make it a 500).
     expected = {
-        "BackendMismatchError": 422, "BitstreamError": 400, "CheckpointError": 500, "ConfigError": 500,
-        "DriftError": 400, "FormatError": 400, "ImageError": 400, "ImageTooLargeError": 413,
-        "ModelNotFoundError": 422, "StoreError": 500, "UnsupportedImageFormatError": 415,
-        "UnsupportedVersionError": 400, "BadParameterError": 422, "BadRequestError": 400,
-        "ClientClosedError": 499, "DeadlineExceededError": 504, "InternalError": 500, "NotReadyError": 503,
-        "QueueFullError": 429, "RequestTimeoutError": 408, "RequestTooLargeError": 413, "RetryableError": 503,
+        "BackendMismatchError": 422,
+        "BitstreamError": 400,
+        "CheckpointError": 500,
+        "ConfigError": 500,
+        "DriftError": 400,
+        "FormatError": 400,
+        "ImageError": 400,
+        "ImageTooLargeError": 413,
+        "ModelNotFoundError": 422,
+        "StoreError": 500,
+        "UnsupportedImageFormatError": 415,
+        "UnsupportedVersionError": 400,
+        "BadParameterError": 422,
+        "BadRequestError": 400,
+        "ClientClosedError": 499,
+        "DeadlineExceededError": 504,
+        "InternalError": 500,
+        "NotReadyError": 503,
+        "QueueFullError": 429,
+        "RequestTimeoutError": 408,
+        "RequestTooLargeError": 413,
+        "RetryableError": 503,
         "UnauthorizedError": 401,
-        "ServiceError": 500, "ShuttingDownError": 503, "UnsupportedMediaTypeError": 415, "WorkerDiedError": 503,
+        "ServiceError": 500,
+        "ShuttingDownError": 503,
+        "UnsupportedMediaTypeError": 415,
+        "WorkerDiedError": 503,
         # the client's and the CLI's own errors (never raised by the service)
-        "ConnectionFailedError": 500, "RemoteError": 500, "CliError": 500, "ExportError": 500, "EvalError": 500,
+        "ConnectionFailedError": 500,
+        "RemoteError": 500,
+        "CliError": 500,
+        "ExportError": 500,
+        "EvalError": 500,
     }
     # every module that defines an error class, so the result does not depend on which
     # other tests ran first
@@ -555,11 +606,18 @@ def test_metrics_scrape_and_parse(app, service_images):
     before = _families(get(app, "/metrics").text)
 
     def count(fams, endpoint, code, quality=None):
-        return sum(
-            s.value for s in fams["tcm_requests"].samples
-            if s.name == "tcm_requests_total" and s.labels["endpoint"] == endpoint and s.labels["code"] == code
-            and (quality is None or s.labels["quality"] == quality)
-        ) if "tcm_requests" in fams else 0
+        return (
+            sum(
+                s.value
+                for s in fams["tcm_requests"].samples
+                if s.name == "tcm_requests_total"
+                and s.labels["endpoint"] == endpoint
+                and s.labels["code"] == code
+                and (quality is None or s.labels["quality"] == quality)
+            )
+            if "tcm_requests" in fams
+            else 0
+        )
 
     blob = post(app, "/compress?quality=2", png).content
     post(app, "/decompress", blob)
@@ -586,7 +644,9 @@ def test_metrics_scrape_and_parse(app, service_images):
     assert {"queue", "transform", "entropy_coding", "image_io"} <= stages
     loaded = [s.value for s in fams["tcm_models_loaded"].samples]
     assert loaded == [2.0]
-    bpp_count = [s.value for s in fams["tcm_bits_per_pixel"].samples if s.name.endswith("_count") and s.labels["quality"] == "2"]
+    bpp_count = [
+        s.value for s in fams["tcm_bits_per_pixel"].samples if s.name.endswith("_count") and s.labels["quality"] == "2"
+    ]
     assert bpp_count and bpp_count[0] >= 1
     assert "tcm_device_memory_bytes" not in fams  # CPU only
     assert fams["tcm_queue_reserved"].samples[0].value == 0.0  # every request gave its place back
@@ -667,8 +727,15 @@ def test_settings_from_environment(monkeypatch):
     assert s.port == 9001 and s.log_level == "debug" and s.bitstream == "exact"
     monkeypatch.delenv("TCM_BITSTREAM")
     assert load_settings().bitstream == "portable"
-    for bad in ({"port": 70000}, {"devices": "gpu"}, {"qualities": "0"}, {"max_batch_size": 0},
-                {"qualities": "2", "default_quality": 3}, {"log_level": "loud"}, {"bitstream": "f32"}):
+    for bad in (
+        {"port": 70000},
+        {"devices": "gpu"},
+        {"qualities": "0"},
+        {"max_batch_size": 0},
+        {"qualities": "2", "default_quality": 3},
+        {"log_level": "loud"},
+        {"bitstream": "f32"},
+    ):
         with pytest.raises(ConfigError):
             load_settings(**bad)
 
@@ -814,8 +881,13 @@ def test_devices_say_why_there_is_no_gpu(monkeypatch, caplog):
         assert resolve_devices("auto") == [torch.device("cpu")]
     assert any("serving on the CPU because this torch" in r.getMessage() for r in caplog.records), caplog.text
     monkeypatch.setattr(torch.version, "cuda", "13.0")
-    monkeypatch.setattr(torch.cuda, "init", lambda: (_ for _ in ()).throw(RuntimeError(
-        "The NVIDIA driver on your system is too old (found version 12020).")))
+    monkeypatch.setattr(
+        torch.cuda,
+        "init",
+        lambda: (_ for _ in ()).throw(
+            RuntimeError("The NVIDIA driver on your system is too old (found version 12020).")
+        ),
+    )
     with pytest.raises(ConfigError, match="driver on your system is too old"):
         resolve_devices("cuda")
 

@@ -1,4 +1,5 @@
 """Optional API keys (tcm_serve/api/auth.py): off by default, Bearer keys from a file when on."""
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,9 @@ def keys_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(service_store, keys_file):
-    app = create_app(load_settings(model_store=str(service_store), devices="cpu", qualities="3", api_keys_file=str(keys_file)))
+    app = create_app(
+        load_settings(model_store=str(service_store), devices="cpu", qualities="3", api_keys_file=str(keys_file))
+    )
     app.state.pool.start()
     assert app.state.pool.wait_ready(120), app.state.pool.not_ready_reason()
     yield app
@@ -71,8 +74,15 @@ def test_probes_metrics_page_and_docs_stay_open(app):
 
 
 def test_open_paths_are_configurable(service_store, keys_file):
-    app = create_app(load_settings(model_store=str(service_store), devices="cpu", qualities="3",
-                                   api_keys_file=str(keys_file), open_paths="/healthz"))
+    app = create_app(
+        load_settings(
+            model_store=str(service_store),
+            devices="cpu",
+            qualities="3",
+            api_keys_file=str(keys_file),
+            open_paths="/healthz",
+        )
+    )
     assert call(app, "GET", "/healthz").status_code == 200
     assert call(app, "GET", "/metrics").status_code == 401
     assert call(app, "GET", "/metrics", KEY_A).status_code == 200

@@ -7,6 +7,7 @@ What is batched and why (docs/service.md):
   recomputes: NOT batch-invariant on CPU (differences ~1e-6 measured below), so the engine
   runs it one image at a time on both sides; the spy test proves no batch ever reaches it.
 """
+
 from __future__ import annotations
 
 import time
@@ -105,7 +106,9 @@ def test_entropy_parameter_path_batch_invariance_measured(kit_engine, batches, c
     d_means = float((mb - torch.cat([a[0] for a in alone])).abs().max())
     d_scales = float((sb - torch.cat([a[1] for a in alone])).abs().max())
     with capsys.disabled():
-        print(f"\n[batch invariance, batch 4 vs 1] h_a {d_h_a:.3g}, hyper means {d_means:.3g}, hyper scales {d_scales:.3g}")
+        print(
+            f"\n[batch invariance, batch 4 vs 1] h_a {d_h_a:.3g}, hyper means {d_means:.3g}, hyper scales {d_scales:.3g}"
+        )
     for d in (d_h_a, d_means, d_scales):
         assert d < 1e-3  # same computation, only float reassociation
 
@@ -117,8 +120,11 @@ def local_models(service_store):
 
 
 def _pool(store, batch: int, delay_ms: float) -> WorkerPool:
-    pool = WorkerPool(load_settings(model_store=str(store), devices="cpu", max_batch_size=batch, max_batch_delay_ms=delay_ms,
-                                    max_queue=64))
+    pool = WorkerPool(
+        load_settings(
+            model_store=str(store), devices="cpu", max_batch_size=batch, max_batch_delay_ms=delay_ms, max_queue=64
+        )
+    )
     pool.start()
     assert pool.wait_ready(120), pool.not_ready_reason()
     return pool

@@ -4,6 +4,7 @@ These tests read the real `model_store/` of the repository (not a copy), so a co
 breaks a weights file, forgets the manifest's records or ships levels out of rate order
 fails here.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """The `tcm` CLI end to end, with a store imported from the conformance checkpoint."""
+
 from __future__ import annotations
 
 import hashlib
@@ -63,26 +64,69 @@ def test_models_list(capsys, kit_store):
 
 def test_models_import_with_arch_json_and_errors(capsys, tmp_path):
     arch = tmp_path / "arch.json"
-    arch.write_text(json.dumps({"N": 32, "M": 320, "config": [2] * 6, "head_dim": [8, 16, 32, 32, 16, 8], "num_slices": 2, "max_support_slices": 5}))
+    arch.write_text(
+        json.dumps(
+            {
+                "N": 32,
+                "M": 320,
+                "config": [2] * 6,
+                "head_dim": [8, 16, 32, 32, 16, 8],
+                "num_slices": 2,
+                "max_support_slices": 5,
+            }
+        )
+    )
     store = tmp_path / "store"
-    code, out, err = run_cli(capsys, "models", "import", str(KIT_CHECKPOINT), "-q", "5", "--arch-json", str(arch), "--lambda", "0.013", "--store", str(store))
+    code, out, err = run_cli(
+        capsys,
+        "models",
+        "import",
+        str(KIT_CHECKPOINT),
+        "-q",
+        "5",
+        "--arch-json",
+        str(arch),
+        "--lambda",
+        "0.013",
+        "--store",
+        str(store),
+    )
     assert code == 0, err
     manifest = json.loads((store / "manifest.json").read_text())
     (entry,) = manifest["models"]
     assert entry["quality"] == 5 and entry["sha256"] == hashlib.sha256((store / entry["file"]).read_bytes()).hexdigest()
     # duplicate quality without --replace
-    code, _, err = run_cli(capsys, "models", "import", str(KIT_CHECKPOINT), "-q", "5", "--arch-json", str(arch), "--store", str(store))
+    code, _, err = run_cli(
+        capsys, "models", "import", str(KIT_CHECKPOINT), "-q", "5", "--arch-json", str(arch), "--store", str(store)
+    )
     assert_one_line_error(code, err, "already exists")
     # wrong architecture for the checkpoint: names the first offending key
-    code, _, err = run_cli(capsys, "models", "import", str(KIT_CHECKPOINT), "-q", "6", "--preset", "official-small", "--store", str(store))
+    code, _, err = run_cli(
+        capsys, "models", "import", str(KIT_CHECKPOINT), "-q", "6", "--preset", "official-small", "--store", str(store)
+    )
     assert_one_line_error(code, err, "has shape")
     # bad arch JSON, bad quality, unknown preset, missing checkpoint
     arch.write_text("{not json")
-    code, _, err = run_cli(capsys, "models", "import", str(KIT_CHECKPOINT), "-q", "7", "--arch-json", str(arch), "--store", str(store))
+    code, _, err = run_cli(
+        capsys, "models", "import", str(KIT_CHECKPOINT), "-q", "7", "--arch-json", str(arch), "--store", str(store)
+    )
     assert_one_line_error(code, err, "not valid JSON")
-    code, _, err = run_cli(capsys, "models", "import", str(KIT_CHECKPOINT), "-q", "7", "--preset", "nope", "--store", str(store))
+    code, _, err = run_cli(
+        capsys, "models", "import", str(KIT_CHECKPOINT), "-q", "7", "--preset", "nope", "--store", str(store)
+    )
     assert_one_line_error(code, err, "unknown preset")
-    code, _, err = run_cli(capsys, "models", "import", str(tmp_path / "missing.pth"), "-q", "7", "--preset", "conformance-small", "--store", str(store))
+    code, _, err = run_cli(
+        capsys,
+        "models",
+        "import",
+        str(tmp_path / "missing.pth"),
+        "-q",
+        "7",
+        "--preset",
+        "conformance-small",
+        "--store",
+        str(store),
+    )
     assert_one_line_error(code, err, "not found")
     with pytest.raises(SystemExit) as exc:
         main(["models", "import", str(KIT_CHECKPOINT), "-q", "0", "--store", str(store)])
@@ -120,8 +164,18 @@ def test_conformance_vector_through_cli_matches_reference_strings(
         expected = json.loads((folder / "expected.json").read_text())["compress"]
         out = tmp_path / f"{name}.tcm"
         code, _, err = run_cli(
-            capsys, "compress", str(folder / "input.png"), "-o", str(out), "-q", str(KIT_QUALITY), "--device", "cpu",
-            "--bitstream", "exact", *store_args,
+            capsys,
+            "compress",
+            str(folder / "input.png"),
+            "-o",
+            str(out),
+            "-q",
+            str(KIT_QUALITY),
+            "--device",
+            "cpu",
+            "--bitstream",
+            "exact",
+            *store_args,
         )
         assert code == 0, err
         code, text, _ = run_cli(capsys, "inspect", str(out), "--json")
@@ -131,7 +185,10 @@ def test_conformance_vector_through_cli_matches_reference_strings(
         if same_indexes:
             assert fields["y_string_sha256"] == expected["y_string_sha256"]
         assert (fields["width"], fields["height"], fields["mode"], fields["quality"]) == (
-            int(name.split("x")[1]), int(name.split("-")[1].split("x")[0]), "RGB", KIT_QUALITY
+            int(name.split("x")[1]),
+            int(name.split("-")[1].split("x")[0]),
+            "RGB",
+            KIT_QUALITY,
         )
         assert fields["backend"] == "torch-cpu"
         code, text, _ = run_cli(capsys, "inspect", str(out))
@@ -227,7 +284,7 @@ def test_many_files_go_on_past_a_failing_one(capsys, store_args, tmp_path):
     code, out, err = run_cli(capsys, "decompress", str(blobs), "-o", str(tmp_path / "dec"), *store_args)
     assert code == 1
     assert "decompressed 2 of 4 file(s)" in out and "2 failed" in out
-    errors = [line[line.index("tcm: error:"):] for line in err.splitlines() if "tcm: error:" in line]
+    errors = [line[line.index("tcm: error:") :] for line in err.splitlines() if "tcm: error:" in line]
     assert len(errors) == 2 and "bad.tcm" in errors[0] and "truncated" in errors[0] and "zz.tcm" in errors[1], err
     assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == ["im0.png", "im2.png"]
 
@@ -285,7 +342,9 @@ def test_blob_from_another_model_is_refused(capsys, kit_store, tmp_path):
     ck = tmp_path / "random-n64.pth"
     torch.save(TCM(preset("official-small")).state_dict(), ck)
     ModelStore(other).import_checkpoint(ck, KIT_QUALITY, preset("official-small"))
-    code, _, err = run_cli(capsys, "decompress", str(tmp_path / "a.tcm"), "-o", str(tmp_path / "b.png"), "--store", str(other))
+    code, _, err = run_cli(
+        capsys, "decompress", str(tmp_path / "a.tcm"), "-o", str(tmp_path / "b.png"), "--store", str(other)
+    )
     assert_one_line_error(code, err, "blob was made by model q3")
     assert not (tmp_path / "b.png").exists()
 
@@ -311,7 +370,18 @@ def test_imported_store_files_are_readable_by_others(capsys, tmp_path):
     store = tmp_path / "store"
     old = os.umask(0o022)
     try:
-        code, _, err = run_cli(capsys, "models", "import", str(KIT_CHECKPOINT), "-q", "2", "--preset", "conformance-small", "--store", str(store))
+        code, _, err = run_cli(
+            capsys,
+            "models",
+            "import",
+            str(KIT_CHECKPOINT),
+            "-q",
+            "2",
+            "--preset",
+            "conformance-small",
+            "--store",
+            str(store),
+        )
     finally:
         os.umask(old)
     assert code == 0, err
@@ -352,8 +422,9 @@ def test_bad_values_found_at_run_time_are_one_line(capsys, kit_store, tmp_path):
     arch = tmp_path / "arch.json"
     arch.write_text(json.dumps({"N": 32.0}))
     store = tmp_path / "new-store"
-    code, _, err = run_cli(capsys, "models", "import", str(KIT_CHECKPOINT), "-q", "1", "--arch-json", str(arch),
-                           "--store", str(store))
+    code, _, err = run_cli(
+        capsys, "models", "import", str(KIT_CHECKPOINT), "-q", "1", "--arch-json", str(arch), "--store", str(store)
+    )
     assert_one_line_error(code, err, "N must be an integer, got 32.0")
     assert not store.exists()
     # a checkpoint given to train-curve instead of its run directory
@@ -379,12 +450,28 @@ def test_what_compresses_under_a_pixel_limit_decompresses_under_it(capsys, store
     limit = str(200 * 130)
     code, _, err = run_cli(capsys, "compress", str(src), "--max-pixels", limit, *store_args)
     assert code == 0, err
-    code, _, err = run_cli(capsys, "decompress", str(tmp_path / "img.tcm"), "-o", str(tmp_path / "out.png"),
-                           "--max-pixels", limit, *store_args)
+    code, _, err = run_cli(
+        capsys,
+        "decompress",
+        str(tmp_path / "img.tcm"),
+        "-o",
+        str(tmp_path / "out.png"),
+        "--max-pixels",
+        limit,
+        *store_args,
+    )
     assert code == 0, err
     assert np.asarray(Image.open(tmp_path / "out.png")).shape == (130, 200, 3)
-    code, _, err = run_cli(capsys, "decompress", str(tmp_path / "img.tcm"), "-o", str(tmp_path / "out2.png"),
-                           "--max-pixels", str(200 * 130 - 1), *store_args)
+    code, _, err = run_cli(
+        capsys,
+        "decompress",
+        str(tmp_path / "img.tcm"),
+        "-o",
+        str(tmp_path / "out2.png"),
+        "--max-pixels",
+        str(200 * 130 - 1),
+        *store_args,
+    )
     assert_one_line_error(code, err, "200x130 image (26,000 pixels), over the limit of 25,999 pixels")
     assert not (tmp_path / "out2.png").exists()
 

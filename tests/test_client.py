@@ -1,5 +1,6 @@
 """The Python client against answers that are not tcm-serve's (a wrong --url, a proxy, a
 redirect): each is a one-line error, never a page saved as an image or a KeyError."""
+
 from __future__ import annotations
 
 import anyio
@@ -26,8 +27,10 @@ def _web_page(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, headers={"content-type": "text/html"}, text="<html>some other app</html>")
 
 
-@pytest.mark.parametrize("handler, needle", [(_redirect, "HTTP 301 Moved Permanently, redirect to https://tcm.test/"),
-                                             (_web_page, "is not a PNG")])
+@pytest.mark.parametrize(
+    "handler, needle",
+    [(_redirect, "HTTP 301 Moved Permanently, redirect to https://tcm.test/"), (_web_page, "is not a PNG")],
+)
 def test_decompress_refuses_a_body_that_is_not_a_png(handler, needle):
     with _client(handler) as c, pytest.raises(RemoteError) as exc:
         c.decompress(TCM)

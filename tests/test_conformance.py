@@ -5,6 +5,7 @@ decoding the reference strings reproduces decoded.npz / decoded.png, for the squ
 the non-square vector (the latter catches H/W swaps in window partitioning). Strings are
 the exact (version-1) path, compared with the kit's tables loaded (helpers.kit_tables).
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -4,6 +4,7 @@ The byte layout is re-declared here independently of the module (``SPEC``), stra
 the table in docs/format.md, so a change to the module's struct that is not also a change
 to the spec fails these tests.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -499,8 +500,18 @@ def test_valid_edge_values_accepted():
     # largest image, quality 255, the high backend/mode codes, zero symbols_crc32
     w = h = 65535
     blob = raw_blob(
-        quality=255, width=w, height=h, pad_left=0, pad_right=1, pad_top=0, pad_bottom=1,
-        zH=1024, zW=1024, mode=1, backend=4, symbols_crc32=0,
+        quality=255,
+        width=w,
+        height=h,
+        pad_left=0,
+        pad_right=1,
+        pad_top=0,
+        pad_bottom=1,
+        zH=1024,
+        zW=1024,
+        mode=1,
+        backend=4,
+        symbols_crc32=0,
     )
     f = unpack(blob)
     assert f.header.mode == "L" and f.header.backend == "onnx-cuda"
@@ -612,9 +623,7 @@ def test_valid_objects_report_no_problem():
 # --------------------------------------------------------------------------------------
 # Mutation / fuzz tests: only FormatError, never anything else
 # --------------------------------------------------------------------------------------
-mutation_settings = settings(
-    max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+mutation_settings = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @mutation_settings
@@ -740,8 +749,6 @@ def test_symbols_crc32_definition():
     assert symbols_crc32(np.array([1], np.int32)) == zlib.crc32(b"\x01\x00\x00\x00")
 
 
-
-
 def test_decode_size_bounds_the_padded_tensor_as_the_encoder_does():
     """check_decode_size applies the encoder's image guard to the header: width x height
     against the limit, and the padded area (from the header's own padding) against the
@@ -755,8 +762,13 @@ def test_decode_size_bounds_the_padded_tensor_as_the_encoder_does():
         if pad is None:
             pad = Geometry.for_image(height, width).pad
         left, right, top, bottom = pad
-        return replace(BASE_HEADER, width=width, height=height, pad=pad,
-                       z_shape=((height + top + bottom) // 64, (width + left + right) // 64))
+        return replace(
+            BASE_HEADER,
+            width=width,
+            height=height,
+            pad=pad,
+            z_shape=((height + top + bottom) // 64, (width + left + right) // 64),
+        )
 
     strip = header(1, 65535)
     TcmFile(strip, Z0, Y0).validate()  # a legal header
@@ -785,7 +797,9 @@ def test_v2_structure_rules():
     expect(FormatError, raw_blob(hints=b"\0", backend=0), "unknown backend code 0")
     # declared hints longer / shorter than the file
     expect(FormatError, raw_blob(hints=b"\0", backend=1, hints_len=2), "truncated", "hints of 2 bytes")
-    expect(FormatError, raw_blob(hints=b"\0\0", backend=1, hints_len=1), "length mismatch", "1 unexpected trailing byte")
+    expect(
+        FormatError, raw_blob(hints=b"\0\0", backend=1, hints_len=1), "length mismatch", "1 unexpected trailing byte"
+    )
     # a version-2 header is 4 bytes longer: a file cut inside it is truncated
     v2 = pack(BASE_FILE_V2)
     for n in (5, 52, 55, 59):

@@ -20,6 +20,7 @@ exact entrypoint on the host:
 
 Everything but that test is independent of the service code. Loopback networking only.
 """
+
 from __future__ import annotations
 
 import io
@@ -107,11 +108,11 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 @dataclass
 class Stage:
     name: str
-    base: str                       # image reference or the name of an earlier stage
+    base: str  # image reference or the name of an earlier stage
     parent: Stage | None
     instructions: list[tuple[str, str]] = field(default_factory=list)
     args: dict[str, str] = field(default_factory=dict)
-    env: dict[str, str] = field(default_factory=dict)      # this stage's ENV only
+    env: dict[str, str] = field(default_factory=dict)  # this stage's ENV only
 
     def chain(self) -> list[Stage]:
         """This stage and the stages it is built FROM, nearest first."""
@@ -378,13 +379,29 @@ def test_dockerignore_sends_what_the_build_copies_and_nothing_heavy():
         sources.update(src for src, _ in copies(stage))
     assert {"pyproject.toml", "setup.py", "README.md", "tcm_serve/", "model_store/"} <= sources
     for src in sources:
-        for path in ([src] if (ROOT / src).is_file() else [str(p.relative_to(ROOT)) for p in (ROOT / src).rglob("*.py")] + [str(p.relative_to(ROOT)) for p in (ROOT / src).glob("*.json")] + [str(p.relative_to(ROOT)) for p in (ROOT / src).glob("*.c")]):
+        for path in (
+            [src]
+            if (ROOT / src).is_file()
+            else [str(p.relative_to(ROOT)) for p in (ROOT / src).rglob("*.py")]
+            + [str(p.relative_to(ROOT)) for p in (ROOT / src).glob("*.json")]
+            + [str(p.relative_to(ROOT)) for p in (ROOT / src).glob("*.c")]
+        ):
             if "__pycache__" in path:
                 continue
             assert not _dockerignore_excludes(patterns, path), f"{path} is COPYed but .dockerignore drops it"
-    for heavy in (".venv/bin/python", ".git/HEAD", "build/lib/x.so", "tests/test_deploy.py", "benchmarks/bench_rans.py",
-                  "tcm_serve/codec/_rans.cpython-311-x86_64-linux-gnu.so", "tcm_serve/__pycache__/x.pyc", "docs/deploy.md",
-                  "deploy/base/deployment.yaml", ".pytest_cache/v", "tcm.env"):
+    for heavy in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "build/lib/x.so",
+        "tests/test_deploy.py",
+        "benchmarks/bench_rans.py",
+        "tcm_serve/codec/_rans.cpython-311-x86_64-linux-gnu.so",
+        "tcm_serve/__pycache__/x.pyc",
+        "docs/deploy.md",
+        "deploy/base/deployment.yaml",
+        ".pytest_cache/v",
+        "tcm.env",
+    ):
         assert _dockerignore_excludes(patterns, heavy), f"{heavy} would be sent to the build context"
 
 
@@ -396,8 +413,11 @@ COMPOSE_REQUIRED = {"GRAFANA_ADMIN_PASSWORD": "test-only-password"}
 def compose_config(*files: Path, required: dict[str, str] = COMPOSE_REQUIRED) -> dict:
     """`docker-compose config` as JSON, with the defaults of the files (no TCM_/compose env)
     and the variables a user must set (``required``)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("TCM_", "COMPOSE_", "DOCKER_", "GRAFANA_", "PROMETHEUS_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TCM_", "COMPOSE_", "DOCKER_", "GRAFANA_", "PROMETHEUS_"))
+    }
     env.update(required)
     cmd = [tool("docker-compose")]
     for f in files:
@@ -465,8 +485,13 @@ def test_compose_gpu_stack_is_valid_and_consistent_with_the_image():
     prom = cfg["services"]["prometheus"]
     mounts = {v["target"]: Path(v["source"]) for v in prom["volumes"] if v["type"] == "bind"}
     prom_cfg = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text())
-    targets = [t for job in prom_cfg["scrape_configs"] if job["job_name"] == "tcm-serve"
-               for sc in job["static_configs"] for t in sc["targets"]]
+    targets = [
+        t
+        for job in prom_cfg["scrape_configs"]
+        if job["job_name"] == "tcm-serve"
+        for sc in job["static_configs"]
+        for t in sc["targets"]
+    ]
     assert targets == [f"tcm:{env['TCM_PORT']}"]
     for rule_file in prom_cfg["rule_files"]:
         assert rule_file in mounts, f"{rule_file} is not mounted into the Prometheus container"
@@ -533,15 +558,27 @@ def test_overlay_renders_and_validates_against_kubernetes_schemas(overlay):
 
     docs = render(overlay)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(["ConfigMap", "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
-                            "PodDisruptionBudget", "Service", "ServiceAccount"]), kinds
+    assert kinds == sorted(
+        [
+            "ConfigMap",
+            "ConfigMap",
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "NetworkPolicy",
+            "PodDisruptionBudget",
+            "Service",
+            "ServiceAccount",
+        ]
+    ), kinds
     for version in K8S_VERSIONS:
         for doc in docs:
             try:
                 kubernetes_validate.validate(doc, version, strict=True)
             except kubernetes_validate.ValidationError as exc:
-                pytest.fail(f"{overlay}: {doc['kind']}/{doc['metadata']['name']} invalid for Kubernetes {version}: "
-                            f"{'.'.join(map(str, exc.path))}: {exc.message}")
+                pytest.fail(
+                    f"{overlay}: {doc['kind']}/{doc['metadata']['name']} invalid for Kubernetes {version}: "
+                    f"{'.'.join(map(str, exc.path))}: {exc.message}"
+                )
 
 
 def _container(pod_spec: dict, name: str, init: bool = False) -> dict:
@@ -631,7 +668,11 @@ def test_deployment_probes_drain_and_wiring(overlay):
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
     hpa = one(docs, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": dep["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": dep["metadata"]["name"],
+    }
     assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
     assert pdb["spec"].get("maxUnavailable", 0) < hpa["spec"]["minReplicas"]
     # API keys on, from a Secret mounted where TCM_API_KEYS_FILE points; probes and metrics open
@@ -674,24 +715,32 @@ def test_init_containers_fill_the_store_both_ways(overlay, tmp_path):
     bin_dir.mkdir()
     remote = tmp_path / "bucket"
     (bin_dir / "rclone").write_text(  # `rclone copy SRC DST ...` -> copy the local stand-in of SRC
-        f"#!/bin/sh\n[ \"$1\" = copy ] || exit 2\ncp -R {remote}/. \"$3\"/\n"
+        f'#!/bin/sh\n[ "$1" = copy ] || exit 2\ncp -R {remote}/. "$3"/\n'
     )
     (bin_dir / "rclone").chmod(0o755)
     env_base = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
     def init(container: dict, paths: dict[str, str], source: str) -> subprocess.CompletedProcess:
         env = {**env_base, **_env_of(docs, container), "CHECKPOINTS_SOURCE": source}
-        return subprocess.run(["/bin/sh", "-c", _init_script(container, paths)], env=env, capture_output=True,
-                              text=True, timeout=60)
+        return subprocess.run(
+            ["/bin/sh", "-c", _init_script(container, paths)], env=env, capture_output=True, text=True, timeout=60
+        )
 
     def fill(volume, source: str) -> None:
         volume.mkdir()
-        for container, paths in ((fetch, {"/models": str(volume)}),
-                                 (seed, {"/seed": str(volume), "/models": str(image_store)})):
+        for container, paths in (
+            (fetch, {"/models": str(volume)}),
+            (seed, {"/seed": str(volume), "/models": str(image_store)}),
+        ):
             r = init(container, paths, source)
             assert r.returncode == 0, (container["name"], r.stdout, r.stderr)
-        listed = subprocess.run([sys.executable, "-m", "tcm_serve.cli.main", "models", "list", "--store", str(volume)],
-                                capture_output=True, text=True, timeout=120, cwd=ROOT)
+        listed = subprocess.run(
+            [sys.executable, "-m", "tcm_serve.cli.main", "models", "list", "--store", str(volume)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
         assert listed.returncode == 0, listed.stderr
 
     # a lost value fails the pod's start with the reason, rather than serve the demo models
@@ -777,7 +826,12 @@ def test_error_alert_counts_codec_requests_on_both_sides_of_the_ratio():
     (expr,) = [r["expr"] for g in alerts["groups"] for r in g["rules"] if r.get("alert") == "TcmServeErrors"]
     # the dashboard's error-ratio panel too (it counted probe 503s above the line)
     panel = json.loads(DASHBOARD.read_text())
-    ratios = [t["expr"] for p in panel["panels"] for t in p.get("targets", []) if 'code=~"5.."' in t["expr"] and "/" in t["expr"]]
+    ratios = [
+        t["expr"]
+        for p in panel["panels"]
+        for t in p.get("targets", [])
+        if 'code=~"5.."' in t["expr"] and "/" in t["expr"]
+    ]
     assert ratios, "no error-ratio panel"
     for text in (expr, *ratios):
         selectors = re.findall(r"tcm_requests_total\{([^}]*)\}", text)
@@ -808,9 +862,17 @@ def test_promtool_accepts_configs_and_queries(tmp_path):
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
     res = run([promtool, "check", "config", str(tmp_path / "prometheus.yml")])
     assert res.returncode == 0, res.stdout + res.stderr
-    rules = [{"record": f"check:{i}", "expr": expr.replace("$__rate_interval", "1m").replace("$instance", ".*")
-              .replace("<<.LabelMatchers>>", 'namespace="tcm"').replace("<<.GroupBy>>", "pod")}
-             for i, expr in enumerate(_all_promql().values()) if not expr.startswith("label_values")]
+    rules = [
+        {
+            "record": f"check:{i}",
+            "expr": expr.replace("$__rate_interval", "1m")
+            .replace("$instance", ".*")
+            .replace("<<.LabelMatchers>>", 'namespace="tcm"')
+            .replace("<<.GroupBy>>", "pod"),
+        }
+        for i, expr in enumerate(_all_promql().values())
+        if not expr.startswith("label_values")
+    ]
     (tmp_path / "queries.yml").write_text(yaml.safe_dump({"groups": [{"name": "queries", "rules": rules}]}))
     res = run([promtool, "check", "rules", str(tmp_path / "queries.yml")])
     assert res.returncode == 0, res.stdout + res.stderr
@@ -820,7 +882,9 @@ def test_amtool_accepts_the_alertmanager_config():
     """amtool is not on PyPI (Debian: apt-get install prometheus-alertmanager)."""
     amtool = shutil.which("amtool")
     if amtool is None:
-        pytest.skip("amtool not installed (apt-get install prometheus-alertmanager); alertmanager.yml checked statically only")
+        pytest.skip(
+            "amtool not installed (apt-get install prometheus-alertmanager); alertmanager.yml checked statically only"
+        )
     res = run([amtool, "check-config", str(MONITORING / "alertmanager" / "alertmanager.yml")])
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -861,8 +925,11 @@ def test_dashboard_covers_the_issue_and_is_well_formed():
     exprs = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in panels}
     needs = {
         "request rate": lambda e: "rate(tcm_requests_total" in e,
-        "latency percentiles": lambda e: "histogram_quantile(0.95" in e and "tcm_request_duration_seconds_bucket" in e
-        and "histogram_quantile(0.99" in e,
+        "latency percentiles": lambda e: (
+            "histogram_quantile(0.95" in e
+            and "tcm_request_duration_seconds_bucket" in e
+            and "histogram_quantile(0.99" in e
+        ),
         "batch size": lambda e: "tcm_batch_size" in e,
         "queue depth": lambda e: "tcm_queue_depth" in e,
         "bits per pixel": lambda e: "tcm_bits_per_pixel" in e,
@@ -906,7 +973,9 @@ def _png(width: int, height: int) -> bytes:
 
     yy, xx = np.mgrid[0:height, 0:width]
     rng = np.random.default_rng(5)
-    px = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) % 256], axis=-1) + rng.integers(-16, 17, (height, width, 3))
+    px = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) % 256], axis=-1) + rng.integers(
+        -16, 17, (height, width, 3)
+    )
     buf = io.BytesIO()
     Image.fromarray(np.clip(px, 0, 255).astype(np.uint8), "RGB").save(buf, format="PNG")
     return buf.getvalue()
@@ -928,8 +997,13 @@ def test_image_entrypoint_serves_round_trip(kit_store, tmp_path):
     env.update(stage.image_env())
     port = _free_port()
     venv_bin = Path(sys.executable).parent
-    env.update(TCM_MODEL_STORE=str(kit_store), TCM_PORT=str(port), TCM_HOST="127.0.0.1", HOME=str(tmp_path),
-               PATH=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.update(
+        TCM_MODEL_STORE=str(kit_store),
+        TCM_PORT=str(port),
+        TCM_HOST="127.0.0.1",
+        HOME=str(tmp_path),
+        PATH=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
     exe = shutil.which(command[0], path=env["PATH"])
     assert exe, f"{command[0]} (the image's entrypoint) is not installed: pip install -e ."
     log = open(tmp_path / "serve.log", "wb")
@@ -962,16 +1036,22 @@ def test_image_entrypoint_serves_round_trip(kit_store, tmp_path):
         health = exec_form(re.search(r"CMD (\[.*\])", stage.last("HEALTHCHECK")).group(1))
         copied = {Path(dst).name: src for src, dst in copies(stage)}
         script = ROOT / copied[health[0]]
-        res = subprocess.run([sys.executable, str(script), *health[1:]], env=env, capture_output=True, text=True, timeout=30)
+        res = subprocess.run(
+            [sys.executable, str(script), *health[1:]], env=env, capture_output=True, text=True, timeout=30
+        )
         assert res.returncode == 0, res.stderr
-        res = subprocess.run([sys.executable, str(script), "/readyz"], env=env, capture_output=True, text=True, timeout=30)
+        res = subprocess.run(
+            [sys.executable, str(script), "/readyz"], env=env, capture_output=True, text=True, timeout=30
+        )
         assert res.returncode == 0, res.stderr
 
         png = _png(200, 136)
         r = httpx.post(url + "/compress", content=png, headers={"content-type": "image/png"}, timeout=60)
         assert r.status_code == 200, r.text
         assert r.headers["content-type"].startswith("application/x-tcm")
-        d = httpx.post(url + "/decompress", content=r.content, headers={"content-type": "application/x-tcm"}, timeout=60)
+        d = httpx.post(
+            url + "/decompress", content=r.content, headers={"content-type": "application/x-tcm"}, timeout=60
+        )
         assert d.status_code == 200, d.text
         out = Image.open(io.BytesIO(d.content))
         assert out.size == (200, 136) and out.mode == "RGB"
@@ -982,7 +1062,9 @@ def test_image_entrypoint_serves_round_trip(kit_store, tmp_path):
         used = set().union(*(METRIC_RE.findall(e) for e in _all_promql().values()))
         missing = used - exported - _series_names("tcm_device_memory_bytes", "gauge")
         assert not missing, f"used by deploy/monitoring but not exported: {sorted(missing)}"
-        counted = [line for line in exposition.splitlines() if line.startswith("tcm_requests_total{") and 'code="200"' in line]
+        counted = [
+            line for line in exposition.splitlines() if line.startswith("tcm_requests_total{") and 'code="200"' in line
+        ]
         for endpoint in ("/compress", "/decompress"):
             assert any(f'endpoint="{endpoint}"' in line for line in counted), f"no 200 counted for {endpoint}"
 
@@ -1042,11 +1124,22 @@ def test_compose_alerts_reach_alertmanager_and_its_log_receiver():
 
 def test_the_log_receiver_prints_each_alert(tmp_path):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, str(MONITORING / "alertmanager" / "log_receiver.py"), str(port)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(MONITORING / "alertmanager" / "log_receiver.py"), str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        note = {"alerts": [{"status": "firing", "labels": {"alertname": "TcmServeDown"},
-                            "annotations": {"summary": "down"}, "startsAt": "2026-12-02T00:00:00Z"}]}
+        note = {
+            "alerts": [
+                {
+                    "status": "firing",
+                    "labels": {"alertname": "TcmServeDown"},
+                    "annotations": {"summary": "down"},
+                    "startsAt": "2026-12-02T00:00:00Z",
+                }
+            ]
+        }
         end = time.monotonic() + 30
         while True:
             try:
@@ -1059,8 +1152,12 @@ def test_the_log_receiver_prints_each_alert(tmp_path):
                 time.sleep(0.1)
         assert r.status_code == 200
         line = json.loads(proc.stdout.readline())
-        assert line == {"labels": {"alertname": "TcmServeDown"}, "startsAt": "2026-12-02T00:00:00Z",
-                        "status": "firing", "summary": "down"}
+        assert line == {
+            "labels": {"alertname": "TcmServeDown"},
+            "startsAt": "2026-12-02T00:00:00Z",
+            "status": "firing",
+            "summary": "down",
+        }
     finally:
         proc.terminate()
         proc.wait(10)

@@ -4,6 +4,7 @@ Reference values: the MS-SSIM numbers below were computed with ``pytorch_msssim`
 (the implementation CompressAI's and TCM's evaluation scripts call), the BD-rate example
 with the ``bjontegaard`` 1.3.0 package (scipy ``PchipInterpolator``); see docs/evaluation.md.
 """
+
 from __future__ import annotations
 
 import csv
@@ -121,6 +122,7 @@ def test_bd_rate_of_a_uniformly_cheaper_curve():
 
 def test_bd_rate_exact_for_log_linear_curves_sampled_at_different_points():
     """PCHIP reproduces a straight line, so differently sampled curves still give the exact answer."""
+
     def rate(p, scale):
         return scale * 0.01 * 10 ** (0.1 * np.asarray(p))
 
@@ -136,8 +138,12 @@ def test_bd_rate_exact_for_log_linear_curves_sampled_at_different_points():
 
 def test_bd_rate_reference_example():
     """The bjontegaard package's example points; 1.3.0 with scipy's PCHIP gives -4.417485350589045 %."""
-    r = bd_rate([9487.76, 4593.60, 2486.44, 1358.24], [40.037, 38.615, 36.845, 34.851],
-                [9787.80, 4469.00, 2451.52, 1356.24], [40.121, 38.651, 36.970, 34.987])
+    r = bd_rate(
+        [9487.76, 4593.60, 2486.44, 1358.24],
+        [40.037, 38.615, 36.845, 34.851],
+        [9787.80, 4469.00, 2451.52, 1356.24],
+        [40.121, 38.651, 36.970, 34.987],
+    )
     assert r.bd_rate == pytest.approx(-4.417485350589045, abs=1e-9)
     assert r.bd_psnr == pytest.approx(0.11969278542479489, abs=1e-9)
 
@@ -212,7 +218,12 @@ def test_baseline_codecs_on_two_images(name, small_dataset):
     assert data.names == ("a.png", "b.png")
     low, high = (20, 80)
     ms = code_baseline(name, [low, high], data)
-    assert [(m.setting, m.image) for m in ms] == [("q20", "a.png"), ("q20", "b.png"), ("q80", "a.png"), ("q80", "b.png")]
+    assert [(m.setting, m.image) for m in ms] == [
+        ("q20", "a.png"),
+        ("q20", "b.png"),
+        ("q80", "a.png"),
+        ("q80", "b.png"),
+    ]
     for m in ms:
         assert m.bytes > 0 and m.bpp == pytest.approx(8 * m.bytes / (m.width * m.height))
         assert 15 < m.psnr < 60 and 0 < m.ms_ssim <= 1
@@ -275,12 +286,33 @@ def test_eval_end_to_end(kit_store, kodak_crop, conformance_dir, tmp_path, capsy
     baseline_codecs = ["jpeg420", "jpeg444", "webp"] + ([] if baselines.unavailable_reason("avif") else ["avif"])
     out_csv, out_json, out_png = tmp_path / "rd.csv", tmp_path / "rd.json", tmp_path / "rd.png"
     argv = [
-        "eval", str(kodak_crop), "--store", str(store), "--codecs", ",".join([OURS, *baseline_codecs]),
-        "--sweep", "jpeg420=10,40,90", "--sweep", "jpeg444=10,40,90", "--sweep", "webp=10,50,90",
+        "eval",
+        str(kodak_crop),
+        "--store",
+        str(store),
+        "--codecs",
+        ",".join([OURS, *baseline_codecs]),
+        "--sweep",
+        "jpeg420=10,40,90",
+        "--sweep",
+        "jpeg444=10,40,90",
+        "--sweep",
+        "webp=10,50,90",
         *(["--sweep", "avif=20,50,80"] if "avif" in baseline_codecs else []),
-        "--published", str(conformance_dir / "rd-published.json"), "--published-dataset", "Kodak",
-        "--csv", str(out_csv), "--json", str(out_json), "--plot", str(out_png), "--record", "--quiet",
-        "--threads", "1",  # the machine is shared with training: one torch thread is faster there
+        "--published",
+        str(conformance_dir / "rd-published.json"),
+        "--published-dataset",
+        "Kodak",
+        "--csv",
+        str(out_csv),
+        "--json",
+        str(out_json),
+        "--plot",
+        str(out_png),
+        "--record",
+        "--quiet",
+        "--threads",
+        "1",  # the machine is shared with training: one torch thread is faster there
     ]
     import torch
 
@@ -341,12 +373,24 @@ def test_eval_bad_input_fails_in_one_line(kit_store, small_dataset, tmp_path, ca
         (["eval", str(tmp_path / "missing"), "--codecs", "jpeg420"], 1, "is not a directory"),
         (["eval", str(empty), "--codecs", "jpeg420"], 1, "holds no images"),
         (["eval", str(small_dataset), "--store", str(empty_store)], 1, "has no models"),
-        (["eval", str(small_dataset), "--store", str(kit_store), "--qualities", "7"], 1, "quality 7 is not in the model store"),
+        (
+            ["eval", str(small_dataset), "--store", str(kit_store), "--qualities", "7"],
+            1,
+            "quality 7 is not in the model store",
+        ),
         (["eval", str(small_dataset), "--codecs", "jpeg420,heic"], 2, "unknown codec 'heic'"),
-        (["eval", str(small_dataset), "--codecs", "jpeg420", "--sweep", "jpeg420=0,50"], 2, "quality must be in 1..100"),
+        (
+            ["eval", str(small_dataset), "--codecs", "jpeg420", "--sweep", "jpeg420=0,50"],
+            2,
+            "quality must be in 1..100",
+        ),
         (["eval", str(small_dataset), "--codecs", "jpeg420", "--qualities", "3"], 1, "tcm is not in --codecs"),
         (["eval", str(small_dataset), "--codecs", "jpeg420", "--sweep", "webp=50"], 1, "webp is not in --codecs"),
-        (["eval", str(small_dataset), "--codecs", "jpeg420", "--csv", str(tmp_path / "no" / "x.csv")], 1, "does not exist"),
+        (
+            ["eval", str(small_dataset), "--codecs", "jpeg420", "--csv", str(tmp_path / "no" / "x.csv")],
+            1,
+            "does not exist",
+        ),
     ]
     for argv, code, message in cases:
         try:
@@ -370,8 +414,22 @@ def test_eval_baselines_only_with_grayscale_and_small_images(small_dataset, tmp_
     shutil.copy(small_dataset / "a.png", tmp_path / "ds" / "a.png")
     (tmp_path / "ds" / "tiny.png").write_bytes(make_png(40, 60, seed=5))
     out_json = tmp_path / "r.json"
-    rc, out, err = _run(["eval", str(tmp_path / "ds"), "--codecs", "jpeg420,webp", "--sweep", "jpeg420=20,60,90",
-                         "--sweep", "webp=20,60,90", "--json", str(out_json), "--quiet"], capsys)
+    rc, out, err = _run(
+        [
+            "eval",
+            str(tmp_path / "ds"),
+            "--codecs",
+            "jpeg420,webp",
+            "--sweep",
+            "jpeg420=20,60,90",
+            "--sweep",
+            "webp=20,60,90",
+            "--json",
+            str(out_json),
+            "--quiet",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     doc = json.loads(out_json.read_text())
     assert all(s["ms_ssim"] is None for s in doc["codecs"]["jpeg420"]["settings"])
@@ -384,11 +442,26 @@ def test_eval_baselines_only_with_grayscale_and_small_images(small_dataset, tmp_
 def test_eval_skips_a_codec_this_pillow_lacks(small_dataset, tmp_path, capsys, monkeypatch):
     """Pillow without AVIF (before 11.2): the run goes on without it and says so."""
     real = baselines.unavailable_reason
-    monkeypatch.setattr(baselines, "unavailable_reason",
-                        lambda name: "AVIF is not supported by this Pillow 11.0.0" if name == "avif" else real(name))
+    monkeypatch.setattr(
+        baselines,
+        "unavailable_reason",
+        lambda name: "AVIF is not supported by this Pillow 11.0.0" if name == "avif" else real(name),
+    )
     out_json = tmp_path / "r.json"
-    rc, out, err = _run(["eval", str(small_dataset), "--codecs", "jpeg420,avif", "--sweep", "jpeg420=30,70",
-                         "--json", str(out_json), "--quiet"], capsys)
+    rc, out, err = _run(
+        [
+            "eval",
+            str(small_dataset),
+            "--codecs",
+            "jpeg420,avif",
+            "--sweep",
+            "jpeg420=30,70",
+            "--json",
+            str(out_json),
+            "--quiet",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     assert "avif skipped: AVIF is not supported" in err
     doc = json.loads(out_json.read_text())

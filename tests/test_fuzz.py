@@ -5,6 +5,7 @@ The default run executes fixed-seed slices (derandomized hypothesis, the same ca
 run); the slow tests and benchmarks/fuzz.py run the large counts reported in
 docs/reliability.md. The harness and its oracle live in tests/fuzzing.py.
 """
+
 from __future__ import annotations
 
 import io
@@ -64,8 +65,16 @@ def _refactored(blob: bytes, zh: int, zw: int) -> bytes:
     from fuzzing import _set_field, fix_crc
 
     body = bytearray(blob[:-4])
-    for name, value in (("zH", zh), ("zW", zw), ("width", 64 * zw), ("height", 64 * zh), ("pad_left", 0),
-                        ("pad_right", 0), ("pad_top", 0), ("pad_bottom", 0)):
+    for name, value in (
+        ("zH", zh),
+        ("zW", zw),
+        ("width", 64 * zw),
+        ("height", 64 * zh),
+        ("pad_left", 0),
+        ("pad_right", 0),
+        ("pad_top", 0),
+        ("pad_bottom", 0),
+    ):
         _set_field(body, name, value)
     return fix_crc(bytes(body))
 
@@ -118,8 +127,12 @@ def test_image_fuzz_long():
 @pytest.fixture(scope="module")
 def app(kit_store):
     settings_ = load_settings(
-        model_store=str(kit_store), devices="cpu", max_pixels=ODD_MAX_PIXELS, max_body_bytes=2_000_000,
-        request_timeout_s=120, max_queue=16,
+        model_store=str(kit_store),
+        devices="cpu",
+        max_pixels=ODD_MAX_PIXELS,
+        max_body_bytes=2_000_000,
+        request_timeout_s=120,
+        max_queue=16,
     )
     app = create_app(settings_)
     app.state.pool.start()
@@ -147,7 +160,9 @@ def test_odd_images_through_the_api(app):
     """Every awkward image gets the answer tcm_serve.imageio predicts: 200 with the displayed
     size (EXIF orientation applied) and the right mode, or 400/413/415 with the error code."""
     names = sorted(ODD)
-    responses = _post_all(app, [("/compress", ODD[n].data, {"drop_alpha": str(ODD[n].drop_alpha).lower()}) for n in names])
+    responses = _post_all(
+        app, [("/compress", ODD[n].data, {"drop_alpha": str(ODD[n].drop_alpha).lower()}) for n in names]
+    )
     for name, r in zip(names, responses):
         case: OddImage = ODD[name]
         if isinstance(case.expect, type):
@@ -168,8 +183,13 @@ def test_odd_images_through_the_api(app):
         assert img.size == (w, h) and img.mode == ("L" if c == 1 else "RGB"), name
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(case=image_cases([c.data for c in ODD.values()]))
 def test_mutated_images_through_the_api_never_500(app, case):
     kind, data = case
@@ -209,8 +229,13 @@ def _schemathesis_run(app, examples: int) -> dict[str, int]:
             if mode == GenerationMode.NEGATIVE and op.method.upper() == "GET":
                 continue  # no parameters or bodies to get wrong
 
-            @hsettings(max_examples=examples, deadline=None, derandomize=True, database=None,
-                       suppress_health_check=list(HealthCheck))
+            @hsettings(
+                max_examples=examples,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
             @hgiven(case=op.as_strategy(generation_mode=mode))
             def run(case) -> None:
                 response = case.call(timeout=120)
@@ -224,8 +249,15 @@ def _schemathesis_run(app, examples: int) -> dict[str, int]:
 
 def test_schemathesis_openapi(app):
     counts = _schemathesis_run(app, examples=6)
-    assert set(counts) == {"POST /compress", "POST /decompress", "POST /compare", "GET /v1/models", "GET /healthz",
-                           "GET /readyz", "GET /metrics"}, counts
+    assert set(counts) == {
+        "POST /compress",
+        "POST /decompress",
+        "POST /compare",
+        "GET /v1/models",
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
+    }, counts
 
 
 @pytest.mark.slow

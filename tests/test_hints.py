@@ -1,4 +1,5 @@
 """The hints section of portable blobs (tcm_serve/codec/hints.py, spec in docs/format.md)."""
+
 from __future__ import annotations
 
 import numpy as np

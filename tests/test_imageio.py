@@ -2,6 +2,7 @@
 
 All images are generated in memory with Pillow (plus one optional real Kodak PNG).
 """
+
 from __future__ import annotations
 
 import io
@@ -49,13 +50,15 @@ def gray_array(h: int = 24, w: int = 32, seed: int = 1) -> np.ndarray:
 def smooth_rgb(h: int = 64, w: int = 48) -> np.ndarray:
     """A smooth image: lossy codecs reproduce it closely."""
     y, x = np.mgrid[0:h, 0:w]
-    return np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1),
-                     np.full_like(x, 128)], axis=-1).astype(np.uint8)
+    return np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), np.full_like(x, 128)], axis=-1).astype(
+        np.uint8
+    )
 
 
 def png_chunk(ctype: bytes, payload: bytes) -> bytes:
-    return (struct.pack(">I", len(payload)) + ctype + payload
-            + struct.pack(">I", zlib.crc32(ctype + payload) & 0xFFFFFFFF))
+    return (
+        struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", zlib.crc32(ctype + payload) & 0xFFFFFFFF)
+    )
 
 
 def png_header_only(width: int, height: int, *, complete: bool = False) -> bytes:
@@ -70,9 +73,12 @@ def png16_gray(values: np.ndarray) -> bytes:
     """A 16-bit grayscale PNG built by hand (independent of how Pillow writes I;16)."""
     h, w = values.shape
     raw = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(h))
-    return (b"\x89PNG\r\n\x1a\n"
-            + png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0))
-            + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0))
+        + png_chunk(b"IDAT", zlib.compress(raw))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def expected_16_to_8(v: int) -> int:
@@ -243,8 +249,7 @@ def test_rgba_refused_with_message():
         decode_image(data)
     assert type(info.value) is ImageError
     msg = str(info.value)
-    assert msg == ("image has an alpha channel (RGBA); pass drop_alpha=True "
-                   "(CLI: --drop-alpha) to discard it")
+    assert msg == ("image has an alpha channel (RGBA); pass drop_alpha=True (CLI: --drop-alpha) to discard it")
     assert "\n" not in msg
 
 
@@ -281,8 +286,9 @@ def test_colour_key_transparency_counts_as_alpha(mode, key):
 
 
 def test_16bit_png_gray_scaled_not_clipped():
-    values = np.array([[0, 1, 128, 129, 257, 32767, 32768], [385, 386, 65279, 65534, 65535, 1000, 50000]],
-                      dtype=np.uint16)
+    values = np.array(
+        [[0, 1, 128, 129, 257, 32767, 32768], [385, 386, 65279, 65534, 65535, 1000, 50000]], dtype=np.uint16
+    )
     out = decode_image(png16_gray(values))
     assert out.mode == "L" and out.pixels.shape == (2, 7, 1)
     got = out.pixels[:, :, 0]
@@ -355,9 +361,9 @@ def test_other_colour_spaces_in_tiff_become_rgb(mode):
 def quadrant_image(w: int = 40, h: int = 20) -> np.ndarray:
     arr = np.zeros((h, w, 3), np.uint8)
     arr[: h // 2, : w // 2] = (255, 0, 0)
-    arr[: h // 2, w // 2:] = (0, 255, 0)
-    arr[h // 2:, : w // 2] = (0, 0, 255)
-    arr[h // 2:, w // 2:] = (255, 255, 255)
+    arr[: h // 2, w // 2 :] = (0, 255, 0)
+    arr[h // 2 :, : w // 2] = (0, 0, 255)
+    arr[h // 2 :, w // 2 :] = (255, 255, 255)
     return arr
 
 
@@ -374,9 +380,9 @@ def test_jpeg_exif_orientation_6_rotates_clockwise():
     assert (out.width, out.height) == (20, 40)
     # Rotated 90 degrees clockwise: the top-left (red) quadrant moves to the top-right.
     px = out.pixels.astype(int)
-    assert np.abs(px[5, 15] - [255, 0, 0]).max() < 30    # top-right: red
-    assert np.abs(px[5, 5] - [0, 0, 255]).max() < 30     # top-left: blue
-    assert np.abs(px[35, 15] - [0, 255, 0]).max() < 30   # bottom-right: green
+    assert np.abs(px[5, 15] - [255, 0, 0]).max() < 30  # top-right: red
+    assert np.abs(px[5, 5] - [0, 0, 255]).max() < 30  # top-left: blue
+    assert np.abs(px[35, 15] - [0, 255, 0]).max() < 30  # bottom-right: green
     with Image.open(io.BytesIO(data)) as ref:
         expected = np.asarray(ImageOps.exif_transpose(ref))
     np.testing.assert_array_equal(out.pixels, expected)
@@ -455,9 +461,16 @@ def test_huge_png_header_refused_without_decoding(monkeypatch):
         decode_image(data)
 
 
-@pytest.mark.parametrize(("fmt", "kw"), [
-    ("JPEG", {}), ("BMP", {}), ("TIFF", {}), ("WEBP", {"lossless": True}), ("PNG", {}),
-])
+@pytest.mark.parametrize(
+    ("fmt", "kw"),
+    [
+        ("JPEG", {}),
+        ("BMP", {}),
+        ("TIFF", {}),
+        ("WEBP", {"lossless": True}),
+        ("PNG", {}),
+    ],
+)
 def test_pixel_limit_checked_before_pixels_are_loaded(fmt, kw, monkeypatch):
     from PIL import WebPImagePlugin
 
@@ -523,43 +536,57 @@ def test_empty():
         decode_image(b"")
 
 
-@pytest.mark.parametrize(("name", "data"), [
-    ("GIF", save(Image.new("RGB", (4, 4)), "GIF")),
-    ("ICO", save(Image.new("RGB", (16, 16)), "ICO")),
-    ("PDF", save(Image.new("RGB", (4, 4)), "PDF")),
-    ("PDF", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"),
-    ("PNM", save(Image.new("RGB", (4, 4)), "PPM")),
-    ("HEIF", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"),
-    ("SVG", b"<?xml version='1.0'?><svg xmlns='http://www.w3.org/2000/svg'/>"),
-])
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("GIF", save(Image.new("RGB", (4, 4)), "GIF")),
+        ("ICO", save(Image.new("RGB", (16, 16)), "ICO")),
+        ("PDF", save(Image.new("RGB", (4, 4)), "PDF")),
+        ("PDF", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"),
+        ("PNM", save(Image.new("RGB", (4, 4)), "PPM")),
+        ("HEIF", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"),
+        ("SVG", b"<?xml version='1.0'?><svg xmlns='http://www.w3.org/2000/svg'/>"),
+    ],
+)
 def test_known_other_formats_are_unsupported(name, data):
     with pytest.raises(UnsupportedImageFormatError, match=name) as info:
         decode_image(data)
     assert "supported formats: BMP, JPEG, PNG, TIFF, WEBP" in str(info.value)
 
 
-@pytest.mark.parametrize("data", [
-    bytes(np.random.default_rng(7).integers(0, 256, 1000, dtype=np.uint8)),
-    b"hello, world",
-    b"\x00",
-    b"\x00" * 4096,
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        bytes(np.random.default_rng(7).integers(0, 256, 1000, dtype=np.uint8)),
+        b"hello, world",
+        b"\x00",
+        b"\x00" * 4096,
+    ],
+)
 def test_unrecognised_bytes_are_plain_image_errors(data):
     with pytest.raises(ImageError, match="unrecognized image data") as info:
         decode_image(data)
     assert type(info.value) is ImageError
 
 
-@pytest.mark.parametrize(("fmt", "kw"), [
-    ("PNG", {}), ("JPEG", {}), ("JPEG", {"progressive": True}), ("BMP", {}),
-    ("TIFF", {}), ("TIFF", {"compression": "tiff_lzw"}), ("WEBP", {}), ("WEBP", {"lossless": True}),
-])
+@pytest.mark.parametrize(
+    ("fmt", "kw"),
+    [
+        ("PNG", {}),
+        ("JPEG", {}),
+        ("JPEG", {"progressive": True}),
+        ("BMP", {}),
+        ("TIFF", {}),
+        ("TIFF", {"compression": "tiff_lzw"}),
+        ("WEBP", {}),
+        ("WEBP", {"lossless": True}),
+    ],
+)
 def test_truncated_files_raise_image_error(fmt, kw):
     # 48 px * 3 bytes is a multiple of 4, so a BMP has no row padding: every cut loses pixels
     # (a BMP missing only the final row's padding bytes still decodes, by design).
     data = save(Image.fromarray(rgb_array(40, 48)), fmt, **kw)
-    for cut in sorted({1, 2, 8, 20, 40, len(data) // 4, len(data) // 2, len(data) - 13,
-                       len(data) - 2, len(data) - 1}):
+    for cut in sorted({1, 2, 8, 20, 40, len(data) // 4, len(data) // 2, len(data) - 13, len(data) - 2, len(data) - 1}):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with pytest.raises(ImageError) as info:
@@ -646,16 +673,19 @@ def test_encode_decoded_image_round_trip():
     np.testing.assert_array_equal(decode_image(encode_png(d.pixels)).pixels, d.pixels)
 
 
-@pytest.mark.parametrize("bad", [
-    np.zeros((4, 4), np.uint16),
-    np.zeros((4, 4, 3), np.float32),
-    np.zeros((4, 4, 4), np.uint8),
-    np.zeros((4, 4, 2), np.uint8),
-    np.zeros((4,), np.uint8),
-    np.zeros((2, 4, 4, 3), np.uint8),
-    np.zeros((0, 4, 3), np.uint8),
-    [[1, 2], [3, 4]],
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((4, 4), np.uint16),
+        np.zeros((4, 4, 3), np.float32),
+        np.zeros((4, 4, 4), np.uint8),
+        np.zeros((4, 4, 2), np.uint8),
+        np.zeros((4,), np.uint8),
+        np.zeros((2, 4, 4, 3), np.uint8),
+        np.zeros((0, 4, 3), np.uint8),
+        [[1, 2], [3, 4]],
+    ],
+)
 def test_encode_png_rejects_bad_input(bad):
     with pytest.raises(ValueError):
         encode_png(bad)
@@ -783,11 +813,11 @@ def mutations(draw, base: bytes) -> bytes:
         elif op == "xor":
             data[i] ^= 1 << draw(st.integers(0, 7))
         elif op == "delete":
-            del data[i: i + draw(st.integers(1, 16))]
+            del data[i : i + draw(st.integers(1, 16))]
         elif op == "insert":
             data[i:i] = draw(st.binary(min_size=1, max_size=8))
         else:
-            data[i:i] = data[i: i + draw(st.integers(1, 32))]
+            data[i:i] = data[i : i + draw(st.integers(1, 32))]
     return bytes(data)
 
 
@@ -804,8 +834,9 @@ def _decode_or_image_error(data: bytes) -> None:
     assert out.width * out.height <= 4096
 
 
-FUZZ_SETTINGS = settings(max_examples=2000, deadline=None,
-                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ_SETTINGS = settings(
+    max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 
 def fix_png_crcs(data: bytes) -> bytes:
@@ -814,11 +845,11 @@ def fix_png_crcs(data: bytes) -> bytes:
     out = bytearray(data)
     pos = 8
     while pos + 12 <= len(out):
-        length = struct.unpack(">I", out[pos:pos + 4])[0]
+        length = struct.unpack(">I", out[pos : pos + 4])[0]
         end = pos + 8 + length
         if end + 4 > len(out):
             break
-        out[end:end + 4] = struct.pack(">I", zlib.crc32(bytes(out[pos + 4:end])) & 0xFFFFFFFF)
+        out[end : end + 4] = struct.pack(">I", zlib.crc32(bytes(out[pos + 4 : end])) & 0xFFFFFFFF)
         pos = end + 4
     return bytes(out)
 
@@ -835,8 +866,7 @@ def test_fuzz_jpeg(data):
     _decode_or_image_error(data)
 
 
-@settings(max_examples=500, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.sampled_from(["WEBP", "BMP", "TIFF"]).flatmap(lambda f: mutations(FUZZ_BASES[f])))
 def test_fuzz_other_formats(data):
     _decode_or_image_error(data)
@@ -856,6 +886,7 @@ def test_all_failures_are_tcm_errors():
 
 # ------------------------------------------------------------------------------------
 # Shapes the codec cannot take within the limit (tcm_serve/codec/geometry.py)
+
 
 def test_thin_strips_are_refused_before_decoding():
     """A 40,000,000 x 1 PNG is within a 40 MP limit but pads to a 10-gigapixel tensor; a

@@ -1,4 +1,5 @@
 """Architecture layouts, configuration validation, and every form of official checkpoint."""
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,14 @@ def test_preset_layout_matches_official_manifest(name, manifest, params, conform
 
 def test_arch_json_example_from_issue_is_expressible():
     cfg = TCMConfig.from_dict(
-        {"N": 32, "M": 320, "config": [2, 2, 2, 2, 2, 2], "head_dim": [8, 16, 32, 32, 16, 8], "num_slices": 2, "max_support_slices": 5}
+        {
+            "N": 32,
+            "M": 320,
+            "config": [2, 2, 2, 2, 2, 2],
+            "head_dim": [8, 16, 32, 32, 16, 8],
+            "num_slices": 2,
+            "max_support_slices": 5,
+        }
     )
     assert cfg == PRESETS["conformance-small"]
     assert TCMConfig.from_dict(cfg.to_dict()) == cfg

@@ -11,6 +11,7 @@ The backend rule: a blob records which backend computed its entropy parameters; 
 decoded with that backend or refused, never silently wrong (the symbol checksum is the
 safety net underneath). Both directions are tested.
 """
+
 from __future__ import annotations
 
 import json
@@ -133,7 +134,9 @@ def test_tampered_graph_fails_verification(kit_store, onnx_dir, tmp_path):
 def test_cli_export_onnx_reports_up_to_date(kit_store, onnx_dir):
     out = subprocess.run(
         [sys.executable, "-m", "tcm_serve.cli.main", "export-onnx", "--store", str(kit_store), "--out", str(onnx_dir)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     assert f"q{KIT_QUALITY}: 8 graphs" in out.stdout and "up to date" in out.stdout
@@ -221,8 +224,21 @@ def test_cli_refuses_cross_backend_decode(kit_store, blobs, tmp_path):
     (tmp_path / "a.tcm").write_bytes(blobs["onnx"].blob)
     env = {k: v for k, v in os.environ.items() if k != "TCM_BACKEND"}
     bad = subprocess.run(
-        [sys.executable, "-m", "tcm_serve.cli.main", "decompress", str(tmp_path / "a.tcm"), "--store", str(kit_store),
-         "--backend", "torch"], capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "tcm_serve.cli.main",
+            "decompress",
+            str(tmp_path / "a.tcm"),
+            "--store",
+            str(kit_store),
+            "--backend",
+            "torch",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
     assert bad.stderr.startswith("tcm: error:") and "onnx-cpu" in bad.stderr
@@ -263,7 +279,11 @@ def test_service_settings_select_the_onnx_backend(kit_store, onnx_dir, blobs):
         exact = pool.submit_compress(img, KIT_QUALITY, deadline=_far(), bitstream="exact").future.result(120)
         assert unpack(exact.blob).header.backend == "onnx-cpu"
         # A torch-cpu blob is decoded too (the ONNX engine holds the exact path as well).
-        for blob, shape in ((comp.blob, (136, 200, 3)), (exact.blob, (136, 200, 3)), (blobs["torch"].blob, (200, 232, 3))):
+        for blob, shape in (
+            (comp.blob, (136, 200, 3)),
+            (exact.blob, (136, 200, 3)),
+            (blobs["torch"].blob, (200, 232, 3)),
+        ):
             dec = pool.submit_decompress(blob, unpack(blob).header, deadline=_far()).future.result(120)
             assert dec.pixels.shape == shape
     finally:

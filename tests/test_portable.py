@@ -11,6 +11,7 @@ What is proved here, on whatever CPU runs the suite (docs/codec.md, "Portable bi
 * version-1 (exact) blobs that do not decode with the current thread count are retried
   with the others, and a blob no setting decodes is reported as drift with what to do.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -296,8 +297,16 @@ def _blob_of(engine: Engine, coded) -> bytes:
 
     p = Geometry.for_image(140, 260).pad
     header = TcmHeader(
-        quality=KIT_QUALITY, config_hash=engine.cfg.config_hash(), weights_hash=bytes(8), width=260, height=140,
-        mode="RGB", pad=p, z_shape=(4, 6), backend=coded.backend, symbols_crc32=coded.symbols_crc32,
+        quality=KIT_QUALITY,
+        config_hash=engine.cfg.config_hash(),
+        weights_hash=bytes(8),
+        width=260,
+        height=140,
+        mode="RGB",
+        pad=p,
+        z_shape=(4, 6),
+        backend=coded.backend,
+        symbols_crc32=coded.symbols_crc32,
     )
     return pack(TcmFile(header, coded.z_string, coded.y_string, coded.hints))
 

@@ -1,4 +1,5 @@
 """The rANS coder: byte-exact against the conformance kit, round trips, hostile input."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -523,7 +524,11 @@ def test_truncated_streams_raise(real_streams, stream, cut, st_data):
 
 
 @settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(stream=st.integers(0, 3), flips=st.lists(st.integers(0, 10**7), min_size=1, max_size=8), extra=st.binary(max_size=12))
+@given(
+    stream=st.integers(0, 3),
+    flips=st.lists(st.integers(0, 10**7), min_size=1, max_size=8),
+    extra=st.binary(max_size=12),
+)
 def test_bit_flipped_streams_never_crash(real_streams, stream, flips, extra):
     data, indexes, table, symbols = real_streams[stream]
     buf = bytearray(data)

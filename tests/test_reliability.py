@@ -15,6 +15,7 @@
 
 Every loop is bounded; there are no timing assertions.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -70,8 +71,11 @@ def _metric(text: str, family: str, sample: str | None = None, **labels) -> floa
     fam = _families(text).get(family)
     if fam is None:
         return 0.0
-    return sum(s.value for s in fam.samples if (sample is None or s.name == sample)
-               and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        s.value
+        for s in fam.samples
+        if (sample is None or s.name == sample) and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def _wait(predicate, timeout: float = 60.0, what: str = "condition") -> None:
@@ -113,8 +117,16 @@ def png() -> bytes:
 
 @pytest.fixture(scope="module")
 def app(kit_store):
-    s = load_settings(model_store=str(kit_store), devices="cpu", max_batch_size=1, max_queue=4, max_body_bytes=MAX_BODY,
-                      max_pixels=400_000, request_timeout_s=120, shutdown_grace_s=10)
+    s = load_settings(
+        model_store=str(kit_store),
+        devices="cpu",
+        max_batch_size=1,
+        max_queue=4,
+        max_body_bytes=MAX_BODY,
+        max_pixels=400_000,
+        request_timeout_s=120,
+        shutdown_grace_s=10,
+    )
     app = create_app(s)
     app.state.pool.start()
     assert app.state.pool.wait_ready(180), app.state.pool.not_ready_reason()
@@ -171,13 +183,19 @@ def test_worker_killed_mid_batch_is_replaced(app, png, expected_blob, monkeypatc
         dying = await c.get("/readyz")
         replace_gate.set()
         await asyncio.to_thread(_wait, lambda: pool.workers[0] is not dead, 30, "replacement")
-        during = {"readyz": await c.get("/readyz"), "healthz": await c.get("/healthz"),
-                  "compress": await c.post("/compress", content=png)}
+        during = {
+            "readyz": await c.get("/readyz"),
+            "healthz": await c.get("/healthz"),
+            "compress": await c.post("/compress", content=png),
+        }
         reload_gate.set()
         r_queued = await queued
         await asyncio.to_thread(pool.wait_ready, 120)
-        after = {"readyz": await c.get("/readyz"), "compress": await c.post("/compress", content=png),
-                 "metrics": await c.get("/metrics")}
+        after = {
+            "readyz": await c.get("/readyz"),
+            "compress": await c.post("/compress", content=png),
+            "metrics": await c.get("/metrics"),
+        }
         return r_held, dying, during, r_queued, after
 
     async def main():
@@ -332,9 +350,27 @@ def test_tcm_serve_exits_3_when_the_pool_gives_up(kit_store, tmp_path):
         "sys.exit(main(sys.argv[1:]))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
-    r = subprocess.run([sys.executable, "-c", script, "serve", "--host", "127.0.0.1", "--port", str(free_port()),
-                        "--store", str(kit_store), "--devices", "cpu"],
-                       capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--store",
+            str(kit_store),
+            "--devices",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
     assert r.returncode == 3, r.stderr[-3000:]
     assert "exiting with status 3" in r.stderr and "injected load failure" in r.stderr, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
@@ -354,9 +390,20 @@ def _raw_asgi(app, path: str, headers: list[tuple[bytes, bytes]], timeout: float
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": headers,
-             "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
 
     async def main():
         with anyio.fail_after(timeout):
@@ -371,8 +418,9 @@ def _raw_asgi(app, path: str, headers: list[tuple[bytes, bytes]], timeout: float
 def test_refusals_happen_before_the_body_is_read(app, monkeypatch):
     """413 from Content-Length, and 429 for a full queue, are answered without reading a
     byte of the body (the receive channel is never awaited)."""
-    status, _, body, asked = _raw_asgi(app, "/compress", [(b"content-length", str(10**10).encode()),
-                                                          (b"content-type", b"image/png")])
+    status, _, body, asked = _raw_asgi(
+        app, "/compress", [(b"content-length", str(10**10).encode()), (b"content-type", b"image/png")]
+    )
     assert (status, body["error"], asked) == (413, "too_large", 0)
     monkeypatch.setattr(app.state.pool.batcher, "max_queue", 0)  # every slot taken
     for path in ("/compress", "/decompress"):
@@ -409,7 +457,9 @@ def test_a_request_past_its_deadline_is_never_started(app, png, monkeypatch):
     monkeypatch.setattr(app.state.settings, "request_timeout_s", 0.5)
     started = []
     real = worker_module.analyse_images
-    monkeypatch.setattr(worker_module, "analyse_images", lambda lm, imgs, *rest: (started.append(len(imgs)), real(lm, imgs, *rest))[1])
+    monkeypatch.setattr(
+        worker_module, "analyse_images", lambda lm, imgs, *rest: (started.append(len(imgs)), real(lm, imgs, *rest))[1]
+    )
 
     async def main():
         async with _client(app) as c:
@@ -450,8 +500,25 @@ def test_tcm_serve_refuses_a_corrupt_checkpoint_in_one_line(broken_store):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
-    r = subprocess.run([sys.executable, "-m", "tcm_serve.cli.main", "serve", "--store", str(root), "--devices", "cpu",
-                        "--port", str(port)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tcm_serve.cli.main",
+            "serve",
+            "--store",
+            str(root),
+            "--devices",
+            "cpu",
+            "--port",
+            str(port),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert r.returncode == 1, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tcm: error: "), r.stderr
@@ -523,12 +590,15 @@ def test_relabelled_backend_decodes_correctly_and_drift_is_refused(app, png, loc
     f = unpack(r.content)
     reference = decompress_blob(r.content, lambda h: local_model).pixels
     blobs = {b: pack(dataclasses.replace(f, header=dataclasses.replace(f.header, backend=b))) for b in BACKENDS}
-    drifted = pack(dataclasses.replace(f, header=dataclasses.replace(f.header, symbols_crc32=f.header.symbols_crc32 ^ 1)))
+    drifted = pack(
+        dataclasses.replace(f, header=dataclasses.replace(f.header, symbols_crc32=f.header.symbols_crc32 ^ 1))
+    )
 
     async def main():
         async with _client(app) as c:
-            return {b: await c.post("/decompress", content=blob) for b, blob in blobs.items()}, \
-                await c.post("/decompress", content=drifted)
+            return {b: await c.post("/decompress", content=blob) for b, blob in blobs.items()}, await c.post(
+                "/decompress", content=drifted
+            )
 
     relabelled, drift = anyio.run(main)
     for backend, r in relabelled.items():
@@ -536,14 +606,23 @@ def test_relabelled_backend_decodes_correctly_and_drift_is_refused(app, png, loc
             assert r.json()["error"] == "backend_mismatch" and backend != f.header.backend, (backend, r.text)
             continue
         assert r.status_code == 200, (backend, r.text)
-        assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))).reshape(reference.shape), reference), backend
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))).reshape(reference.shape), reference), (
+            backend
+        )
     assert relabelled[f.header.backend].status_code == 200
     assert drift.status_code == 400 and drift.json()["error"] == "entropy_parameter_drift"
 
 
 #: The networks that compute the entropy parameters (what a decoder recomputes).
-ENTROPY_PATH = ("h_mean_s", "h_scale_s", "atten_mean", "atten_scale", "cc_mean_transforms", "cc_scale_transforms",
-                "lrp_transforms")
+ENTROPY_PATH = (
+    "h_mean_s",
+    "h_scale_s",
+    "atten_mean",
+    "atten_scale",
+    "cc_mean_transforms",
+    "cc_scale_transforms",
+    "lrp_transforms",
+)
 
 
 @pytest.mark.parametrize(("scale", "outcome"), [(1e-6, "decoded"), (1e-4, None), (1e-2, "refused")])
@@ -579,7 +658,6 @@ def test_decoder_with_drifted_entropy_parameters_never_returns_a_wrong_image(
     assert diff.max() <= 2, f"decoded with drift {scale} but pixels differ by up to {diff.max()}"
 
 
-
 # -- a real `tcm serve` on 127.0.0.1: limits on the wire, overload, integrity, SIGTERM --------------------------------
 SERVER_QUEUE = 3
 #: The real-server tests start a `tcm serve` process (tens of seconds on a busy 2-core
@@ -591,8 +669,18 @@ real_server = pytest.mark.slow
 def server(kit_store, tmp_path_factory):
     from test_server import Server
 
-    srv = Server(kit_store, tmp_path_factory.mktemp("reliability") / "serve.log", "--max-batch-size", "1",
-                 "--max-queue", str(SERVER_QUEUE), "--max-body-bytes", str(MAX_BODY), "--shutdown-grace-s", "60")
+    srv = Server(
+        kit_store,
+        tmp_path_factory.mktemp("reliability") / "serve.log",
+        "--max-batch-size",
+        "1",
+        "--max-queue",
+        str(SERVER_QUEUE),
+        "--max-body-bytes",
+        str(MAX_BODY),
+        "--shutdown-grace-s",
+        "60",
+    )
     try:
         srv.wait_ready()
         yield srv
@@ -625,7 +713,7 @@ def _http_exchange(port: int, head: bytes, chunks, limit_s: float = 60.0) -> tup
 def test_body_limits_on_the_wire(server):
     """A declared 10 GB body is refused at once (the body is never sent); a chunked body
     is refused while streaming, long before the 20 MB the client would send."""
-    head = (b"POST /compress HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 10000000000\r\n\r\n")
+    head = b"POST /compress HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 10000000000\r\n\r\n"
     assert _http_exchange(server.port, head, []) == (413, 0)
     head = b"POST /decompress HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     piece = b"%x\r\n" % 65536 + bytes(65536) + b"\r\n"
@@ -709,9 +797,26 @@ def test_blobs_decode_identically_through_api_client_and_cli_under_load(server, 
     for k, b in blobs.items():
         (tmp_path / "in" / f"{k}.tcm").write_bytes(b)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
-    r = subprocess.run([sys.executable, "-m", "tcm_serve.cli.main", "decompress", str(tmp_path / "in"), "-o",
-                        str(tmp_path / "out"), "--store", str(kit_store), "--device", "cpu"],
-                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tcm_serve.cli.main",
+            "decompress",
+            str(tmp_path / "in"),
+            "-o",
+            str(tmp_path / "out"),
+            "--store",
+            str(kit_store),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
 
     def pixels(png_bytes: bytes) -> tuple[str, np.ndarray]:

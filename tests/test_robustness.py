@@ -1,5 +1,6 @@
 """Mutated and truncated real blobs: always a clean TcmError (one line in the CLI), never
 a crash, hang, or silently wrong image."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -124,7 +125,9 @@ def test_huge_claimed_size_refused_before_decoding(codec):
 
     w = h = 60000
     p = Geometry.for_image(h, w).pad
-    big = dataclasses.replace(f.header, width=w, height=h, pad=p, z_shape=((h + p[2] + p[3]) // 64, (w + p[0] + p[1]) // 64))
+    big = dataclasses.replace(
+        f.header, width=w, height=h, pad=p, z_shape=((h + p[2] + p[3]) // 64, (w + p[0] + p[1]) // 64)
+    )
     with pytest.raises(TcmError, match="over the limit"):
         decompress_blob(pack(dataclasses.replace(f, header=big)), resolve)
     assert asked == []

@@ -1,5 +1,6 @@
 """A real ``tcm serve`` process on 127.0.0.1: readiness, round trips, concurrency, the remote
 CLI, and graceful shutdown on SIGTERM. Loopback only; every loop is bounded."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,14 @@ from servers import START_TIMEOUT_S, Server, free_port
 @pytest.fixture(scope="module")
 def server(service_store, tmp_path_factory):
     srv = Server(
-        service_store, tmp_path_factory.mktemp("server") / "serve.log",
-        "--max-batch-size", "4", "--max-batch-delay-ms", "20", "--coder-threads", "2",
+        service_store,
+        tmp_path_factory.mktemp("server") / "serve.log",
+        "--max-batch-size",
+        "4",
+        "--max-batch-delay-ms",
+        "20",
+        "--coder-threads",
+        "2",
     )
     try:
         healthz_before_ready = None
@@ -97,14 +104,18 @@ def test_parallel_mixed_requests_equal_sequential(server, service_images):
         results = list(ex.map(one, work))
     for (kind, n, q), got in zip(work, results):
         assert got == (blobs[(n, q)] if kind == "c" else pngs[(n, q)]), (kind, n, q)
+
     # every request was counted (whether any were batched depends on arrival timing, so the
     # batch-size histogram is only checked for presence; test_batching covers batching)
     # (the middleware counts a request after its last byte is sent: poll, bounded)
     def counted() -> float:
         fams = {f.name: f for f in text_string_to_metric_families(httpx.get(server.url + "/metrics").text)}
         assert fams["tcm_batch_size"].type == "histogram"
-        return sum(s.value for s in fams["tcm_requests"].samples
-                   if s.name == "tcm_requests_total" and s.labels["endpoint"] in ("/compress", "/decompress"))
+        return sum(
+            s.value
+            for s in fams["tcm_requests"].samples
+            if s.name == "tcm_requests_total" and s.labels["endpoint"] in ("/compress", "/decompress")
+        )
 
     deadline = time.monotonic() + 10
     while counted() < len(work) and time.monotonic() < deadline:
@@ -117,25 +128,38 @@ def test_remote_cli_mirrors_local(server, service_images, tmp_path):
     src.write_bytes(service_images["rgb200x136"])
     cmd = [sys.executable, "-m", "tcm_serve.cli.main", "remote"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
-    r = subprocess.run(cmd + ["compress", "--url", server.url, str(src), "-q", "2"], capture_output=True, text=True,
-                       env=env, timeout=120)
+    r = subprocess.run(
+        cmd + ["compress", "--url", server.url, str(src), "-q", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     blob = (tmp_path / "a.tcm").read_bytes()
     assert unpack(blob).header.quality == 2
-    r = subprocess.run(cmd + ["decompress", "--url", server.url, str(tmp_path / "a.tcm"), "-o", str(tmp_path / "b.png")],
-                       capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        cmd + ["decompress", "--url", server.url, str(tmp_path / "a.tcm"), "-o", str(tmp_path / "b.png")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "b.png").read_bytes().startswith(b"\x89PNG")
     bad = tmp_path / "bad.tcm"
     bad.write_bytes(b"junk")
-    r = subprocess.run(cmd + ["decompress", "--url", server.url, str(bad)], capture_output=True, text=True,
-                       env=env, timeout=120)
+    r = subprocess.run(
+        cmd + ["decompress", "--url", server.url, str(bad)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert r.returncode == 1 and r.stderr.startswith("tcm: error: ") and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_one_json_log_line_per_request(server, service_images):
     rid = f"log-line-test-{os.getpid()}"
-    r = httpx.post(server.url + "/compress", content=service_images["gray64"], headers={"x-request-id": rid}, timeout=120)
+    r = httpx.post(
+        server.url + "/compress", content=service_images["gray64"], headers={"x-request-id": rid}, timeout=120
+    )
     assert r.status_code == 200 and r.headers["x-request-id"] == rid
     # the line is written once the response is sent: poll the log, bounded
     deadline = time.monotonic() + 10

@@ -11,6 +11,7 @@ cumulative entry then differs by as many counts as there are steps before it). T
 model and never rebuilt at load (tcm_serve/store.py), and why bitstreams are compared with
 the kit's tables loaded (tests/helpers.py: kit_tables).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,9 +34,9 @@ def ref(conformance_dir):
 @pytest.fixture(scope="module")
 def eb_params(conformance_dir):
     """EntropyBottleneck parameters of the kit checkpoint (loaded once: 74 MB)."""
-    sd = torch.load(
-        conformance_dir / "tcm-small-conformance.pth.tar", map_location="cpu", weights_only=True
-    )["state_dict"]
+    sd = torch.load(conformance_dir / "tcm-small-conformance.pth.tar", map_location="cpu", weights_only=True)[
+        "state_dict"
+    ]
     return {
         "quantiles": sd[EB + "quantiles"],
         "matrices": [sd[f"{EB}_matrix{i}"] for i in range(5)],
@@ -134,7 +135,9 @@ def test_bottleneck_table_accepts_parameters_with_grad(eb_table, eb_params):
 
 def test_bottleneck_table_rejects_bad_quantiles(eb_params):
     with pytest.raises(ValueError):
-        bottleneck_table(eb_params["quantiles"][:, 0, :], eb_params["matrices"], eb_params["biases"], eb_params["factors"])
+        bottleneck_table(
+            eb_params["quantiles"][:, 0, :], eb_params["matrices"], eb_params["biases"], eb_params["factors"]
+        )
     q = eb_params["quantiles"].clone()
     q[3, 0, 2] = float("inf")
     with pytest.raises(ValueError):
@@ -188,8 +191,7 @@ def test_build_indexes_reproduces_kit_y_indexes(conformance_dir):
     for name in ("coffee-136x200", "coffee-140x260"):
         ci = np.load(conformance_dir / "vectors" / name / "compress_internals.npz")
         parts = [
-            build_indexes(torch.from_numpy(ci[f"compress_scale_slice{i}"]), table).numpy().reshape(-1)
-            for i in range(2)
+            build_indexes(torch.from_numpy(ci[f"compress_scale_slice{i}"]), table).numpy().reshape(-1) for i in range(2)
         ]
         np.testing.assert_array_equal(np.concatenate(parts), ci["y_indexes"])
 

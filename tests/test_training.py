@@ -1,4 +1,5 @@
 """tcm train: exact resume, data guards, the lite preset, and train -> import -> code."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,9 @@ def photo_dir(tmp_path_factory) -> Path:
 
 
 def tiny_config(photo_dir: Path, steps: int) -> TrainConfig:
-    return TrainConfig(arch=preset("lite").to_dict(), lmbda=0.013, data=[str(photo_dir)], steps=steps, batch_size=1, seed=7)
+    return TrainConfig(
+        arch=preset("lite").to_dict(), lmbda=0.013, data=[str(photo_dir)], steps=steps, batch_size=1, seed=7
+    )
 
 
 def test_lite_preset_keeps_official_identities_and_is_small():
@@ -167,20 +170,54 @@ def test_train_import_half_and_code(photo_dir, tmp_path):
     come along), then a Kodak crop round-trips through compress/decompress."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "tcm_serve.cli.main"]
-    r = subprocess.run(cmd + ["train", str(photo_dir), "--out", str(run), "--lambda", "0.02", "--steps", "2",
-                              "--batch-size", "1", "--threads", "1", "--val", str(SHARED / "data" / "kodak"), "--val-count", "1",
-                              "--val-every", "1"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        cmd
+        + [
+            "train",
+            str(photo_dir),
+            "--out",
+            str(run),
+            "--lambda",
+            "0.02",
+            "--steps",
+            "2",
+            "--batch-size",
+            "1",
+            "--threads",
+            "1",
+            "--val",
+            str(SHARED / "data" / "kodak"),
+            "--val-count",
+            "1",
+            "--val-every",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert (run / CHECKPOINT).is_file()
     # The run's curve: lambda read from its checkpoint, one row per validation, and a plot.
-    r = subprocess.run(cmd + ["train-curve", str(run), "--plot", str(tmp_path / "curve.png")],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        cmd + ["train-curve", str(run), "--plot", str(tmp_path / "curve.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
-    assert "RD cost (lambda 0.02)" in r.stdout and [ln.split("|")[1].strip() for ln in r.stdout.splitlines()[2:4]] == ["1", "2"]
+    assert "RD cost (lambda 0.02)" in r.stdout and [ln.split("|")[1].strip() for ln in r.stdout.splitlines()[2:4]] == [
+        "1",
+        "2",
+    ]
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     store = tmp_path / "store"
-    r = subprocess.run(cmd + ["models", "import", str(run / CHECKPOINT), "-q", "2", "--half", "--store", str(store)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        cmd + ["models", "import", str(run / CHECKPOINT), "-q", "2", "--half", "--store", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     entry = ModelStore(store).entry(2)
     assert entry.preset == "lite" and entry.lmbda == 0.02
@@ -200,11 +237,19 @@ def test_train_import_half_and_code(photo_dir, tmp_path):
 
     img = Image.open(SHARED / "data" / "kodak" / "kodim01.png").crop((0, 0, 200, 136))
     img.save(tmp_path / "crop.png")
-    r = subprocess.run(cmd + ["compress", str(tmp_path / "crop.png"), "-o", str(tmp_path / "c.tcm"), "--store", str(store)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        cmd + ["compress", str(tmp_path / "crop.png"), "-o", str(tmp_path / "c.tcm"), "--store", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
-    r = subprocess.run(cmd + ["decompress", str(tmp_path / "c.tcm"), "-o", str(tmp_path / "c.png"), "--store", str(store)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        cmd + ["decompress", str(tmp_path / "c.tcm"), "-o", str(tmp_path / "c.png"), "--store", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "c.png").size == (200, 136)
 
@@ -213,9 +258,15 @@ def test_train_cli_errors_are_one_line(photo_dir, tmp_path):
     cmd = [sys.executable, "-m", "tcm_serve.cli.main", "train"]
     for args, needle in [
         ([str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--lambda", "0.01", "--steps", "1"], "not found"),
-        ([str(photo_dir), "--out", str(tmp_path / "o"), "--lambda", "0.01", "--steps", "1", "--crop", "128"], "at least 256"),
+        (
+            [str(photo_dir), "--out", str(tmp_path / "o"), "--lambda", "0.01", "--steps", "1", "--crop", "128"],
+            "at least 256",
+        ),
         ([str(photo_dir), "--out", str(tmp_path / "o"), "--lambda", "-1", "--steps", "1"], "lambda"),
-        ([str(photo_dir), "--out", str(tmp_path / "o"), "--lambda", "0.01", "--steps", "1", "--preset", "nope"], "unknown preset"),
+        (
+            [str(photo_dir), "--out", str(tmp_path / "o"), "--lambda", "0.01", "--steps", "1", "--preset", "nope"],
+            "unknown preset",
+        ),
     ]:
         r = subprocess.run(cmd + args, capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and needle in r.stderr, (args, r.stderr)
@@ -225,16 +276,28 @@ def test_train_cli_errors_are_one_line(photo_dir, tmp_path):
         ("junk", lambda p: p.write_bytes(b"not a checkpoint"), "(UnpicklingError)"),
         ("empty", lambda p: p.write_bytes(b""), "is not a tcm train checkpoint"),
         ("weights", lambda p: torch.save({"state_dict": {}}, p), "(no aux_optimizer, optimizer, rng, step, training)"),
-        ("record", lambda p: torch.save({k: {"bogus": 1} for k in ("state_dict", "optimizer", "aux_optimizer", "step",
-                                                                    "rng", "training")}, p), "training record"),
+        (
+            "record",
+            lambda p: torch.save(
+                {k: {"bogus": 1} for k in ("state_dict", "optimizer", "aux_optimizer", "step", "rng", "training")}, p
+            ),
+            "training record",
+        ),
     ]:
         out = tmp_path / name
         out.mkdir()
         write(out / CHECKPOINT)
         before = (out / CHECKPOINT).read_bytes()
-        r = subprocess.run(cmd + [str(photo_dir), "--out", str(out), "--lambda", "0.01", "--steps", "1"],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode != 0 and needle in r.stderr and "is not a tcm train checkpoint" in r.stderr, (name, r.stderr)
+        r = subprocess.run(
+            cmd + [str(photo_dir), "--out", str(out), "--lambda", "0.01", "--steps", "1"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode != 0 and needle in r.stderr and "is not a tcm train checkpoint" in r.stderr, (
+            name,
+            r.stderr,
+        )
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
         assert (out / CHECKPOINT).read_bytes() == before
 
@@ -275,8 +338,10 @@ def test_training_curve_chains_runs_that_continue_each_other(tmp_path):
     A's last step; one lambda for the whole curve, or a one-line error."""
     from tcm_serve.training import curve
 
-    first = ([curve.TrainPoint(10, 5.0, 0.5, 24.0, 1.0), curve.TrainPoint(2018, 4.0, 0.4, 24.5, 1.0)],
-             [curve.ValPoint(2000, 0.38, 24.5, 4)])
+    first = (
+        [curve.TrainPoint(10, 5.0, 0.5, 24.0, 1.0), curve.TrainPoint(2018, 4.0, 0.4, 24.5, 1.0)],
+        [curve.ValPoint(2000, 0.38, 24.5, 4)],
+    )
     second = ([curve.TrainPoint(10, 3.9, 0.4, 24.9, 1.0)], [curve.ValPoint(250, 0.37, 24.9, 4)])
     train, val = curve.chain([first, second])
     assert [t.step for t in train] == [10, 2018, 2028] and [v.step for v in val] == [2000, 2268]
@@ -286,9 +351,11 @@ def test_training_curve_chains_runs_that_continue_each_other(tmp_path):
     assert [t.step for t in train] == [10, 2018, 2031] and [v.step for v in val] == [2000, 2271]
 
     cmd = [sys.executable, "-m", "tcm_serve.cli.main", "train-curve"]
-    for name, lmbda, recs in [("a", 0.013, [{"step": 100, "val": {"bpp": 0.4, "psnr": 24.0, "images": 4}}]),
-                              ("b", 0.013, [{"step": 50, "val": {"bpp": 0.4, "psnr": 25.0, "images": 4}}]),
-                              ("c", 0.08, [{"step": 50, "val": {"bpp": 0.8, "psnr": 26.0, "images": 4}}])]:
+    for name, lmbda, recs in [
+        ("a", 0.013, [{"step": 100, "val": {"bpp": 0.4, "psnr": 24.0, "images": 4}}]),
+        ("b", 0.013, [{"step": 50, "val": {"bpp": 0.4, "psnr": 25.0, "images": 4}}]),
+        ("c", 0.08, [{"step": 50, "val": {"bpp": 0.8, "psnr": 26.0, "images": 4}}]),
+    ]:
         run = tmp_path / name
         run.mkdir()
         (run / "train.log").write_text("".join(json.dumps(r) + "\n" for r in recs))

@@ -8,6 +8,7 @@ store (the lite models), so the comparison is between real codecs on a real Koda
 ``TCM_UPDATE_SCREENSHOTS=1`` also writes the comparison screenshot to docs/img/ (the one
 the README shows).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,22 +43,32 @@ except ImportError:  # pragma: no cover - the test extra installs it
 if CHROMIUM is None or sync_playwright is None:
     pytest.skip(
         "browser tests need Chromium and Playwright: apt-get install chromium, pip install playwright "
-        "(.ci/run installs the browser)", allow_module_level=True,
+        "(.ci/run installs the browser)",
+        allow_module_level=True,
     )
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "docs" / "img" / "web-compare.png"
 #: Chromium flags for a closed network: no background connections, no component updates.
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 WAIT_MS = 180_000
 
 
 @pytest.fixture(scope="module")
 def web_server(tmp_path_factory):
     """The bundled store at q2 and q4, images up to 500,000 pixels (a Kodak photo is 393,216)."""
-    srv = Server(DEFAULT_STORE, tmp_path_factory.mktemp("web") / "serve.log", "--qualities", "2,4",
-                 "--max-pixels", "500000")
+    srv = Server(
+        DEFAULT_STORE, tmp_path_factory.mktemp("web") / "serve.log", "--qualities", "2,4", "--max-pixels", "500000"
+    )
     try:
         srv.wait_ready()
         yield srv
@@ -89,8 +100,10 @@ def page(browser, web_server):
 
 
 def _rows(page) -> dict[str, int]:
-    return {tr.get_attribute("data-codec"): int(tr.get_attribute("data-bytes"))
-            for tr in page.query_selector_all("#stats tbody tr")}
+    return {
+        tr.get_attribute("data-codec"): int(tr.get_attribute("data-bytes"))
+        for tr in page.query_selector_all("#stats tbody tr")
+    }
 
 
 def _download_size(page, selector: str) -> int:
@@ -117,7 +130,9 @@ def test_compare_a_kodak_photo(page, web_server, kodak_dir, tmp_path):
     for name in ("jpeg420", "webp"):
         assert abs(rows[name] - blob_size) <= 0.03 * blob_size, (name, rows)
     assert page.inner_text("#stats tbody tr.tcm td:nth-child(2)") == f"{blob_size:,} B"
-    size = page.evaluate("[document.getElementById('img-right').naturalWidth, document.getElementById('img-right').naturalHeight]")
+    size = page.evaluate(
+        "[document.getElementById('img-right').naturalWidth, document.getElementById('img-right').naturalHeight]"
+    )
     assert size == [768, 512]
 
     # the wipe slider moves the boundary between the two images
@@ -140,7 +155,9 @@ def test_compare_a_kodak_photo(page, web_server, kodak_dir, tmp_path):
     page.click("#actual")
     assert page.eval_on_selector("#img-left", "i => i.getBoundingClientRect().width") == pytest.approx(768, abs=1)
     page.eval_on_selector("#frame", "f => { f.scrollLeft = 200; }")
-    lefts = page.evaluate("['img-left', 'img-right'].map(id => document.getElementById(id).getBoundingClientRect().left)")
+    lefts = page.evaluate(
+        "['img-left', 'img-right'].map(id => document.getElementById(id).getBoundingClientRect().left)"
+    )
     assert lefts[0] == lefts[1]
     page.click("#fit")
     page.screenshot(path=str(tmp_path / "web-compare.png"), full_page=True)
@@ -184,14 +201,25 @@ def test_errors_show_the_apis_message(page, web_server, tmp_path):
 
 def test_a_busy_or_starting_service_is_shown_not_broken(page):
     """A full queue (429) and a service that is not ready (503) show the API's message."""
-    page.route("**/compare*", lambda route: route.fulfill(
-        status=429, content_type="application/json", headers={"Retry-After": "3"},
-        body=json.dumps({"error": "queue_full", "detail": "queue full (8 waiting): retry in 3 s"})))
+    page.route(
+        "**/compare*",
+        lambda route: route.fulfill(
+            status=429,
+            content_type="application/json",
+            headers={"Retry-After": "3"},
+            body=json.dumps({"error": "queue_full", "detail": "queue full (8 waiting): retry in 3 s"}),
+        ),
+    )
     page.set_input_files("#file", files=[{"name": "a.png", "mimeType": "image/png", "buffer": b"\x89PNG"}])
     page.wait_for_function("document.getElementById('error').textContent === 'queue full (8 waiting): retry in 3 s'")
-    page.route("**/readyz", lambda route: route.fulfill(
-        status=503, content_type="application/json",
-        body=json.dumps({"error": "not_ready", "detail": "warming model q4 on cpu (1/2 models ready)"})))
+    page.route(
+        "**/readyz",
+        lambda route: route.fulfill(
+            status=503,
+            content_type="application/json",
+            body=json.dumps({"error": "not_ready", "detail": "warming model q4 on cpu (1/2 models ready)"}),
+        ),
+    )
     page.reload()
     page.wait_for_selector("#status.down", timeout=WAIT_MS)
     assert page.inner_text("#status") == "warming model q4 on cpu (1/2 models ready)"
@@ -231,8 +259,14 @@ def test_a_service_with_api_keys_asks_for_one(browser, tmp_path_factory, kodak_d
     key = "k" * 24 + "-page-test"
     keys = tmp_path_factory.mktemp("keys") / "api-keys"
     keys.write_text(key + "\n")
-    srv = Server(DEFAULT_STORE, tmp_path_factory.mktemp("web-keys") / "serve.log", "--qualities", "2",
-                 "--api-keys-file", str(keys))
+    srv = Server(
+        DEFAULT_STORE,
+        tmp_path_factory.mktemp("web-keys") / "serve.log",
+        "--qualities",
+        "2",
+        "--api-keys-file",
+        str(keys),
+    )
     try:
         srv.wait_ready()
         context = browser.new_context(viewport={"width": 1280, "height": 1000})

@@ -4,6 +4,7 @@
 :mod:`tcm_serve.api.exceptions` (the HTTP-level errors the Python client maps answers to)
 imports without them: ``import tcm_serve.client`` needs httpx only.
 """
+
 from __future__ import annotations
 
 from importlib import import_module

@@ -24,6 +24,7 @@ State lives on ``app.state`` (:class:`~tcm_serve.api.state.ApiState`): ``setting
 the pool (models load in the background, so probes answer at once) and, on shutdown,
 drains it within ``shutdown_grace_s``.
 """
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator

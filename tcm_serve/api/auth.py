@@ -10,6 +10,7 @@ Keys are compared in constant time, and against every key, so neither the timing
 comparison nor which key matched leaks. Paths in ``open_paths`` (by default the probes and
 ``/metrics``) and the page's and documentation's assets need no key.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -41,7 +42,9 @@ def _read_keys(path: Path) -> tuple[bytes, ...]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read the API keys file {path}: {exc.strerror or exc}") from None
-    keys = tuple(line.strip().encode() for line in text.splitlines() if line.strip() and not line.strip().startswith("#"))
+    keys = tuple(
+        line.strip().encode() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")
+    )
     if not keys:
         raise ConfigError(f"the API keys file {path} holds no key (one per line)")
     short = [k for k in keys if len(k) < MIN_KEY_LENGTH]

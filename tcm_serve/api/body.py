@@ -5,6 +5,7 @@ The codec routes take their input either as the raw body or as the multipart fie
 ``file`` (what an HTML form or ``curl -F`` sends); every way the reading fails is a
 :class:`~tcm_serve.errors.TcmError` (400, 408, 413, 415, 422 or 499), never a 500.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -7,6 +7,7 @@ can display itself), and per codec its size, bpp, compression ratio, PSNR and MS
 against the original. Runs on an image-I/O thread; the equal-size search checks the request
 deadline between encodes.
 """
+
 from __future__ import annotations
 
 import base64
@@ -25,7 +26,11 @@ from ..imageio import DecodedImage, encode_png
 _NUMBER = {"type": "number"}
 _MAYBE_NUMBER = {"type": ["number", "null"]}
 _CODEC_FIELDS = {
-    "bytes": {"type": "integer"}, "bpp": _NUMBER, "ratio": _NUMBER, "psnr": _NUMBER, "ms_ssim": _MAYBE_NUMBER,
+    "bytes": {"type": "integer"},
+    "bpp": _NUMBER,
+    "ratio": _NUMBER,
+    "psnr": _NUMBER,
+    "ms_ssim": _MAYBE_NUMBER,
     "png_base64": {"type": "string"},
 }
 #: OpenAPI schema of the answer (docs/service.md describes the fields).
@@ -38,14 +43,31 @@ COMPARE_SCHEMA: dict[str, Any] = {
         "height": {"type": "integer"},
         "mode": {"type": "string", "enum": ["L", "RGB"]},
         "original_png_base64": {"type": "string"},
-        "tcm": {"type": "object", "required": [*_CODEC_FIELDS, "blob_base64", "format_version", "compress_seconds",
-                                               "decompress_seconds"],
-                "properties": {**_CODEC_FIELDS, "blob_base64": {"type": "string"}, "format_version": {"type": "integer"},
-                               "compress_seconds": _NUMBER, "decompress_seconds": _NUMBER}},
-        "codecs": {"type": "array", "items": {
-            "type": "object", "required": ["name", "label", "quality", "reachable", *_CODEC_FIELDS],
-            "properties": {"name": {"type": "string"}, "label": {"type": "string"}, "quality": _NUMBER,
-                           "reachable": {"type": "boolean"}, **_CODEC_FIELDS}}},
+        "tcm": {
+            "type": "object",
+            "required": [*_CODEC_FIELDS, "blob_base64", "format_version", "compress_seconds", "decompress_seconds"],
+            "properties": {
+                **_CODEC_FIELDS,
+                "blob_base64": {"type": "string"},
+                "format_version": {"type": "integer"},
+                "compress_seconds": _NUMBER,
+                "decompress_seconds": _NUMBER,
+            },
+        },
+        "codecs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "label", "quality", "reachable", *_CODEC_FIELDS],
+                "properties": {
+                    "name": {"type": "string"},
+                    "label": {"type": "string"},
+                    "quality": _NUMBER,
+                    "reachable": {"type": "boolean"},
+                    **_CODEC_FIELDS,
+                },
+            },
+        },
         "unavailable": {"type": "object", "additionalProperties": {"type": "string"}},
     },
 }
@@ -104,8 +126,13 @@ def comparison_report(result: CodedResult, check_time: Callable[[], None]) -> di
             "decompress_seconds": result.decompress_seconds,
         },
         "codecs": [
-            {"name": c.name, "label": c.label, "quality": c.quality, "reachable": c.reachable,
-             **_scores(original, c.pixels, len(c.data), check_time)}
+            {
+                "name": c.name,
+                "label": c.label,
+                "quality": c.quality,
+                "reachable": c.reachable,
+                **_scores(original, c.pixels, len(c.data), check_time),
+            }
             for c in classics
         ],
         "unavailable": unavailable,

@@ -5,6 +5,7 @@ its nearest listed base class (so a new ``ImageError`` subclass is a 400, never 
 Anything that is not a :class:`~tcm_serve.errors.TcmError` is a bug: 500 ``internal``, logged
 with its traceback, and its message is not shown to the client.
 """
+
 from __future__ import annotations
 
 import logging

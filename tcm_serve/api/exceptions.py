@@ -6,6 +6,7 @@ module imports neither FastAPI nor torch: the Python client (:mod:`tcm_serve.cli
 error codes to these classes and needs httpx only. Their HTTP status is decided in one
 table, :data:`tcm_serve.api.errors.STATUS`.
 """
+
 from __future__ import annotations
 
 from ..runtime.errors import ServiceError

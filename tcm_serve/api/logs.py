@@ -5,6 +5,7 @@ The access line (logger ``tcm.access``) carries the request id (the client's
 status, body bytes in and out, total time and the time of each stage in milliseconds,
 plus quality, batch size and the error code where there is one.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,20 @@ from .metrics import Metrics
 access_log = logging.getLogger("tcm.access")
 
 #: Routes with their own metric label; any other path counts as "other" (bounded cardinality).
-ROUTES = frozenset({
-    "/compress", "/decompress", "/compare", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/",
-})
+ROUTES = frozenset(
+    {
+        "/compress",
+        "/decompress",
+        "/compare",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/docs",
+        "/openapi.json",
+        "/",
+    }
+)
 CODEC_ROUTES = frozenset({"/compress", "/decompress", "/compare"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -146,4 +158,8 @@ class RequestContextMiddleware:
                     "batch_size": ctx.batch_size,
                     "error": ctx.error,
                 }
-                access_log.log(logging.DEBUG if quiet else logging.INFO, "request", extra={"fields": {k: v for k, v in fields.items() if v is not None}})
+                access_log.log(
+                    logging.DEBUG if quiet else logging.INFO,
+                    "request",
+                    extra={"fields": {k: v for k, v in fields.items() if v is not None}},
+                )

@@ -16,6 +16,7 @@ Names follow Prometheus conventions (seconds, bytes, ``_total``)::
     tcm_worker_restarts_total{device}             counter   device workers that died and were replaced
     tcm_device_memory_bytes{device,kind}          gauge     allocated | reserved, CUDA devices only
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -60,15 +61,20 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
-            "tcm_requests", "HTTP requests by endpoint, quality and status code",
-            ["endpoint", "quality", "code"], registry=r,
+            "tcm_requests",
+            "HTTP requests by endpoint, quality and status code",
+            ["endpoint", "quality", "code"],
+            registry=r,
         )
         self.duration = Histogram(
             "tcm_request_duration_seconds", "Request wall time", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.stages = Histogram(
-            "tcm_stage_duration_seconds", "Time per processing stage (a batch's transform counts once per batch)",
-            ["stage"], buckets=STAGE_BUCKETS, registry=r,
+            "tcm_stage_duration_seconds",
+            "Time per processing stage (a batch's transform counts once per batch)",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
         )
         self.batch_sizes = Histogram(
             "tcm_batch_size", "Images per device batch", ["kind"], buckets=BATCH_BUCKETS, registry=r
@@ -80,8 +86,11 @@ class Metrics:
         self.capacity = Gauge("tcm_queue_capacity", "Queue places in all (max_queue)", registry=r)
         self.in_flight = Gauge("tcm_requests_in_flight", "Codec requests being handled", ["endpoint"], registry=r)
         self.bpp = Histogram(
-            "tcm_bits_per_pixel", "Bits per pixel of compressed images (streams only, as the paper counts)",
-            ["quality"], buckets=BPP_BUCKETS, registry=r,
+            "tcm_bits_per_pixel",
+            "Bits per pixel of compressed images (streams only, as the paper counts)",
+            ["quality"],
+            buckets=BPP_BUCKETS,
+            registry=r,
         )
         self.body_bytes = Counter(
             "tcm_request_bytes", "Request and response body bytes", ["endpoint", "direction"], registry=r

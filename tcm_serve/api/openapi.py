@@ -6,6 +6,7 @@ The routes (:mod:`tcm_serve.api.routes`) pass these dictionaries to their decora
 schemathesis (tests/test_fuzz.py) checks the service against the result, so what is
 documented here is what the service answers.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -25,8 +26,11 @@ ERROR_SCHEMA: Doc = {
 }
 
 RETRY_AFTER: Doc = {
-    "Retry-After": {"description": "seconds to wait before retrying", "required": True,
-                    "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+    "Retry-After": {
+        "description": "seconds to wait before retrying",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
 }
 _HEADER_INT: Doc = {"type": "string", "pattern": "^[0-9]+$"}
 _BINARY: Doc = {"type": "string", "format": "binary"}
@@ -40,35 +44,53 @@ MODELS_SCHEMA: Doc = {
         "devices": {"type": "array", "items": {"type": "string"}},
         "max_batch_size": {"type": "integer"},
         "ready": {"type": "boolean"},
-        "models": {"type": "array", "items": {
-            "type": "object",
-            "required": ["quality", "default", "config", "config_hash", "weights_sha256", "weights_hash", "devices", "loaded"],
-            "properties": {
-                "quality": {"type": "integer"},
-                "default": {"type": "boolean"},
-                "preset": {"type": ["string", "null"]},
-                "config": {"type": "object"},
-                "config_hash": {"type": "string"},
-                "lambda": {"type": ["number", "null"]},
-                "metric": {"type": "string"},
-                "weights_sha256": {"type": "string"},
-                "weights_hash": {"type": "string"},
-                "source": {"type": "string"},
-                "devices": {"type": "array", "items": {
-                    "type": "object",
-                    "required": ["device", "state", "loaded"],
-                    "properties": {
-                        "device": {"type": "string"},
-                        "state": {"type": "string", "enum": ["pending", "loading", "warming", "ready", "failed"]},
-                        "loaded": {"type": "boolean"},
-                        "load_seconds": {"type": ["number", "null"]},
-                        "warmup_seconds": {"type": ["number", "null"]},
-                        "error": {"type": ["string", "null"]},
+        "models": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "quality",
+                    "default",
+                    "config",
+                    "config_hash",
+                    "weights_sha256",
+                    "weights_hash",
+                    "devices",
+                    "loaded",
+                ],
+                "properties": {
+                    "quality": {"type": "integer"},
+                    "default": {"type": "boolean"},
+                    "preset": {"type": ["string", "null"]},
+                    "config": {"type": "object"},
+                    "config_hash": {"type": "string"},
+                    "lambda": {"type": ["number", "null"]},
+                    "metric": {"type": "string"},
+                    "weights_sha256": {"type": "string"},
+                    "weights_hash": {"type": "string"},
+                    "source": {"type": "string"},
+                    "devices": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["device", "state", "loaded"],
+                            "properties": {
+                                "device": {"type": "string"},
+                                "state": {
+                                    "type": "string",
+                                    "enum": ["pending", "loading", "warming", "ready", "failed"],
+                                },
+                                "loaded": {"type": "boolean"},
+                                "load_seconds": {"type": ["number", "null"]},
+                                "warmup_seconds": {"type": ["number", "null"]},
+                                "error": {"type": ["string", "null"]},
+                            },
+                        },
                     },
-                }},
-                "loaded": {"type": "boolean"},
+                    "loaded": {"type": "boolean"},
+                },
             },
-        }},
+        },
     },
 }
 
@@ -112,8 +134,11 @@ def body_doc(raw_types: tuple[str, ...], what: str) -> Doc:
 
 def _binary_doc(media_type: str, description: str, headers: Doc) -> Doc:
     """A binary response of ``media_type`` with required ``headers``."""
-    return {"content": {media_type: {"schema": _BINARY}}, "description": description,
-            "headers": {name: {"required": True, "schema": schema} for name, schema in headers.items()}}
+    return {
+        "content": {media_type: {"schema": _BINARY}},
+        "description": description,
+        "headers": {name: {"required": True, "schema": schema} for name, schema in headers.items()},
+    }
 
 
 IMAGE_BODY = body_doc(IMAGE_TYPES + RAW_IMAGE_OK, "PNG, JPEG, WebP, BMP or TIFF image")
@@ -138,7 +163,8 @@ COMPRESS_RESPONSES: dict[int | str, Doc] = {
 COMPARE_RESPONSES: dict[int | str, Doc] = {
     200: json_doc(
         "the .tcm result and each classic codec's file closest to its size: bytes, bpp, ratio, PSNR, "
-        "MS-SSIM, and every decoded image as PNG (base64)", COMPARE_SCHEMA,
+        "MS-SSIM, and every decoded image as PNG (base64)",
+        COMPARE_SCHEMA,
     ),
     **errors_doc(*CODEC_ERRORS),
 }
@@ -162,15 +188,25 @@ HEALTHZ_RESPONSES: dict[int | str, Doc] = {
 }
 
 READYZ_RESPONSES: dict[int | str, Doc] = {
-    200: json_doc("ready", {"type": "object", "required": ["status", "models_loaded"], "properties": {
-        "status": {"const": "ready"}, "models_loaded": {"type": "integer"}}}),
-    503: {**json_doc("not ready: loading, failed, replacing a worker, or shutting down", ERROR_SCHEMA),
-          "headers": RETRY_AFTER},
+    200: json_doc(
+        "ready",
+        {
+            "type": "object",
+            "required": ["status", "models_loaded"],
+            "properties": {"status": {"const": "ready"}, "models_loaded": {"type": "integer"}},
+        },
+    ),
+    503: {
+        **json_doc("not ready: loading, failed, replacing a worker, or shutting down", ERROR_SCHEMA),
+        "headers": RETRY_AFTER,
+    },
 }
 
 METRICS_RESPONSES: dict[int | str, Doc] = {
-    200: {"description": "Prometheus text exposition format",
-          "content": {"text/plain": {"schema": {"type": "string"}}}},
+    200: {
+        "description": "Prometheus text exposition format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
 }
 
 #: The routes whose ``quality`` parameter is narrowed to the served levels.

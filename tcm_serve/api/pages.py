@@ -7,6 +7,7 @@ served from the ``fastapi-offline`` package's static folder instead (Swagger UI 
 the OpenAPI 3.1 that FastAPI writes, which the older ``swagger-ui-bundle`` package cannot).
 ReDoc is not offered: its page fetches a logo from Redocly's CDN whatever the options.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

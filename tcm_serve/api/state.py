@@ -6,6 +6,7 @@ them); ``app.state.threads`` holds the threads the handlers hand blocking work t
 read all of it through :meth:`ApiState.of`, typed, from ``request.app.state``: one place
 names the attributes, so nothing else spells them.
 """
+
 from __future__ import annotations
 
 import asyncio

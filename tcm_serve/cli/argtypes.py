@@ -4,6 +4,7 @@ Options whose default comes from a ``TCM_*`` variable default to ``None`` here a
 resolved through :func:`tcm_serve.config.load_codec_settings` when a command runs, so
 that the environment is read in one place and a bad value is a one-line error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,7 +97,8 @@ def add_store_option(p: argparse.ArgumentParser) -> None:
 def add_backend_option(p: argparse.ArgumentParser) -> None:
     """``--backend torch|onnx`` (default: the ``backend`` setting)."""
     p.add_argument(
-        "--backend", choices=BACKEND_KINDS,
+        "--backend",
+        choices=BACKEND_KINDS,
         help="run the networks with PyTorch (exact reference arithmetic) or ONNX Runtime (faster; graphs are "
         "exported on first use, see tcm export-onnx); a blob decodes with the backend that encoded it "
         "(default: $TCM_BACKEND, else torch)",
@@ -106,7 +108,8 @@ def add_backend_option(p: argparse.ArgumentParser) -> None:
 def add_bitstream_option(p: argparse.ArgumentParser) -> None:
     """``--bitstream portable|exact`` (default: the ``bitstream`` setting)."""
     p.add_argument(
-        "--bitstream", choices=BITSTREAMS,
+        "--bitstream",
+        choices=BITSTREAMS,
         help="portable: decodes on any machine, thread count and backend (format version 2); exact: the reference "
         "codec's strings byte for byte, decodable only where the entropy parameters are reproduced bit for bit "
         f"(format version 1, for conformance work) (default: $TCM_BITSTREAM, else {DEFAULT_BITSTREAM})",

@@ -1,4 +1,5 @@
 """``tcm eval``: rate-distortion evaluation of the store's models against JPEG/WebP/AVIF."""
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,9 @@ def _sweep(text: str) -> tuple[str, list[int]]:
     from ..evaluation.baselines import CODECS, check_qualities
 
     if not sep or name not in CODECS:
-        raise argparse.ArgumentTypeError(f"expected CODEC=Q1,Q2,... with CODEC one of {', '.join(CODECS)}, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected CODEC=Q1,Q2,... with CODEC one of {', '.join(CODECS)}, got {text!r}"
+        )
     qualities = _int_list(values)
     try:
         check_qualities(CODECS[name], qualities)
@@ -76,26 +79,55 @@ def add_parsers(sub) -> None:
     )
     e.add_argument("dataset", metavar="DATASET", help="folder of images (e.g. ../shared/data/kodak)")
     add_store_option(e)
-    e.add_argument("--qualities", type=_int_list, metavar="Q1,Q2,...", help="quality levels of the store to evaluate (default: all)")
-    e.add_argument("--codecs", type=_codec_list, default=list(DEFAULT_CODECS), metavar="NAMES",
-                   help=f"comma-separated, from: tcm (our store), jpeg420, jpeg444, webp, avif (default: {','.join(DEFAULT_CODECS)})")
-    e.add_argument("--sweep", type=_sweep, action="append", default=[], metavar="CODEC=Q1,Q2,...",
-                   help="quality sweep of a Pillow codec, e.g. webp=10,30,50,70 (repeatable; defaults in docs/evaluation.md)")
+    e.add_argument(
+        "--qualities",
+        type=_int_list,
+        metavar="Q1,Q2,...",
+        help="quality levels of the store to evaluate (default: all)",
+    )
+    e.add_argument(
+        "--codecs",
+        type=_codec_list,
+        default=list(DEFAULT_CODECS),
+        metavar="NAMES",
+        help=f"comma-separated, from: tcm (our store), jpeg420, jpeg444, webp, avif (default: {','.join(DEFAULT_CODECS)})",
+    )
+    e.add_argument(
+        "--sweep",
+        type=_sweep,
+        action="append",
+        default=[],
+        metavar="CODEC=Q1,Q2,...",
+        help="quality sweep of a Pillow codec, e.g. webp=10,30,50,70 (repeatable; defaults in docs/evaluation.md)",
+    )
     e.add_argument("--limit", type=positive_int, metavar="N", help="only the first N images (in name order)")
     e.add_argument("--device", default="auto", help="for our models: auto, cpu, cuda or cuda:N (default: auto)")
     e.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     e.add_argument("--anchor", default="jpeg420", help="codec the BD-rates are measured against (default: jpeg420)")
-    e.add_argument("--bd-range", type=_psnr_range, metavar="LO,HI", help="restrict BD-rate integrals to this PSNR range (dB)")
-    e.add_argument("--published", metavar="FILE",
-                   help="official TCM RD points (rd-published.json format; default: the conformance kit's copy "
-                   "when found); 'none' leaves them out")
-    e.add_argument("--published-dataset", metavar="NAME",
-                   help="which dataset's published points to show (default: the one DATASET's folder is named after, e.g. Kodak)")
+    e.add_argument(
+        "--bd-range", type=_psnr_range, metavar="LO,HI", help="restrict BD-rate integrals to this PSNR range (dB)"
+    )
+    e.add_argument(
+        "--published",
+        metavar="FILE",
+        help="official TCM RD points (rd-published.json format; default: the conformance kit's copy "
+        "when found); 'none' leaves them out",
+    )
+    e.add_argument(
+        "--published-dataset",
+        metavar="NAME",
+        help="which dataset's published points to show (default: the one DATASET's folder is named after, e.g. Kodak)",
+    )
     e.add_argument("--csv", metavar="OUT", help="per-image and mean rows as CSV")
     e.add_argument("--json", metavar="OUT", help="per-setting means and the BD-rate table as JSON")
-    e.add_argument("--plot", metavar="OUT.png", help="RD curves as a PNG (needs matplotlib: pip install 'tcm-serve[eval]')")
-    e.add_argument("--record", action="store_true",
-                   help="store each evaluated quality level's means in the store manifest (its 'evaluation' field)")
+    e.add_argument(
+        "--plot", metavar="OUT.png", help="RD curves as a PNG (needs matplotlib: pip install 'tcm-serve[eval]')"
+    )
+    e.add_argument(
+        "--record",
+        action="store_true",
+        help="store each evaluated quality level's means in the store manifest (its 'evaluation' field)",
+    )
     e.add_argument("--quiet", action="store_true", help="no progress on stderr")
     e.set_defaults(handler=cmd_eval)
 
@@ -208,8 +240,9 @@ def cmd_eval(args) -> int:
     report = Report(data, notes=notes, environment=_environment(device))
     report.published = _published_curves(args, notes)
     if report.published and args.limit is not None:
-        notes.append(f"the published points are means over the whole dataset; --limit {args.limit} "
-                     f"compares them with a subset")
+        notes.append(
+            f"the published points are means over the whole dataset; --limit {args.limit} compares them with a subset"
+        )
     if (note := ms_ssim_note(data)) is not None:
         notes.append(note)
 
@@ -269,7 +302,13 @@ def _published_curves(args, notes: list[str]) -> list:
 
 
 def _model_record(entry) -> dict:
-    rec = {"quality": entry.quality, "preset": entry.preset, "lambda": entry.lmbda, "sha256": entry.sha256, "source": entry.source}
+    rec = {
+        "quality": entry.quality,
+        "preset": entry.preset,
+        "lambda": entry.lmbda,
+        "sha256": entry.sha256,
+        "source": entry.source,
+    }
     if entry.training and "steps_done" in entry.training:
         rec["training_steps"] = entry.training["steps_done"]
     return rec
@@ -294,13 +333,16 @@ def _record(store, report, data) -> None:
     for s in report.summaries():
         if s.codec != OURS:
             continue
-        store.annotate(s.quality, {
-            "dataset": data.root.name,
-            "images": s.images,
-            "bpp": round(s.bpp, 6),
-            "payload_bpp": None if s.payload_bpp is None else round(s.payload_bpp, 6),
-            "psnr": round(s.psnr, 4),
-            "ms_ssim": None if s.ms_ssim is None else round(s.ms_ssim, 6),
-            "measured": time.strftime("%Y-%m-%d"),
-            "by": "tcm eval",
-        })
+        store.annotate(
+            s.quality,
+            {
+                "dataset": data.root.name,
+                "images": s.images,
+                "bpp": round(s.bpp, 6),
+                "payload_bpp": None if s.payload_bpp is None else round(s.payload_bpp, 6),
+                "psnr": round(s.psnr, 4),
+                "ms_ssim": None if s.ms_ssim is None else round(s.ms_ssim, 6),
+                "measured": time.strftime("%Y-%m-%d"),
+                "by": "tcm eval",
+            },
+        )

@@ -4,6 +4,7 @@ Every expected failure prints ``tcm: error: <one line>`` on stderr and exits non
 (2 for usage, 1 otherwise); a traceback is a bug. Heavy imports (torch) happen inside
 the commands so that ``tcm --help`` and ``tcm inspect`` stay fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_option(c)
     add_bitstream_option(c)
     c.add_argument("--drop-alpha", action="store_true", help="discard an alpha channel instead of refusing the image")
-    c.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                   help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
+    c.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})",
+    )
     c.add_argument("--force", action="store_true", help="overwrite existing output files")
     add_store_option(c)
 
@@ -71,8 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", help="output file (one input) or directory (default: next to each input)")
     d.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     add_backend_option(d)
-    d.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                   help=f"refuse blobs that decode to images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
+    d.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse blobs that decode to images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})",
+    )
     d.add_argument("--force", action="store_true", help="overwrite existing output files")
     add_store_option(d)
 
@@ -89,13 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("checkpoint", metavar="CHECKPOINT")
     mi.add_argument("-q", "--quality", type=quality, required=True)
     arch = mi.add_mutually_exclusive_group()
-    arch.add_argument("--preset", help="architecture preset: official-small (default for official checkpoints), official-large, lite, conformance-small; a tcm train checkpoint names its own")
+    arch.add_argument(
+        "--preset",
+        help="architecture preset: official-small (default for official checkpoints), official-large, lite, conformance-small; a tcm train checkpoint names its own",
+    )
     arch.add_argument("--arch-json", metavar="FILE", help="TCM constructor arguments as a JSON file")
     mi.add_argument("--lambda", dest="lmbda", type=rd_lambda, help="rate-distortion lambda the model was trained with")
     mi.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
     mi.add_argument("--source", help="where the weights came from (recorded in the manifest)")
     mi.add_argument("--replace", action="store_true", help="replace an existing entry for this quality")
-    mi.add_argument("--half", action="store_true", help="store the weights in float16 (half the file; cast back at load)")
+    mi.add_argument(
+        "--half", action="store_true", help="store the weights in float16 (half the file; cast back at load)"
+    )
     add_store_option(mi)
     for module in EXTENSIONS:
         import_module(f"{__package__}.{module}").add_parsers(sub)
@@ -245,14 +259,17 @@ def cmd_compress(args) -> int:
         total["bits"] += 8 * len(res.blob)
         total["pixels"] += img.width * img.height
         if len(files) == 1:
-            print(f"{src} -> {dst}: {img.width}x{img.height} {img.mode}, q{quality}, {len(res.blob)} bytes, {res.bpp:.4f} bpp")
+            print(
+                f"{src} -> {dst}: {img.width}x{img.height} {img.mode}, q{quality}, {len(res.blob)} bytes, {res.bpp:.4f} bpp"
+            )
 
     for src, dst in zip(files, outs):
         run.run(src, partial(one, src, dst))
     elapsed = time.perf_counter() - t1
     done = max(len(files) - len(run.failed), 1)
     return run.finish(
-        "compressed", elapsed,
+        "compressed",
+        elapsed,
         f" at q{quality} on {device} ({codec.bitstream} bitstream, {codec.backend} backend): "
         f"{total['bits'] / max(total['pixels'], 1):.4f} bpp "
         f"(container included), {elapsed / done:.2f} s/image, model load {load_s:.2f} s,",
@@ -316,7 +333,9 @@ def cmd_models_list(args) -> int:
     print(f"{'quality':>7}  {'preset':<18} {'N':>4} {'slices':>6} {'lambda':>8}  {'sha256':<12}  file")
     for e in entries:
         lam = "-" if e.lmbda is None else f"{e.lmbda:g}"
-        print(f"{e.quality:>7}  {e.preset or 'custom':<18} {e.arch.N:>4} {e.arch.num_slices:>6} {lam:>8}  {e.sha256[:12]}  {e.file}")
+        print(
+            f"{e.quality:>7}  {e.preset or 'custom':<18} {e.arch.N:>4} {e.arch.num_slices:>6} {lam:>8}  {e.sha256[:12]}  {e.file}"
+        )
     return 0
 
 
@@ -347,11 +366,20 @@ def cmd_models_import(args) -> int:
     store = open_store(args)
     t0 = time.perf_counter()
     entry = store.import_checkpoint(
-        args.checkpoint, args.quality, arch, preset=name, lmbda=args.lmbda, metric=args.metric,
-        source=args.source, replace=args.replace, half=args.half,
+        args.checkpoint,
+        args.quality,
+        arch,
+        preset=name,
+        lmbda=args.lmbda,
+        metric=args.metric,
+        source=args.source,
+        replace=args.replace,
+        half=args.half,
     )
-    print(f"imported {args.checkpoint} as quality {entry.quality} ({entry.file}, sha256 {entry.sha256[:12]}...) "
-          f"into {store.root} in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"imported {args.checkpoint} as quality {entry.quality} ({entry.file}, sha256 {entry.sha256[:12]}...) "
+        f"into {store.root} in {time.perf_counter() - t0:.1f} s"
+    )
     return 0
 
 
@@ -381,7 +409,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
-        print("tcm: error: not enough memory to process this image (lower --max-pixels, or use a smaller image)", file=sys.stderr)
+        print(
+            "tcm: error: not enough memory to process this image (lower --max-pixels, or use a smaller image)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     except OSError as exc:  # disk full, permission denied on output, ...
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""

@@ -6,6 +6,7 @@ writable directory when the store is read-only: ``--out DIR`` then ``TCM_ONNX_DI
 Graphs are named after the weights' SHA-256, so re-running after new weights were
 imported rebuilds them, and re-running otherwise reuses them (``--force`` rebuilds).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,9 @@ def add_parsers(sub) -> None:
     p.add_argument("-q", "--quality", type=quality, help="quality level to export (default: every level in the store)")
     p.add_argument("--out", help="directory for the graphs (default: the store directory, next to the checkpoints)")
     p.add_argument("--force", action="store_true", help="rebuild graphs even when up to date")
-    p.add_argument("--check", action="store_true", help="after export, compare every graph with PyTorch on a test input")
+    p.add_argument(
+        "--check", action="store_true", help="after export, compare every graph with PyTorch on a test input"
+    )
     p.set_defaults(handler=cmd_export_onnx)
 
 

@@ -9,6 +9,7 @@ shuts down the same way and exits 3, so that any supervisor restarts it.
 ``tcm remote compress|decompress --url URL IN... [-o OUT] [-q Q]`` mirrors ``tcm compress``
 / ``tcm decompress`` against a running service.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--request-timeout-s", type=float, help="per-request deadline, 504 past it (default 60)")
     s.add_argument("--shutdown-grace-s", type=float, help="time in-flight requests get on SIGTERM (default 30)")
     s.add_argument("--log-level", help="critical, error, warning, info (default) or debug")
-    s.add_argument("--backend", help="torch (default, exact arithmetic) or onnx (ONNX Runtime, faster: docs/performance.md)")
+    s.add_argument(
+        "--backend", help="torch (default, exact arithmetic) or onnx (ONNX Runtime, faster: docs/performance.md)"
+    )
     s.add_argument("--onnx-dir", help="where the onnx backend keeps exported graphs (default: the store directory)")
     s.add_argument("--bitstream", help="what /compress makes by default: portable (decodes anywhere; default) or exact")
     s.set_defaults(handler=cmd_serve)
@@ -58,7 +61,11 @@ def add_parsers(sub) -> None:
     rsub = r.add_subparsers(dest="remote_command", required=True, parser_class=type(r))
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", required=True, help="service base URL, e.g. http://127.0.0.1:8000 (API key, if it needs one: $TCM_API_KEY)")
+        p.add_argument(
+            "--url",
+            required=True,
+            help="service base URL, e.g. http://127.0.0.1:8000 (API key, if it needs one: $TCM_API_KEY)",
+        )
         p.add_argument("-o", "--output", help="output file (one input) or directory (default: next to each input)")
         p.add_argument("--force", action="store_true", help="overwrite existing output files")
         p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
@@ -79,9 +86,27 @@ def add_parsers(sub) -> None:
 #: Exit status of ``tcm serve`` when the worker pool gave up while serving.
 EXIT_UNHEALTHY = 3
 SETTINGS_FLAGS = (
-    "host", "port", "qualities", "default_quality", "devices", "max_batch_size", "max_batch_delay_ms",
-    "max_queue", "coder_threads", "max_body_bytes", "max_pixels", "request_timeout_s", "shutdown_grace_s", "log_level",
-    "backend", "onnx_dir", "bitstream", "compare_max_pixels", "compare_concurrency", "api_keys_file", "open_paths",
+    "host",
+    "port",
+    "qualities",
+    "default_quality",
+    "devices",
+    "max_batch_size",
+    "max_batch_delay_ms",
+    "max_queue",
+    "coder_threads",
+    "max_body_bytes",
+    "max_pixels",
+    "request_timeout_s",
+    "shutdown_grace_s",
+    "log_level",
+    "backend",
+    "onnx_dir",
+    "bitstream",
+    "compare_max_pixels",
+    "compare_concurrency",
+    "api_keys_file",
+    "open_paths",
 )
 
 
@@ -129,6 +154,7 @@ def _stop_when_pool_fails(server, pool, gave_up: list[str], interval_s: float = 
     /healthz already answers 503 then, which is enough where a liveness probe restarts the
     container (Kubernetes); but docker compose's restart policy and systemd act only on an
     exit, and would leave a process that refuses every request running for ever."""
+
     def watch() -> None:
         while not server.should_exit:
             reason = pool.failed
@@ -164,12 +190,16 @@ def cmd_remote(args) -> int:
                 raise TcmError(f"cannot read {src}: {exc.strerror or exc}") from None
             try:
                 if compress:
-                    res = client.compress_full(data, quality=args.quality, drop_alpha=args.drop_alpha, bitstream=args.bitstream)
+                    res = client.compress_full(
+                        data, quality=args.quality, drop_alpha=args.drop_alpha, bitstream=args.bitstream
+                    )
                     out = res.blob
                     total_bytes += len(out)
                     total_pixels += res.width * res.height
                     if len(files) == 1:
-                        print(f"{src} -> {dst}: {res.width}x{res.height}, q{res.quality}, {len(out)} bytes, {res.bpp:.4f} bpp")
+                        print(
+                            f"{src} -> {dst}: {res.width}x{res.height}, q{res.quality}, {len(out)} bytes, {res.bpp:.4f} bpp"
+                        )
                 else:
                     out = client.decompress(data)
                     if len(files) == 1:

@@ -17,6 +17,7 @@ last bits, so a blob records in its header which backend computed its entropy pa
 or refused (:class:`~tcm_serve.errors.BackendMismatchError`). ``g_a`` and ``g_s`` do not feed
 the decoder's entropy parameters, so they may run on any backend.
 """
+
 from __future__ import annotations
 
 import threading
@@ -34,7 +35,6 @@ if TYPE_CHECKING:  # onnxruntime is imported only by the ONNX backend
     import onnxruntime
 
 
-
 class Stages(Protocol):
     """The network stages of TCM coding, on one backend and device."""
 
@@ -45,13 +45,16 @@ class Stages(Protocol):
     def g_a(self, x: Tensor) -> Tensor: ...
     def h_a(self, y: Tensor) -> Tensor: ...
     def hyper_synthesis(self, z_hat: Tensor) -> tuple[Tensor, Tensor]: ...
-    def slice_params(self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor]) -> SliceParams: ...
+    def slice_params(
+        self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor]
+    ) -> SliceParams: ...
     def refine(self, i: int, mean_support: Tensor, y_hat_slice: Tensor) -> Tensor: ...
     def g_s(self, y_hat: Tensor) -> Tensor: ...
     def current_threads(self) -> int: ...
     def thread_count_matters(self) -> bool:
         """True where :meth:`threads` changes the arithmetic (CPU kernels)."""
         ...
+
     def threads(self, k: int) -> AbstractContextManager[None]:
         """Run the stages with ``k`` intra-op threads inside the block: the split of work
         between threads changes the last bits, so a version-1 blob that does not decode

@@ -52,6 +52,7 @@ Unpack check order (see ``docs/format.md`` "Validation"):
    consistency, stream length alignment. These are what a buggy *writer* (with a valid CRC)
    can get wrong.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -134,6 +135,8 @@ def check_bitstream(value: str) -> bool:
     if value not in BITSTREAMS:
         raise ConfigError(f"unknown bitstream {value!r} (use {' or '.join(BITSTREAMS)})")
     return value == "portable"
+
+
 #: Image modes; stored as u8 code = index + 1 (0 is invalid).
 MODES = ("L", "RGB")
 
@@ -258,10 +261,7 @@ def _is_int(v: Any) -> bool:
 
 def _stream_len_problem(name: str, n: int) -> str | None:
     if n < MIN_STREAM_LEN:
-        return (
-            f"{name} is {n} bytes; an entropy-coded string is at least {MIN_STREAM_LEN} "
-            f"bytes (rANS flush)"
-        )
+        return f"{name} is {n} bytes; an entropy-coded string is at least {MIN_STREAM_LEN} bytes (rANS flush)"
     if n % STREAM_ALIGN:
         return f"{name} is {n} bytes, not a multiple of {STREAM_ALIGN} (rANS strings are u32 words)"
     if n > _U32_MAX:
@@ -340,10 +340,7 @@ def _padding_problem(h: TcmHeader) -> str | None:
     ):
         total = a + b
         if total >= MAX_PAD_TOTAL:
-            return (
-                f"{axis} padding {a_name} {a} + {b_name} {b} = {total} must be less than "
-                f"{MAX_PAD_TOTAL}"
-            )
+            return f"{axis} padding {a_name} {a} + {b_name} {b} = {total} must be less than {MAX_PAD_TOTAL}"
         split = split_padding(total)
         if (a, b) != split:
             return (
@@ -413,8 +410,7 @@ def _magic_error(mv: memoryview) -> FormatError:
             )
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return FormatError(
-            f"not a .tcm file: this looks like a WebP image (RIFF....WEBP), "
-            f"expected magic {_hexbytes(MAGIC)}"
+            f"not a .tcm file: this looks like a WebP image (RIFF....WEBP), expected magic {_hexbytes(MAGIC)}"
         )
     if head.startswith(b"\xef\xbf\xbdTCM"):
         return FormatError(
@@ -427,9 +423,7 @@ def _magic_error(mv: memoryview) -> FormatError:
             "and re-encoded as UTF-8; transfer .tcm files in binary mode"
         )
     if head.startswith(b"iVRDT"):
-        return FormatError(
-            "not a .tcm file: this looks like a base64-encoded .tcm file; base64-decode it first"
-        )
+        return FormatError("not a .tcm file: this looks like a base64-encoded .tcm file; base64-decode it first")
     if n >= 4 and head[1:4] == MAGIC[1:] and head[0] != MAGIC[0]:
         return FormatError(
             f"bad magic: found {_hexbytes(head[:4])}, expected {_hexbytes(MAGIC)}: first byte "
@@ -445,9 +439,7 @@ def _magic_error(mv: memoryview) -> FormatError:
 
 def _as_bytes_view(data: Any) -> memoryview:
     if isinstance(data, str):
-        raise FormatError(
-            "expected bytes, got str: .tcm files are binary; read them with open(path, 'rb')"
-        )
+        raise FormatError("expected bytes, got str: .tcm files are binary; read them with open(path, 'rb')")
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise FormatError(f"expected bytes, got {type(data).__name__}")
     mv = memoryview(data)
@@ -474,17 +466,12 @@ def unpack(data: bytes) -> TcmFile:
         if n < len(MAGIC) and bytes(mv) == MAGIC[:n]:
             if n == 0:
                 raise FormatError(f"empty input: a .tcm file is at least {MIN_FILE_SIZE} bytes")
-            raise FormatError(
-                f"truncated: file is {n} bytes, a .tcm file is at least {MIN_FILE_SIZE} bytes"
-            )
+            raise FormatError(f"truncated: file is {n} bytes, a .tcm file is at least {MIN_FILE_SIZE} bytes")
         raise _magic_error(mv)
 
     # 2. version
     if n <= _OFF_VERSION:
-        raise FormatError(
-            f"truncated: file is {n} bytes (magic only), a .tcm file is at least "
-            f"{MIN_FILE_SIZE} bytes"
-        )
+        raise FormatError(f"truncated: file is {n} bytes (magic only), a .tcm file is at least {MIN_FILE_SIZE} bytes")
     version = mv[_OFF_VERSION]
     if version not in SUPPORTED_VERSIONS:
         raise UnsupportedVersionError(
@@ -495,10 +482,7 @@ def unpack(data: bytes) -> TcmFile:
 
     # 3. structure (integer arithmetic only; nothing sliced from an unchecked length)
     if n < header_size + TRAILER_SIZE:
-        raise FormatError(
-            f"truncated: header and CRC trailer need {header_size + TRAILER_SIZE} bytes, "
-            f"got {n}"
-        )
+        raise FormatError(f"truncated: header and CRC trailer need {header_size + TRAILER_SIZE} bytes, got {n}")
     (
         _magic,
         _version,
@@ -539,17 +523,14 @@ def unpack(data: bytes) -> TcmFile:
     computed_crc = zlib.crc32(mv[: n - TRAILER_SIZE])
     if stored_crc != computed_crc:
         raise FormatError(
-            f"CRC32 mismatch: stored 0x{stored_crc:08x}, computed 0x{computed_crc:08x} "
-            f"(the file is corrupt)"
+            f"CRC32 mismatch: stored 0x{stored_crc:08x}, computed 0x{computed_crc:08x} (the file is corrupt)"
         )
 
     # 5. semantics
     if flags != 0:
         raise FormatError(f"reserved flags byte is 0x{flags:02x}, must be 0 in format version {version}")
     if reserved != b"\x00\x00\x00":
-        raise FormatError(
-            f"reserved bytes 21..23 are {_hexbytes(reserved)}, must be zero in format version {version}"
-        )
+        raise FormatError(f"reserved bytes 21..23 are {_hexbytes(reserved)}, must be zero in format version {version}")
     if not 1 <= mode_code <= len(MODES):
         known = ", ".join(f"{i + 1}={m}" for i, m in enumerate(MODES))
         raise FormatError(f"unknown mode code {mode_code} (known: {known})")

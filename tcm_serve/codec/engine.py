@@ -20,6 +20,7 @@ This is the reference ``compress()`` / ``decompress()`` reorganised for serving:
 
 Exact strings are byte-identical to the reference for the same padded input.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -231,8 +232,12 @@ class Engine:
             if self._portable is None:
                 dev, copy = self.portable_device, self.model.entropy_copy(PORTABLE_DTYPE, self.portable_device)
                 self._portable = EntropyPath(
-                    PORTABLE, TorchStages(copy, dev), dev, PORTABLE_DTYPE,
-                    self.z_medians.to(dev, PORTABLE_DTYPE), self.scale_table.to(dev, PORTABLE_DTYPE),
+                    PORTABLE,
+                    TorchStages(copy, dev),
+                    dev,
+                    PORTABLE_DTYPE,
+                    self.z_medians.to(dev, PORTABLE_DTYPE),
+                    self.scale_table.to(dev, PORTABLE_DTYPE),
                 )
             return self._portable
 
@@ -291,8 +296,12 @@ class Engine:
                 decoded.append(path.stages.refine(i, p.mean_support, y_q + p.mu))
             offset += y_slice.numel()
         return ImageSymbols(
-            _to_numpy_i32(z_sym).reshape(-1), np.concatenate(sym_slices), np.concatenate(idx_slices),
-            path.name, rule.hint_positions, rule.hint_indexes,
+            _to_numpy_i32(z_sym).reshape(-1),
+            np.concatenate(sym_slices),
+            np.concatenate(idx_slices),
+            path.name,
+            rule.hint_positions,
+            rule.hint_indexes,
         )
 
     def z_indexes(self, plane: int) -> np.ndarray:

@@ -16,6 +16,7 @@ padding: 40,000,000 x 1 pixels is within a 40 MP limit and pads to 40,000,000 x 
 pixels with sides no longer than a square's pads to at worst (:func:`padded_pixel_limit`):
 every reasonably shaped image under ``max_pixels`` passes, extreme strips do not.
 """
+
 from __future__ import annotations
 
 import math

@@ -14,6 +14,7 @@ then slice 1, ...), so positions are strictly increasing. Varints are little-end
 with the high bit as continuation, at most 8 bytes, and minimal (a multi-byte varint does not
 end in a zero byte), so every hint list has exactly one encoding.
 """
+
 from __future__ import annotations
 
 import numpy as np

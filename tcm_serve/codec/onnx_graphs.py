@@ -18,6 +18,7 @@ SHA-256 of every graph, written last (so a set without its index is incomplete a
 rebuilt). The weights hash in the name means new weights for a quality level get new
 graphs; stale graphs of that quality are removed when the new ones are written.
 """
+
 from __future__ import annotations
 
 import json
@@ -103,7 +104,9 @@ def _specs(model: TCM, image: tuple[int, int] = _EXAMPLE_IMAGE, seed: int = 0) -
     specs = {
         "g_a": _GraphSpec(model.g_a, {"x": rand(1, 3, *geometry.padded_shape)}, ["y"]),
         "h_a": _GraphSpec(model.h_a, {"y": y}, ["z"]),
-        "hyper_s": _GraphSpec(_Hyper(model), {"z_hat": rand(1, cfg.hyper_channels, *geometry.z_shape)}, ["latent_means", "latent_scales"]),
+        "hyper_s": _GraphSpec(
+            _Hyper(model), {"z_hat": rand(1, cfg.hyper_channels, *geometry.z_shape)}, ["latent_means", "latent_scales"]
+        ),
         "g_s": _GraphSpec(model.g_s, {"y_hat": y}, ["x_hat"]),
     }
     sc = cfg.slice_channels
@@ -112,7 +115,9 @@ def _specs(model: TCM, image: tuple[int, int] = _EXAMPLE_IMAGE, seed: int = 0) -
         inputs.update({f"support{k}": rand(1, sc, yh, yw) for k in range(cfg.support_count(i))})
         specs[f"slice{i}"] = _GraphSpec(_SliceParams(model, i), inputs, ["mu", "scale", "mean_support"])
         ms = rand(1, cfg.M + sc * cfg.support_count(i), yh, yw)
-        specs[f"lrp{i}"] = _GraphSpec(_Refine(model, i), {"mean_support": ms, "y_hat_slice": rand(1, sc, yh, yw)}, ["y_hat_refined"])
+        specs[f"lrp{i}"] = _GraphSpec(
+            _Refine(model, i), {"mean_support": ms, "y_hat_slice": rand(1, sc, yh, yw)}, ["y_hat_refined"]
+        )
     return specs
 
 
@@ -126,9 +131,14 @@ def export_graph(spec: _GraphSpec, path: Path) -> None:
         # in the computation (the parity tests run the graphs at other sizes).
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            spec.module.eval(), tuple(spec.inputs.values()), f,  # type: ignore[arg-type]  # file objects work too
-            dynamo=False, opset_version=OPSET,
-            input_names=list(spec.inputs), output_names=spec.outputs, dynamic_axes=dynamic,
+            spec.module.eval(),
+            tuple(spec.inputs.values()),
+            f,  # type: ignore[arg-type]  # file objects work too
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=list(spec.inputs),
+            output_names=spec.outputs,
+            dynamic_axes=dynamic,
         )
 
 
@@ -189,8 +199,12 @@ def export_graphs(model: TCM, entry: ModelEntry, directory: str | os.PathLike) -
     for name in gs.names:
         export_graph(specs[name], gs.path(name))
     index = {
-        "quality": entry.quality, "weights_sha256": entry.sha256, "graph_format": GRAPH_FORMAT, "opset": OPSET,
-        "torch": torch.__version__, "sha256": {n: _sha256(gs.path(n)) for n in gs.names},
+        "quality": entry.quality,
+        "weights_sha256": entry.sha256,
+        "graph_format": GRAPH_FORMAT,
+        "opset": OPSET,
+        "torch": torch.__version__,
+        "sha256": {n: _sha256(gs.path(n)) for n in gs.names},
     }
     atomic_write_text(gs.index_path, json.dumps(index, indent=2) + "\n")
     for p in gs.stale():
@@ -198,7 +212,9 @@ def export_graphs(model: TCM, entry: ModelEntry, directory: str | os.PathLike) -
     return gs
 
 
-def ensure_graphs(model: TCM, entry: ModelEntry, directory: str | os.PathLike, force: bool = False) -> tuple[GraphSet, bool]:
+def ensure_graphs(
+    model: TCM, entry: ModelEntry, directory: str | os.PathLike, force: bool = False
+) -> tuple[GraphSet, bool]:
     """The graph set of ``entry`` in ``directory``, exported if missing, incomplete or
     ``force``; returns (set, whether it was (re)built)."""
     gs = GraphSet.for_entry(entry, directory)
@@ -259,7 +275,9 @@ def open_sessions(gs: GraphSet, device: torch.device, threads: int | None = None
     return sessions, backend
 
 
-def parity_report(model: TCM, gs: GraphSet, image: tuple[int, int] = (384, 256), threads: int | None = None) -> dict[str, float]:
+def parity_report(
+    model: TCM, gs: GraphSet, image: tuple[int, int] = (384, 256), threads: int | None = None
+) -> dict[str, float]:
     """Max absolute difference between each graph (onnxruntime, CPU) and the PyTorch stage,
     on random inputs of another size than the export's (so dynamic axes are exercised)."""
     sessions, _ = open_sessions(gs, torch.device("cpu"), threads)

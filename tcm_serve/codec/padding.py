@@ -8,6 +8,7 @@ cannot split an 8-wide y), so we pad to at least 256: for every image the refere
 code (both sides > 128) the rule, and therefore the bitstream, is identical. The rule's
 sizes live in :mod:`tcm_serve.codec.geometry` (no torch there); this module applies them.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -4,6 +4,7 @@ This is what the CLI and the service call. It knows about images and blobs; the
 :class:`~tcm_serve.codec.engine.Engine` knows about tensors and strings; the container
 module knows about bytes.
 """
+
 from __future__ import annotations
 
 import os
@@ -98,7 +99,11 @@ def _onnx_engine(
     )
     cpu = torch.device("cpu")
     return Engine(
-        model, cpu, stages=stages, decode_paths=(TorchStages(model, cpu),), portable_device=cpu,
+        model,
+        cpu,
+        stages=stages,
+        decode_paths=(TorchStages(model, cpu),),
+        portable_device=cpu,
         v1_retry_threads=v1_retry_threads,
     )
 
@@ -203,7 +208,9 @@ def check_made_by(entry: ModelEntry, header: TcmHeader) -> None:
     differ), naming both. Needs no loaded model, so the service refuses such a blob before
     it queues it."""
     if (header.quality, header.config_hash, header.weights_hash) != (
-        entry.quality, entry.arch.config_hash(), entry.weights_hash
+        entry.quality,
+        entry.arch.config_hash(),
+        entry.weights_hash,
     ):
         raise ModelNotFoundError(
             f"blob was made by model q{header.quality} config {header.config_hash.hex()} weights "

@@ -31,6 +31,7 @@ The method (format version 2, header code ``portable-f64``):
 Everything else the decoder computes from floats (mu, the LRP output, y_hat, the synthesis)
 is continuous: a last-bit difference moves decoded pixels by at most a level, never a symbol.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -13,6 +13,7 @@ little-endian words, 4-bit escape coding for values outside a table.
 
 The C functions release the GIL, so several streams can be coded in parallel threads.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -74,9 +75,7 @@ class EntropyTable:
             raise ValueError(f"cdf must have shape (K >= 1, L >= 2), got {cdf.shape}")
         k, width = cdf.shape
         if length.shape != (k,) or offset.shape != (k,):
-            raise ValueError(
-                f"cdf_length {length.shape} and offset {offset.shape} must have shape ({k},)"
-            )
+            raise ValueError(f"cdf_length {length.shape} and offset {offset.shape} must have shape ({k},)")
         if np.any(length < 2) or np.any(length > width):
             raise ValueError(f"cdf_length entries must lie in [2, {width}]")
         rows = np.arange(k)
@@ -149,8 +148,7 @@ class RansDecoder:
         """Raise BitstreamError unless the whole stream was consumed exactly."""
         if not self._dec.finished:
             raise BitstreamError(
-                "entropy-coded stream: trailing data or symbol count mismatch "
-                f"({self._dec.remaining} bytes unread)"
+                f"entropy-coded stream: trailing data or symbol count mismatch ({self._dec.remaining} bytes unread)"
             )
 
 

@@ -14,6 +14,7 @@ tables bit for bit:
   tables a checkpoint already holds;
 * :func:`build_indexes`: ``GaussianConditional.build_indexes`` (scale -> table row).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -77,7 +78,9 @@ def _table_from_buffers(module: EntropyBottleneck | GaussianConditional) -> Entr
     if module._quantized_cdf.numel() == 0:
         return None
     # EntropyTable makes validated, read-only int32 copies.
-    cdf, length, offset = (t.detach().cpu().numpy() for t in (module._quantized_cdf, module._cdf_length, module._offset))
+    cdf, length, offset = (
+        t.detach().cpu().numpy() for t in (module._quantized_cdf, module._cdf_length, module._offset)
+    )
     return EntropyTable(cdf=cdf, cdf_length=length.reshape(-1), offset=offset.reshape(-1))
 
 

@@ -8,6 +8,7 @@ baselines use), WebP lossy ``method=4``, AVIF ``speed=6`` 4:2:0 through whicheve
 encoder Pillow's libavif was built with. A different setting is a different codec:
 state it next to any number.
 """
+
 from __future__ import annotations
 
 import io

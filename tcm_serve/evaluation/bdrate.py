@@ -19,6 +19,7 @@ Each cubic piece is integrated exactly with Simpson's rule on the piece (exact f
 polynomials up to degree 3), so no sampling error enters. numpy only: scipy would be a
 large dependency for one interpolant.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -142,6 +143,7 @@ def bd_rate(
 
 def _bd_psnr(la: np.ndarray, pa: np.ndarray, lt: np.ndarray, pt: np.ndarray) -> float:
     """Mean PSNR gain over the shared log-rate interval (NaN when there is none)."""
+
     def by_rate(lr: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         order = np.argsort(lr, kind="stable")
         lr, p = lr[order], p[order]

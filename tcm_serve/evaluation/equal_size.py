@@ -7,6 +7,7 @@ work at, so JPEG is searched on a real-valued quality: the libjpeg (IJG) scaling
 standard quantisation tables, evaluated at a fractional quality and passed to Pillow as
 explicit tables. WebP takes a fractional quality itself; AVIF's is an integer.
 """
+
 from __future__ import annotations
 
 import io

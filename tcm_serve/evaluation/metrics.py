@@ -22,6 +22,7 @@ TCM's evaluation scripts call), so our numbers are comparable with published one
 Five scales need both sides of at least 161 pixels (the window must fit the smallest
 scale); :func:`ms_ssim` refuses smaller images rather than invent a value.
 """
+
 from __future__ import annotations
 
 import math

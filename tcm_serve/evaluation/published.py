@@ -11,6 +11,7 @@ computed on the network's float output, so they sit a little above what a file-s
 8-bit measurement of the same model gives. They are a reference line on the plot and in
 the BD-rate table, only for the dataset they were measured on.
 """
+
 from __future__ import annotations
 
 import json
@@ -89,7 +90,11 @@ def curves(doc: dict, dataset: str) -> list[PublishedCurve]:
             pairs = sorted(zip((float(b) for b in entry["Bitrate"]), (float(p) for p in entry["PSNR"]), strict=True))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"published RD points for {model}/{dataset} are malformed: {exc}") from None
-        out.append(PublishedCurve(model, str(widths.get(model, "")), dataset, tuple(b for b, _ in pairs), tuple(p for _, p in pairs)))
+        out.append(
+            PublishedCurve(
+                model, str(widths.get(model, "")), dataset, tuple(b for b, _ in pairs), tuple(p for _, p in pairs)
+            )
+        )
     if not out:
         raise ConfigError(f"the published RD points have no dataset {dataset!r} (have: {', '.join(datasets(doc))})")
     return out

@@ -1,4 +1,5 @@
 """Writing an evaluation out: CSV, JSON, a text table, and the RD plot (matplotlib, optional)."""
+
 from __future__ import annotations
 
 import csv
@@ -12,8 +13,21 @@ from typing import Any
 from .runner import BDRow, Curve, Report
 
 CSV_FIELDS = (
-    "kind", "codec", "setting", "quality", "image", "images", "width", "height", "bytes",
-    "bpp", "psnr", "ms_ssim", "payload_bpp", "encode_s", "decode_s",
+    "kind",
+    "codec",
+    "setting",
+    "quality",
+    "image",
+    "images",
+    "width",
+    "height",
+    "bytes",
+    "bpp",
+    "psnr",
+    "ms_ssim",
+    "payload_bpp",
+    "encode_s",
+    "decode_s",
 )
 INSTALL_HINT = "pip install 'tcm-serve[eval]' (or: pip install matplotlib)"
 
@@ -35,19 +49,45 @@ def csv_text(report: Report) -> str:
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     w.writeheader()
     for m in report.measurements:
-        w.writerow({
-            "kind": "image", "codec": m.codec, "setting": m.setting, "quality": m.quality, "image": m.image,
-            "images": 1, "width": m.width, "height": m.height, "bytes": m.bytes, "bpp": _num(m.bpp, 6),
-            "psnr": _num(m.psnr, 4), "ms_ssim": _num(m.ms_ssim, 6), "payload_bpp": _num(m.payload_bpp, 6),
-            "encode_s": _num(m.encode_s, 4), "decode_s": _num(m.decode_s, 4),
-        })
+        w.writerow(
+            {
+                "kind": "image",
+                "codec": m.codec,
+                "setting": m.setting,
+                "quality": m.quality,
+                "image": m.image,
+                "images": 1,
+                "width": m.width,
+                "height": m.height,
+                "bytes": m.bytes,
+                "bpp": _num(m.bpp, 6),
+                "psnr": _num(m.psnr, 4),
+                "ms_ssim": _num(m.ms_ssim, 6),
+                "payload_bpp": _num(m.payload_bpp, 6),
+                "encode_s": _num(m.encode_s, 4),
+                "decode_s": _num(m.decode_s, 4),
+            }
+        )
     for s in report.summaries():
-        w.writerow({
-            "kind": "mean", "codec": s.codec, "setting": s.setting, "quality": s.quality, "image": "",
-            "images": s.images, "width": "", "height": "", "bytes": "", "bpp": _num(s.bpp, 6),
-            "psnr": _num(s.psnr, 4), "ms_ssim": _num(s.ms_ssim, 6), "payload_bpp": _num(s.payload_bpp, 6),
-            "encode_s": _num(s.encode_s, 4), "decode_s": _num(s.decode_s, 4),
-        })
+        w.writerow(
+            {
+                "kind": "mean",
+                "codec": s.codec,
+                "setting": s.setting,
+                "quality": s.quality,
+                "image": "",
+                "images": s.images,
+                "width": "",
+                "height": "",
+                "bytes": "",
+                "bpp": _num(s.bpp, 6),
+                "psnr": _num(s.psnr, 4),
+                "ms_ssim": _num(s.ms_ssim, 6),
+                "payload_bpp": _num(s.payload_bpp, 6),
+                "encode_s": _num(s.encode_s, 4),
+                "decode_s": _num(s.decode_s, 4),
+            }
+        )
     return buf.getvalue()
 
 
@@ -62,18 +102,32 @@ def _bd_json(row: BDRow) -> dict[str, Any]:
     }
 
 
-def json_doc(report: Report, bd: Sequence[BDRow], anchor: str, psnr_range: tuple[float, float] | None) -> dict[str, Any]:
+def json_doc(
+    report: Report, bd: Sequence[BDRow], anchor: str, psnr_range: tuple[float, float] | None
+) -> dict[str, Any]:
     """Summary per codec and setting, the published curves used, and the BD-rate table."""
     codecs: dict[str, Any] = {}
     for s in report.summaries():
         c = codecs.setdefault(s.codec, {"label": report.labels.get(s.codec, s.codec), "settings": []})
-        c["settings"].append({
-            "setting": s.setting, "quality": s.quality, "images": s.images, "bpp": s.bpp, "psnr": _finite(s.psnr),
-            "ms_ssim": s.ms_ssim, **({"payload_bpp": s.payload_bpp} if s.payload_bpp is not None else {}),
-            "encode_s": s.encode_s, "decode_s": s.decode_s,
-        })
+        c["settings"].append(
+            {
+                "setting": s.setting,
+                "quality": s.quality,
+                "images": s.images,
+                "bpp": s.bpp,
+                "psnr": _finite(s.psnr),
+                "ms_ssim": s.ms_ssim,
+                **({"payload_bpp": s.payload_bpp} if s.payload_bpp is not None else {}),
+                "encode_s": s.encode_s,
+                "decode_s": s.decode_s,
+            }
+        )
     return {
-        "dataset": {"path": str(report.dataset.root), "images": len(report.dataset), "names": list(report.dataset.names)},
+        "dataset": {
+            "path": str(report.dataset.root),
+            "images": len(report.dataset),
+            "names": list(report.dataset.names),
+        },
         "method": {
             "bpp": "8 * encoded file bytes / (width * height), mean over images",
             "psnr": "RGB PSNR (peak 255) of the decoded 8-bit image, mean of per-image values",
@@ -81,8 +135,14 @@ def json_doc(report: Report, bd: Sequence[BDRow], anchor: str, psnr_range: tuple
             "bd_rate": "Bjontegaard delta rate, PCHIP of log10(bpp) over PSNR on the shared PSNR interval",
         },
         "codecs": codecs,
-        "published": [{"name": c.name, "label": c.label, "bpp": list(c.bpp), "psnr": list(c.psnr)} for c in report.published],
-        "bd_rate": {"anchor": anchor, "psnr_range_db": list(psnr_range) if psnr_range else None, "rows": [_bd_json(r) for r in bd]},
+        "published": [
+            {"name": c.name, "label": c.label, "bpp": list(c.bpp), "psnr": list(c.psnr)} for c in report.published
+        ],
+        "bd_rate": {
+            "anchor": anchor,
+            "psnr_range_db": list(psnr_range) if psnr_range else None,
+            "rows": [_bd_json(r) for r in bd],
+        },
         "models": report.models,
         "environment": report.environment,
         "notes": report.notes,
@@ -168,7 +228,9 @@ def plot(report: Report, path: str | os.PathLike, title: str | None = None) -> N
         ax2 = axes[1]
         ys = []
         for c in [c for c in curves if c.kind != "published"]:
-            pts = sorted((s.bpp, _msssim_db(s.ms_ssim)) for s in summaries if s.codec == c.name and s.ms_ssim is not None)
+            pts = sorted(
+                (s.bpp, _msssim_db(s.ms_ssim)) for s in summaries if s.codec == c.name and s.ms_ssim is not None
+            )
             if pts:
                 ax2.plot([b for b, _ in pts], [m for _, m in pts], label=c.label, **style(c))
                 ys += [m for b, m in pts if b <= xmax]
@@ -196,4 +258,3 @@ def _frame(ax, xmax: float, ylabel: str, ys: list[float]) -> None:
 
 def json_text(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
-

@@ -10,6 +10,7 @@ distortion is measured between the original and the decoded 8-bit image.
 Averages are the field's: per setting, the mean over images of bpp, of PSNR (mean of the
 per-image PSNRs, not the PSNR of the mean MSE) and of MS-SSIM.
 """
+
 from __future__ import annotations
 
 import os
@@ -145,20 +146,41 @@ class Report:
 
 # -- measuring -----------------------------------------------------------------------------
 def measure(
-    codec: str, setting: str, quality: int, name: str, original: np.ndarray, decoded: np.ndarray,
-    nbytes: int, encode_s: float, decode_s: float, payload_bpp: float | None = None,
+    codec: str,
+    setting: str,
+    quality: int,
+    name: str,
+    original: np.ndarray,
+    decoded: np.ndarray,
+    nbytes: int,
+    encode_s: float,
+    decode_s: float,
+    payload_bpp: float | None = None,
 ) -> Measurement:
     if decoded.shape != original.shape:
         raise EvalError(f"{codec} {setting} decoded {name} to shape {decoded.shape}, expected {original.shape}")
     h, w = original.shape[:2]
     can_ms = min(h, w) >= MS_SSIM_MIN_SIDE
     return Measurement(
-        codec, setting, quality, name, w, h, nbytes, 8.0 * nbytes / (w * h), psnr(original, decoded),
-        ms_ssim(original, decoded) if can_ms else None, payload_bpp, encode_s, decode_s,
+        codec,
+        setting,
+        quality,
+        name,
+        w,
+        h,
+        nbytes,
+        8.0 * nbytes / (w * h),
+        psnr(original, decoded),
+        ms_ssim(original, decoded) if can_ms else None,
+        payload_bpp,
+        encode_s,
+        decode_s,
     )
 
 
-def code_baseline(name: str, qualities: Sequence[int], data: Dataset, progress: Progress | None = None) -> list[Measurement]:
+def code_baseline(
+    name: str, qualities: Sequence[int], data: Dataset, progress: Progress | None = None
+) -> list[Measurement]:
     """Encode and decode every image at every quality with a Pillow codec."""
     codec = baselines.CODECS[name]
     out = []
@@ -175,7 +197,9 @@ def code_baseline(name: str, qualities: Sequence[int], data: Dataset, progress: 
     return out
 
 
-def code_store(store, qualities: Sequence[int], device, data: Dataset, progress: Progress | None = None) -> list[Measurement]:
+def code_store(
+    store, qualities: Sequence[int], device, data: Dataset, progress: Progress | None = None
+) -> list[Measurement]:
     """Compress every image to a .tcm blob with each quality level, then decompress it."""
     from ..codec.pipeline import compress_images, decompress_blob, load_model, store_resolver
 
@@ -195,7 +219,9 @@ def code_store(store, qualities: Sequence[int], device, data: Dataset, progress:
             t2 = time.perf_counter()
             dec = decompress_blob(comp.blob, resolve)
             t3 = time.perf_counter()
-            out.append(measure(OURS, f"q{q}", q, img_name, img.pixels, dec.pixels, len(comp.blob), t1 - t0, t3 - t2, comp.bpp))
+            out.append(
+                measure(OURS, f"q{q}", q, img_name, img.pixels, dec.pixels, len(comp.blob), t1 - t0, t3 - t2, comp.bpp)
+            )
         del lm, resolve
     return out
 
@@ -214,15 +240,20 @@ def summarise(measurements: Sequence[Measurement]) -> list[Summary]:
     out = []
     for (codec, setting), ms in groups.items():
         ms_ssims = [m.ms_ssim for m in ms]
-        out.append(Summary(
-            codec, setting, ms[0].quality, len(ms),
-            float(np.mean([m.bpp for m in ms])),
-            float(np.mean([m.psnr for m in ms])),
-            _mean(ms_ssims) if all(v is not None for v in ms_ssims) else None,
-            _mean([m.payload_bpp for m in ms]),
-            float(np.mean([m.encode_s for m in ms])),
-            float(np.mean([m.decode_s for m in ms])),
-        ))
+        out.append(
+            Summary(
+                codec,
+                setting,
+                ms[0].quality,
+                len(ms),
+                float(np.mean([m.bpp for m in ms])),
+                float(np.mean([m.psnr for m in ms])),
+                _mean(ms_ssims) if all(v is not None for v in ms_ssims) else None,
+                _mean([m.payload_bpp for m in ms]),
+                float(np.mean([m.encode_s for m in ms])),
+                float(np.mean([m.decode_s for m in ms])),
+            )
+        )
     return out
 
 
@@ -245,7 +276,7 @@ def compare(test: Curve, anchor: Curve, psnr_range: tuple[float, float] | None =
         msg = str(exc)
         for role, curve in (("anchor: ", anchor), ("test: ", test)):
             if msg.startswith(role):
-                msg = f"{curve.name}: {msg[len(role):]}"
+                msg = f"{curve.name}: {msg[len(role) :]}"
         return BDRow(test.name, anchor.name, None, None, None, msg)
     bd_psnr = None if not np.isfinite(r.bd_psnr) else r.bd_psnr
     return BDRow(test.name, anchor.name, r.bd_rate, bd_psnr, r.psnr_range)
@@ -267,6 +298,7 @@ def ms_ssim_note(data: Dataset) -> str | None:
     small = [n for n, img in zip(data.names, data.images) if min(img.height, img.width) < MS_SSIM_MIN_SIDE]
     if not small:
         return None
-    return (f"MS-SSIM left blank for {len(small)} image(s) with a side under {MS_SSIM_MIN_SIDE} px "
-            f"(five scales do not fit), e.g. {small[0]}; setting means then have no MS-SSIM")
-
+    return (
+        f"MS-SSIM left blank for {len(small)} image(s) with a side under {MS_SSIM_MIN_SIDE} px "
+        f"(five scales do not fit), e.g. {small[0]}; setting means then have no MS-SSIM"
+    )

@@ -7,6 +7,7 @@ EntropyBottleneck parameters under CompressAI <= 1.2.4 names (``_matrix0``) or >
 names (``matrices.0``). Files are read with ``weights_only=True``: a checkpoint is data,
 never code.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,7 +53,9 @@ def normalise_state_dict(obj: object) -> dict[str, Tensor]:
     if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError("checkpoint holds no state_dict (expected a dict of tensors or a training dict with 'state_dict')")
+        raise CheckpointError(
+            "checkpoint holds no state_dict (expected a dict of tensors or a training dict with 'state_dict')"
+        )
     out: dict[str, Tensor] = {}
     for key, value in obj.items():
         if not isinstance(key, str):
@@ -91,7 +94,9 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
             raise CheckpointError(f"key {key!r} holds NaN or infinite values")
     for key in state:
         if key not in expected:
-            raise CheckpointError(f"checkpoint has unexpected key {key!r} (is this a checkpoint for this architecture?)")
+            raise CheckpointError(
+                f"checkpoint has unexpected key {key!r} (is this a checkpoint for this architecture?)"
+            )
 
 
 def load_into(model: nn.Module, state: Mapping[str, Tensor]) -> None:

@@ -10,6 +10,7 @@ Their defaults reproduce the official model exactly; the ``lite`` preset shrinks
 a TCM can be trained and run on a small CPU. A field left at its default is omitted from
 the canonical JSON, so adding fields never changes the identity of existing models.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -81,9 +82,7 @@ class TCMConfig:
         if len(self.head_dim) != 6 or any(v <= 0 for v in self.head_dim):
             raise ConfigError(f"head_dim must list 6 positive head sizes, got {list(self.head_dim)}")
         if self.hyper_head_dim <= 0 or self.N <= 0 or self.N % self.hyper_head_dim:
-            raise ConfigError(
-                f"N must be a positive multiple of hyper_head_dim ({self.hyper_head_dim}), got {self.N}"
-            )
+            raise ConfigError(f"N must be a positive multiple of hyper_head_dim ({self.hyper_head_dim}), got {self.N}")
         for hd in self.head_dim:
             if self.N % hd:
                 raise ConfigError(f"N={self.N} is not divisible by head_dim entry {hd}")
@@ -130,7 +129,9 @@ class TCMConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"unknown architecture field(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"unknown architecture field(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
         try:
             return cls(**data)
         except (TypeError, ValueError) as exc:
@@ -153,7 +154,12 @@ def _is_int(v: Any) -> bool:
 
 
 #: The hard-coded widths of the official class, which the extended fields default to.
-EXTENDED_DEFAULTS: dict[str, Any] = {"hyper_channels": 192, "slice_hidden": (224, 128), "swatten_dim": 128, "hyper_head_dim": 32}
+EXTENDED_DEFAULTS: dict[str, Any] = {
+    "hyper_channels": 192,
+    "slice_hidden": (224, 128),
+    "swatten_dim": 128,
+    "hyper_head_dim": 32,
+}
 
 PRESETS: dict[str, TCMConfig] = {
     # The released models (N=64 "small": all six MSE lambdas; N=128 "large").
@@ -166,8 +172,16 @@ PRESETS: dict[str, TCMConfig] = {
     # with TCM blocks, 5 slices with SWAtten and LRP), narrower everywhere: 5.0 M parameters
     # against 45 M, about 1/8 of official-small's time per Kodak image.
     "lite": TCMConfig(
-        N=16, M=160, config=(2, 2, 2, 2, 2, 2), head_dim=(8, 8, 8, 8, 8, 8), num_slices=5, max_support_slices=5,
-        hyper_channels=96, slice_hidden=(64, 48), swatten_dim=32, hyper_head_dim=8,
+        N=16,
+        M=160,
+        config=(2, 2, 2, 2, 2, 2),
+        head_dim=(8, 8, 8, 8, 8, 8),
+        num_slices=5,
+        max_support_slices=5,
+        hyper_channels=96,
+        slice_hidden=(64, 48),
+        swatten_dim=32,
+        hyper_head_dim=8,
     ),
 }
 
@@ -177,4 +191,3 @@ def preset(name: str) -> TCMConfig:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"unknown preset {name!r} (known: {', '.join(sorted(PRESETS))})") from None
-

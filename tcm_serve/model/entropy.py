@@ -7,6 +7,7 @@ math, and the discrete distributions the coder tables are made of, is in
 to the codec (:mod:`tcm_serve.codec.tables`, :mod:`tcm_serve.codec.rans`), which imports
 the model, never the reverse.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,7 +44,13 @@ class EntropyBottleneck(nn.Module):
     _quantized_cdf: Tensor
     _cdf_length: Tensor
 
-    def __init__(self, channels: int, init_scale: float = 10.0, filters: tuple[int, ...] = (3, 3, 3, 3), tail_mass: float = TAIL_MASS):
+    def __init__(
+        self,
+        channels: int,
+        init_scale: float = 10.0,
+        filters: tuple[int, ...] = (3, 3, 3, 3),
+        tail_mass: float = TAIL_MASS,
+    ):
         super().__init__()
         self.likelihood_lower_bound = LowerBound(LIKELIHOOD_BOUND)
         _empty_table_buffers(self)
@@ -54,7 +61,9 @@ class EntropyBottleneck(nn.Module):
         for i in range(len(self.filters) + 1):
             init = math.log(math.expm1(1 / scale / widths[i + 1]))
             self.register_parameter(f"_matrix{i}", nn.Parameter(torch.full((channels, widths[i + 1], widths[i]), init)))
-            self.register_parameter(f"_bias{i}", nn.Parameter(torch.empty(channels, widths[i + 1], 1).uniform_(-0.5, 0.5)))
+            self.register_parameter(
+                f"_bias{i}", nn.Parameter(torch.empty(channels, widths[i + 1], 1).uniform_(-0.5, 0.5))
+            )
             if i < len(self.filters):
                 self.register_parameter(f"_factor{i}", nn.Parameter(torch.zeros(channels, widths[i + 1], 1)))
         self.quantiles = nn.Parameter(torch.tensor([-init_scale, 0.0, init_scale]).repeat(channels, 1, 1))
@@ -92,7 +101,9 @@ class EntropyBottleneck(nn.Module):
         """This prior's per-channel distributions (CPU, float32, no gradient), as the coder
         tables are built from them."""
         cpu = lambda ts: [t.detach().float().cpu() for t in ts]  # noqa: E731
-        return bottleneck_pmf(self.quantiles.detach().cpu(), cpu(self.matrices()), cpu(self.biases()), cpu(self.factors()))
+        return bottleneck_pmf(
+            self.quantiles.detach().cpu(), cpu(self.matrices()), cpu(self.biases()), cpu(self.factors())
+        )
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (z_hat, likelihoods); uniform noise in training, rounding in eval."""
@@ -114,7 +125,9 @@ class EntropyBottleneck(nn.Module):
     def aux_loss(self) -> Tensor:
         """Pulls the quantiles towards the tail-mass targets (trained with its own optimiser)."""
         detached = lambda ts: [t.detach() for t in ts]  # noqa: E731 - gradients reach only the quantiles
-        logits = logits_cumulative(self.quantiles, detached(self.matrices()), detached(self.biases()), detached(self.factors()))
+        logits = logits_cumulative(
+            self.quantiles, detached(self.matrices()), detached(self.biases()), detached(self.factors())
+        )
         return torch.abs(logits - self.target).sum()
 
 

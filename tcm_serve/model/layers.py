@@ -7,6 +7,7 @@ The arithmetic mirrors the reference operation for operation (same einsum contra
 same reshapes, same reduction order) because the codec rounds network outputs to integers:
 an innocent reordering can move a value across a rounding boundary and change the bytes.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -321,7 +322,11 @@ class ResidualUnit(nn.Module):
     def __init__(self, n: int) -> None:
         super().__init__()
         self.conv = nn.Sequential(
-            conv1x1(n, n // 2), nn.ReLU(inplace=True), conv3x3(n // 2, n // 2), nn.ReLU(inplace=True), conv1x1(n // 2, n)
+            conv1x1(n, n // 2),
+            nn.ReLU(inplace=True),
+            conv3x3(n // 2, n // 2),
+            nn.ReLU(inplace=True),
+            conv1x1(n // 2, n),
         )
         self.relu = nn.ReLU(inplace=True)
 

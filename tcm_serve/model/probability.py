@@ -10,6 +10,7 @@ module never imports the codec.
 Every float operation keeps the reference's order (torch float32 on CPU for the tables):
 the integer tables built from these values must equal the reference tables bit for bit.
 """
+
 from __future__ import annotations
 
 import math

@@ -9,6 +9,7 @@ batching and backends can wrap stages independently:
 * per slice: SWAtten + CNN -> (mu, sigma) for the Gaussian model, then latent residual
   prediction (LRP) refines y_hat; slice i is conditioned on the decoded slices before it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -51,15 +52,21 @@ class TCM(nn.Module):
         self.entropy_bottleneck = EntropyBottleneck(zc)
         self.g_a = nn.Sequential(
             ResidualBlockWithStride(3, 2 * n, 2),
-            *tcm_stage(n, c[0], hd[0], w), ResidualBlockWithStride(2 * n, 2 * n, 2),
-            *tcm_stage(n, c[1], hd[1], w), ResidualBlockWithStride(2 * n, 2 * n, 2),
-            *tcm_stage(n, c[2], hd[2], w), conv3x3(2 * n, m, stride=2),
+            *tcm_stage(n, c[0], hd[0], w),
+            ResidualBlockWithStride(2 * n, 2 * n, 2),
+            *tcm_stage(n, c[1], hd[1], w),
+            ResidualBlockWithStride(2 * n, 2 * n, 2),
+            *tcm_stage(n, c[2], hd[2], w),
+            conv3x3(2 * n, m, stride=2),
         )
         self.g_s = nn.Sequential(
             ResidualBlockUpsample(m, 2 * n, 2),
-            *tcm_stage(n, c[3], hd[3], w), ResidualBlockUpsample(2 * n, 2 * n, 2),
-            *tcm_stage(n, c[4], hd[4], w), ResidualBlockUpsample(2 * n, 2 * n, 2),
-            *tcm_stage(n, c[5], hd[5], w), subpel_conv3x3(2 * n, 3, 2),
+            *tcm_stage(n, c[3], hd[3], w),
+            ResidualBlockUpsample(2 * n, 2 * n, 2),
+            *tcm_stage(n, c[4], hd[4], w),
+            ResidualBlockUpsample(2 * n, 2 * n, 2),
+            *tcm_stage(n, c[5], hd[5], w),
+            subpel_conv3x3(2 * n, 3, 2),
         )
         hyper = lambda depth: tcm_stage(n, depth, cfg.hyper_head_dim, HYPER_WINDOW_SIZE)  # noqa: E731
         self.h_a = nn.Sequential(ResidualBlockWithStride(m, 2 * n, 2), *hyper(c[0]), conv3x3(2 * n, zc, stride=2))

@@ -4,6 +4,7 @@ The worker pool (and with it torch) is imported on first use of its name, so tha
 ``tcm_serve.runtime.errors`` (the runtime's refusals, which the Python client maps answers
 back to) imports without torch: ``import tcm_serve.client`` needs httpx only.
 """
+
 from __future__ import annotations
 
 from importlib import import_module

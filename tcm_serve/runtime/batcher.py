@@ -13,6 +13,7 @@ taken no longer count. Reserving before the expensive input work is what makes a
 under a burst cheap: the 429 comes before the upload is decoded, not after. Cancelled jobs
 (their client gave up or their deadline passed) leave the queue at once.
 """
+
 from __future__ import annotations
 
 import itertools

@@ -6,6 +6,7 @@ missing API key) live in :mod:`tcm_serve.api.exceptions`. The HTTP status of eve
 class, these, those and the codec's, is decided in one table:
 :data:`tcm_serve.api.errors.STATUS`.
 """
+
 from __future__ import annotations
 
 from ..errors import TcmError

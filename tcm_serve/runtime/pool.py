@@ -30,6 +30,7 @@
   most :data:`MAX_RESTARTS` times per :data:`RESTART_WINDOW_S`; past that the pool reports
   itself failed (liveness 503) so that the orchestrator restarts the process.
 """
+
 from __future__ import annotations
 
 import logging
@@ -98,7 +99,9 @@ class WorkerPool:
         if settings.max_batch_size is not None:
             self.max_batch_size = settings.max_batch_size
         else:
-            self.max_batch_size = DEFAULT_BATCH_CPU if all(d.type == "cpu" for d in self.devices) else DEFAULT_BATCH_CUDA
+            self.max_batch_size = (
+                DEFAULT_BATCH_CPU if all(d.type == "cpu" for d in self.devices) else DEFAULT_BATCH_CUDA
+            )
         self.batcher = Batcher(settings.max_queue, self.max_batch_size, settings.max_batch_delay_s)
         self.set_observer(observer or NullObserver())
         self.coder = ThreadPoolExecutor(settings.coder_threads, thread_name_prefix="tcm-coder")
@@ -250,8 +253,9 @@ class WorkerPool:
         for job in dead.current:  # normally already settled by Worker._die; settle is idempotent
             job.settle(error=err)
         self.observer.worker_restarted(device)
-        log.warning("worker replaced", extra={"fields": {"device": device, "generation": new.generation,
-                                                         "cause": dead.died}})
+        log.warning(
+            "worker replaced", extra={"fields": {"device": device, "generation": new.generation, "cause": dead.died}}
+        )
 
     # -- state -----------------------------------------------------------------------------------
     @property

@@ -15,6 +15,7 @@ The weights are memory-mapped, not copied, and the architecture is built on the 
 per entry; the worker then loads them again on its device (a second or two per model on
 the conformance model, measured in docs/reliability.md).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -14,6 +14,7 @@ Failures are sorted here: :func:`is_fatal` tells a failure of the worker (it mus
 replaced) from a failure of its requests, and :func:`as_service_error` turns the latter into
 the error the request is answered with.
 """
+
 from __future__ import annotations
 
 import logging
@@ -222,8 +223,14 @@ class Worker(threading.Thread):
             self.host.model_ready()
             log.info(
                 "model ready",
-                extra={"fields": {"quality": slot.entry.quality, "device": str(self.device),
-                                  "load_s": round(slot.load_s or 0.0, 3), "warmup_s": round(slot.warmup_s or 0.0, 3)}},
+                extra={
+                    "fields": {
+                        "quality": slot.entry.quality,
+                        "device": str(self.device),
+                        "load_s": round(slot.load_s or 0.0, 3),
+                        "warmup_s": round(slot.warmup_s or 0.0, 3),
+                    }
+                },
             )
 
     def _load_slot(self, slot: ModelSlot, image: DecodedImage) -> None:
@@ -233,7 +240,11 @@ class Worker(threading.Thread):
         slot.state = "loading"
         t0 = time.monotonic()
         model = load_model(
-            self.host.store, slot.entry.quality, self.device, settings.backend, settings.onnx_dir,
+            self.host.store,
+            slot.entry.quality,
+            self.device,
+            settings.backend,
+            settings.onnx_dir,
             SERVICE_V1_RETRY_THREADS,
         )
         slot.model = model
@@ -292,8 +303,7 @@ class Worker(threading.Thread):
             extra={"fields": {"device": str(self.device), "generation": self.generation, "jobs": len(self.current)}},
         )
         err = WorkerDiedError(
-            f"the worker on {self.device} failed while running this request ({self.died}); it is being "
-            "replaced: retry",
+            f"the worker on {self.device} failed while running this request ({self.died}); it is being replaced: retry",
             retry_after=self.host.retry_after(),
         )
         for job in self.current:

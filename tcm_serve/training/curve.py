@@ -15,6 +15,7 @@ PSNR is not comparable between steps. Two derived columns make it comparable:
 A resumed run re-logs the steps between its last checkpoint and the interruption; the last
 record of a step wins (it is the one the surviving checkpoint continued from).
 """
+
 from __future__ import annotations
 
 import json
@@ -84,15 +85,17 @@ def read_log(path: str | os.PathLike) -> tuple[list[TrainPoint], list[ValPoint]]
                 v = rec["val"]
                 val[step] = ValPoint(step, float(v["bpp"]), float(v["psnr"]), int(v.get("images", 0)))
             else:
-                train[step] = TrainPoint(step, float(rec["loss"]), float(rec["bpp"]), float(rec["psnr"]),
-                                         float(rec.get("s_per_step", 0.0)))
+                train[step] = TrainPoint(
+                    step, float(rec["loss"]), float(rec["bpp"]), float(rec["psnr"]), float(rec.get("s_per_step", 0.0))
+                )
         except (ValueError, KeyError, TypeError, OverflowError) as exc:  # OverflowError: "step": Infinity
             raise ConfigError(f"{p}:{n}: not a train.log record ({exc})") from None
     return [train[s] for s in sorted(train)], [val[s] for s in sorted(val)]
 
 
-def chain(logs: list[tuple[list[TrainPoint], list[ValPoint]]],
-          ends: list[int | None] | None = None) -> tuple[list[TrainPoint], list[ValPoint]]:
+def chain(
+    logs: list[tuple[list[TrainPoint], list[ValPoint]]], ends: list[int | None] | None = None
+) -> tuple[list[TrainPoint], list[ValPoint]]:
     """One curve from runs that continue each other (each later run started with ``--init``
     from the previous run's final weights): a later run's steps are shifted by the step
     the runs before it ended at, so the x axis counts every step the weights have had.
@@ -115,16 +118,24 @@ def smoothed(points: list[TrainPoint], window: int) -> list[tuple[int, float, fl
     out = []
     for i in range(0, len(points) - window + 1, window):
         g = points[i : i + window]
-        out.append((g[-1].step, sum(p.loss for p in g) / window, sum(p.bpp for p in g) / window,
-                    sum(p.psnr for p in g) / window))
+        out.append(
+            (
+                g[-1].step,
+                sum(p.loss for p in g) / window,
+                sum(p.bpp for p in g) / window,
+                sum(p.psnr for p in g) / window,
+            )
+        )
     return out
 
 
 def markdown_table(val: list[ValPoint], lmbda: float, at_bpp: float, every: int = 1) -> str:
     """The validation curve as a Markdown table (every ``every``-th record, and the last)."""
     rows = [v for i, v in enumerate(val) if i % every == 0 or i == len(val) - 1]
-    head = (f"| step | bpp | PSNR dB | RD cost (lambda {lmbda:g}) | PSNR at {at_bpp:g} bpp (tangent) |\n"
-            "| --- | --- | --- | --- | --- |\n")
+    head = (
+        f"| step | bpp | PSNR dB | RD cost (lambda {lmbda:g}) | PSNR at {at_bpp:g} bpp (tangent) |\n"
+        "| --- | --- | --- | --- | --- |\n"
+    )
     body = "".join(
         f"| {v.step} | {v.bpp:.3f} | {v.psnr:.2f} | {v.rd_cost(lmbda):.3f} | {v.psnr_at(at_bpp, lmbda):.2f} |\n"
         for v in rows
@@ -132,8 +143,15 @@ def markdown_table(val: list[ValPoint], lmbda: float, at_bpp: float, every: int 
     return head + body
 
 
-def plot(train: list[TrainPoint], val: list[ValPoint], lmbda: float, at_bpp: float,
-         path: str | os.PathLike, title: str, window: int = 25) -> None:
+def plot(
+    train: list[TrainPoint],
+    val: list[ValPoint],
+    lmbda: float,
+    at_bpp: float,
+    path: str | os.PathLike,
+    title: str,
+    window: int = 25,
+) -> None:
     """Validation PSNR (raw and at a fixed rate) and bpp, and the smoothed training loss,
     against steps; Agg backend, no pyplot state."""
     from ..evaluation.report import require_matplotlib
@@ -147,8 +165,9 @@ def plot(train: list[TrainPoint], val: list[ValPoint], lmbda: float, at_bpp: flo
     fig = Figure(figsize=(11, 4.5), dpi=110)
     ax_psnr, ax_loss = fig.subplots(1, 2)
     steps = [v.step for v in val]
-    ax_psnr.plot(steps, [v.psnr_at(at_bpp, lmbda) for v in val], "o-", color="black",
-                 label=f"PSNR at {at_bpp:g} bpp (tangent)")
+    ax_psnr.plot(
+        steps, [v.psnr_at(at_bpp, lmbda) for v in val], "o-", color="black", label=f"PSNR at {at_bpp:g} bpp (tangent)"
+    )
     ax_psnr.plot(steps, [v.psnr for v in val], ".--", color="grey", label="PSNR at its own rate")
     ax_psnr.set_xlabel("training step")
     ax_psnr.set_ylabel("validation PSNR (dB)")

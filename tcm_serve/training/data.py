@@ -8,6 +8,7 @@ resumed run sees exactly the crops an uninterrupted one would have seen.
 Sampling picks a source folder uniformly, then an image in it, so a folder of 200 small
 photos does not drown a folder of 40 large ones (the training README asks to mix sources).
 """
+
 from __future__ import annotations
 
 import os
@@ -68,7 +69,9 @@ def sources_under(root: Path) -> list[Path]:
 def load_sources(roots: Sequence[str | os.PathLike[str]], crop: int, max_side: int = 1024) -> list[Source]:
     """Decode every usable image under ``roots``; refuse Kodak and empty datasets."""
     if crop < MIN_CROP:
-        raise ConfigError(f"crop must be at least {MIN_CROP} (smaller crops break the shifted-window blocks), got {crop}")
+        raise ConfigError(
+            f"crop must be at least {MIN_CROP} (smaller crops break the shifted-window blocks), got {crop}"
+        )
     sources: list[Source] = []
     for raw in roots:
         root = Path(raw)

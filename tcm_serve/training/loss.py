@@ -1,4 +1,5 @@
 """The paper's rate-distortion objective: lambda * 255^2 * MSE + bits per pixel."""
+
 from __future__ import annotations
 
 import math

@@ -15,6 +15,7 @@ schedule), sized by flags. What this module adds is operability on small machine
   ``tcm models import`` reads it directly, and its ``training`` record (config, lambda,
   data, steps) travels into the store's manifest.
 """
+
 from __future__ import annotations
 
 import json
@@ -200,7 +201,13 @@ class Trainer:
         aux.backward()
         self.aux_opt.step()
         self.step += 1
-        return {"loss": float(rd.loss.detach()), "bpp": rd.bpp, "mse": rd.mse, "psnr": rd.psnr, "aux": float(aux.detach())}
+        return {
+            "loss": float(rd.loss.detach()),
+            "bpp": rd.bpp,
+            "mse": rd.mse,
+            "psnr": rd.psnr,
+            "aux": float(aux.detach()),
+        }
 
     def request_stop(self, *_: object) -> None:
         self._stop = True
@@ -225,7 +232,9 @@ class Trainer:
                 if self.step % log_every == 0 or self.step == self.cfg.steps:
                     now = time.perf_counter()
                     rec = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                    rec.update(step=self.step, lr=self.cfg.lr_at(self.step - 1), s_per_step=(now - t_last) / len(window))
+                    rec.update(
+                        step=self.step, lr=self.cfg.lr_at(self.step - 1), s_per_step=(now - t_last) / len(window)
+                    )
                     rec["psnr"] = 10 * math.log10(1 / rec["mse"]) if rec["mse"] > 0 else float("inf")
                     self.log(rec)
                     if progress:

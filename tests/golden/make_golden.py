@@ -9,6 +9,7 @@ regenerating them hides exactly the regression they exist to catch. The inputs a
 conformance kit's CC0 coffee crops; the models are the kit checkpoint (with the kit's
 tables) and the bundled store's q1 and q6.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,14 +60,23 @@ def main() -> None:
         (HERE / f"{name}.tcm").write_bytes(res.blob)
         (HERE / f"{name}.png").unlink(missing_ok=True)
         write_png(HERE / f"{name}.png", out.pixels)
-        records.append({
-            "name": name, "model": model, "quality": quality, "image": vector,
-            "weights_sha256": lm.entry.sha256, "blob_sha256": hashlib.sha256(res.blob).hexdigest(),
-            "symbols_sha256": symbols.sha256(), "bytes": len(res.blob),
-            "hints": int(decode_hints(f.hints, symbols.y_symbols.size, 64)[0].size),
-        })
+        records.append(
+            {
+                "name": name,
+                "model": model,
+                "quality": quality,
+                "image": vector,
+                "weights_sha256": lm.entry.sha256,
+                "blob_sha256": hashlib.sha256(res.blob).hexdigest(),
+                "symbols_sha256": symbols.sha256(),
+                "bytes": len(res.blob),
+                "hints": int(decode_hints(f.hints, symbols.y_symbols.size, 64)[0].size),
+            }
+        )
         print(name, len(res.blob), "bytes", records[-1]["symbols_sha256"][:16])
-    (HERE / "golden.json").write_text(json.dumps({"made_with": f"torch {torch.__version__}", "blobs": records}, indent=2) + "\n")
+    (HERE / "golden.json").write_text(
+        json.dumps({"made_with": f"torch {torch.__version__}", "blobs": records}, indent=2) + "\n"
+    )
     for p in (HERE / ".kit_store").glob("*"):
         p.unlink()
     (HERE / ".kit_store").rmdir()

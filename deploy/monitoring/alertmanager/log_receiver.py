@@ -1,6 +1,7 @@
 """Alertmanager's default receiver in the compose stack: print every notification as one
 JSON line on stdout (``docker compose logs alert-log``). Standard library only, so it runs in
 the stock python image; point Alertmanager at a real receiver for paging (alertmanager.yml)."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,12 @@ class Receiver(BaseHTTPRequestHandler):
         except ValueError:
             note = {"unparsed": True}
         for alert in note.get("alerts", []) if isinstance(note, dict) else []:
-            line = {"status": alert.get("status"), "labels": alert.get("labels"),
-                    "summary": (alert.get("annotations") or {}).get("summary"), "startsAt": alert.get("startsAt")}
+            line = {
+                "status": alert.get("status"),
+                "labels": alert.get("labels"),
+                "summary": (alert.get("annotations") or {}).get("summary"),
+                "startsAt": alert.get("startsAt"),
+            }
             print(json.dumps(line, sort_keys=True), flush=True)
         self.send_response(200)
         self.end_headers()

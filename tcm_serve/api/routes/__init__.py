@@ -3,6 +3,7 @@ share from ``request.app.state`` (:class:`~tcm_serve.api.state.ApiState`).
 
 The order of :data:`ROUTERS` is the order of the paths in the published schema.
 """
+
 from __future__ import annotations
 
 from fastapi import APIRouter

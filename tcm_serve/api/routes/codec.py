@@ -4,6 +4,7 @@ Each takes its queue place before it reads its body (a burst past the queue's ca
 refused, 429, without a core spent decoding each refused image), reads and decodes under
 the request deadline, and hands the model work to the worker pool.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -163,9 +164,7 @@ def _check_deadline(deadline: float, timeout_s: float) -> None:
         raise DeadlineExceededError(f"the comparison did not finish within {timeout_s:g} s")
 
 
-async def _code_and_decode(
-    request: Request, state: ApiState, q: int, deadline: float, drop_alpha: bool
-) -> CodedResult:
+async def _code_and_decode(request: Request, state: ApiState, q: int, deadline: float, drop_alpha: bool) -> CodedResult:
     """The image, compressed at ``q`` (portable) and decoded again, with the time of each."""
     pool, settings, ctx = state.pool, state.settings, _ctx(request)
     # both queue places up front: a full queue refuses before any model work

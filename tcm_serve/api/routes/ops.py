@@ -2,6 +2,7 @@
 also on HEAD) and ``GET /metrics``. None does model work, so probes answer at once, even
 while the models load.
 """
+
 from __future__ import annotations
 
 from typing import Any
