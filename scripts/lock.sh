@@ -12,7 +12,7 @@ trap 'rm -rf "$tmp"' EXIT
 python3 -m venv "$tmp/venv"
 "$tmp/venv/bin/pip" install -q --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
 echo "onnxruntime==$ORT" > "$tmp/ort.txt"
-"$tmp/venv/bin/pip" install -q --disable-pip-version-check -c "$tmp/ort.txt" .
+"$tmp/venv/bin/pip" install -q --disable-pip-version-check -c "$tmp/ort.txt" ".[server]"
 {
   sed -n '1,/^# Regenerate/p' requirements.lock
   "$tmp/venv/bin/pip" freeze | grep -viE '^(torch|tcm-serve|tcm_serve)(==| @)'

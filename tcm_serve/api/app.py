@@ -34,6 +34,7 @@ from functools import partial
 import anyio
 from fastapi import FastAPI
 
+from .. import __version__
 from ..config import Settings
 from ..runtime.pool import WorkerPool
 from .auth import ApiKeyMiddleware, ApiKeys
@@ -88,7 +89,7 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
     state = ApiState(settings=settings, pool=pool, metrics=metrics, threads=Threads.for_settings(settings))
     app = FastAPI(
         title="tcm-serve",
-        version="0.1.0",
+        version=__version__,
         summary="Learned image compression (TCM, CVPR 2023) as a service",
         lifespan=lifespan,
         docs_url=None,  # served by install_pages from packaged assets: /docs works offline
