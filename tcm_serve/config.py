@@ -14,7 +14,15 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .codec.container import BACKEND_KINDS, BITSTREAMS, DEFAULT_BITSTREAM, MAX_QUALITY, MIN_QUALITY, quality_problem
+from .codec.container import (
+    BACKEND_KINDS,
+    BITSTREAMS,
+    DEFAULT_BACKEND,
+    DEFAULT_BITSTREAM,
+    MAX_QUALITY,
+    MIN_QUALITY,
+    quality_problem,
+)
 from .devices import parse_devices
 from .errors import ConfigError
 from .imageio import DEFAULT_MAX_PIXELS
@@ -51,7 +59,8 @@ class CodecSettings(BaseSettings):
 
     model_store: str | None = Field(None, description="model store directory (default: the bundled model_store/)")
     backend: str = Field(
-        "torch", description="torch (exact reference arithmetic) or onnx (ONNX Runtime, faster; docs/performance.md)"
+        DEFAULT_BACKEND,
+        description="torch (exact reference arithmetic) or onnx (ONNX Runtime, faster; docs/performance.md)",
     )
     bitstream: str = Field(
         DEFAULT_BITSTREAM,

@@ -538,3 +538,29 @@ def test_out_of_memory_is_one_line(capsys, store_args, tmp_path, monkeypatch):
     code, _, err = run_cli(capsys, "compress", str(a), *store_args)
     assert_one_line_error(code, err, "not enough memory")
     assert not (tmp_path / "a.tcm").exists()
+
+
+def test_codec_settings_without_the_environment_equal_codec_settings_defaults(monkeypatch):
+    """The commands skip pydantic (0.3 s of start-up) when no codec variable is set; what they
+    use then must be exactly CodecSettings' defaults, and any set variable goes through it."""
+    from tcm_serve.cli.argtypes import CODEC_FIELDS, codec_settings
+    from tcm_serve.config import CodecSettings
+
+    for field in CODEC_FIELDS:
+        monkeypatch.delenv(f"TCM_{field.upper()}", raising=False)
+    assert CODEC_FIELDS == tuple(CodecSettings.model_fields)
+    fast, full = codec_settings(), CodecSettings()
+    assert (fast.store, fast.backend, fast.bitstream, fast.onnx_dir) == (
+        full.model_store,
+        full.backend,
+        full.bitstream,
+        full.onnx_dir,
+    )
+    monkeypatch.setenv("tcm_backend", "ONNX")  # names are case-insensitive, values normalised
+    assert codec_settings().backend == "onnx"
+    code = (
+        "import sys, os; [os.environ.pop(k) for k in list(os.environ) if k.upper().startswith('TCM_')]; "
+        "from tcm_serve.cli.argtypes import codec_settings; codec_settings(); print('pydantic' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..codec.container import BACKEND_KINDS, BITSTREAMS, DEFAULT_BITSTREAM, quality_problem
+from ..codec.container import BACKEND_KINDS, BITSTREAMS, DEFAULT_BACKEND, DEFAULT_BITSTREAM, quality_problem
 
 if TYPE_CHECKING:
     from ..store import ModelStore
@@ -118,20 +119,45 @@ def add_bitstream_option(p: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class CodecChoice:
-    """How a local command runs the codec: its options, else the ``TCM_*`` settings."""
+    """Where a local command finds its models and how it runs the codec: its options, else
+    the ``TCM_*`` settings."""
 
+    store: str | None
     backend: str
     bitstream: str
     onnx_dir: str | None
 
 
-def codec_choice(args: argparse.Namespace) -> CodecChoice:
-    """``--backend`` / ``--bitstream`` where given, else ``TCM_BACKEND`` / ``TCM_BITSTREAM``
-    (validated, one-line ConfigError), and ``TCM_ONNX_DIR``."""
+#: The fields of :class:`tcm_serve.config.CodecSettings` (a test keeps the two equal). When
+#: none of their ``TCM_*`` variables is set, which is the common case, the commands take the
+#: defaults without importing pydantic: 0.3 s of every command's start-up otherwise.
+CODEC_FIELDS = ("model_store", "backend", "bitstream", "onnx_dir")
+
+
+def _codec_env_set() -> bool:
+    """Whether the environment sets any codec setting (names are case-insensitive, as
+    pydantic-settings reads them)."""
+    names = {name.upper() for name in os.environ}
+    return any(f"TCM_{field.upper()}" in names for field in CODEC_FIELDS)
+
+
+def codec_settings() -> CodecChoice:
+    """The codec settings the environment gives: ``TCM_*`` through
+    :func:`tcm_serve.config.load_codec_settings` (validated, one-line ConfigError), or the
+    defaults when none is set."""
+    if not _codec_env_set():
+        return CodecChoice(store=None, backend=DEFAULT_BACKEND, bitstream=DEFAULT_BITSTREAM, onnx_dir=None)
     from ..config import load_codec_settings
 
     env = load_codec_settings()
+    return CodecChoice(store=env.model_store, backend=env.backend, bitstream=env.bitstream, onnx_dir=env.onnx_dir)
+
+
+def codec_choice(args: argparse.Namespace) -> CodecChoice:
+    """``--store`` / ``--backend`` / ``--bitstream`` where given, else the environment's."""
+    env = codec_settings()
     return CodecChoice(
+        store=getattr(args, "store", None) or env.store,
         backend=getattr(args, "backend", None) or env.backend,
         bitstream=getattr(args, "bitstream", None) or env.bitstream,
         onnx_dir=env.onnx_dir,
@@ -140,7 +166,6 @@ def codec_choice(args: argparse.Namespace) -> CodecChoice:
 
 def open_store(args: argparse.Namespace) -> ModelStore:
     """The store ``--store`` names, else ``TCM_MODEL_STORE``, else the bundled one."""
-    from ..config import load_codec_settings
     from ..store import ModelStore, resolve_store
 
-    return ModelStore(resolve_store(args.store or load_codec_settings().model_store))
+    return ModelStore(resolve_store(codec_choice(args).store))

@@ -70,6 +70,7 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "BACKENDS",
     "BACKEND_KINDS",
+    "DEFAULT_BACKEND",
     "MIN_QUALITY",
     "MAX_QUALITY",
     "quality_problem",
@@ -109,8 +110,9 @@ def quality_problem(quality: int) -> str | None:
     return None
 
 
-#: What runs the networks (``--backend``, ``TCM_BACKEND``).
+#: What runs the networks (``--backend``, ``TCM_BACKEND``); the first is the default.
 BACKEND_KINDS = ("torch", "onnx")
+DEFAULT_BACKEND = BACKEND_KINDS[0]
 #: Version 1 ("exact"): what computed the entropy parameters (a backend kind on a device),
 #: which a decoder must reproduce bit for bit; stored as u8 code = index + 1 (0 is invalid).
 #: The order is part of the format.
