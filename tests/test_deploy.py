@@ -75,9 +75,9 @@ CONTRACT_METRICS = {
     "tcm_queue_capacity": "gauge",
     "tcm_worker_restarts_total": "counter",
 }
-#: The service's settings (pydantic-settings, prefix TCM_: every field of Settings, so a new
-#: setting must be documented in docs/deploy.md) plus the CLI's store variable.
-CONTRACT_SETTINGS = tuple(f"TCM_{name.upper()}" for name in Settings.model_fields) + ("TCM_MODEL_STORE",)
+#: The service's settings (pydantic-settings, prefix TCM_: every field of Settings, the CLI's
+#: TCM_MODEL_STORE among them, so a new setting must be documented in docs/deploy.md).
+CONTRACT_SETTINGS = tuple(f"TCM_{name.upper()}" for name in Settings.model_fields)
 
 
 def _series_names(metric: str, kind: str) -> set[str]:
@@ -282,7 +282,6 @@ def test_dockerfile_targets_are_non_root_compiler_free_and_serve():
         assert re.search(r"--start-period=\d+", health), "the health check needs a start period for the model load"
         # the bundled store is baked in where TCM_MODEL_STORE points (and the CLI and the server agree)
         assert ("model_store/", env["TCM_MODEL_STORE"].rstrip("/") + "/") in copies(stage)
-        assert "TCM_STORE" not in env, "TCM_STORE would split `tcm serve` from `tcm models import`"
     assert targets["cpu"].image_env()["TCM_DEVICES"] == "cpu"
     assert targets["gpu"].image_env()["TCM_DEVICES"] == "cuda"  # no silent fall-back to the CPU
     # the two images differ only in the virtualenv and the device settings
