@@ -9,6 +9,7 @@ Every field can be set as an environment variable with the ``TCM_`` prefix (``TC
 from __future__ import annotations
 
 import math
+import os
 from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -207,6 +208,8 @@ def _one_line(exc: ValidationError) -> ConfigError:
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment plus ``overrides`` (``None`` values are ignored);
     validation errors become one-line :class:`ConfigError`s."""
+    if any(name.upper() == "TCM_STORE" for name in os.environ):  # an old name, silently ignored otherwise
+        raise ConfigError("invalid configuration: TCM_STORE was renamed TCM_MODEL_STORE (set that instead)")
     unknown = sorted(set(overrides) - set(Settings.model_fields))
     if unknown:  # the environment may hold other TCM_* variables; code must not misspell a field
         raise ConfigError(f"invalid configuration: unknown setting(s) {', '.join(unknown)}")

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from .codec.container import MAX_QUALITY, MIN_QUALITY, quality_problem
+
 # The coder tables are stored with the weights: building them needs the range coder's
 # quantiser (codec.rans), so the store uses codec.tables, which depends on the model and
 # the coder only (never on the store or the engine).
@@ -83,8 +85,8 @@ class ModelEntry:
             raise StoreError("manifest entry is not an object")
         try:
             q = d["quality"]
-            if not isinstance(q, int) or not 1 <= q <= 255:
-                raise StoreError(f"manifest entry has invalid quality {q!r} (1..255)")
+            if not isinstance(q, int) or quality_problem(q):
+                raise StoreError(f"manifest entry has invalid quality {q!r} ({MIN_QUALITY}..{MAX_QUALITY})")
             sha = str(d["sha256"]).lower()
             if len(sha) != 64 or any(ch not in "0123456789abcdef" for ch in sha):
                 raise StoreError(f"manifest entry for quality {q} has an invalid sha256")
@@ -261,8 +263,9 @@ class ModelStore:
 
         ``half`` stores parameters as float16 (half the file; cast back at load).
         ``training`` defaults to the record ``tcm train`` leaves in its checkpoints."""
-        if not 1 <= quality <= 255:
-            raise StoreError(f"quality must be in 1..255, got {quality}")
+        problem = quality_problem(quality)
+        if problem:
+            raise StoreError(problem)
         self.root.mkdir(parents=True, exist_ok=True)
         entries = [e for e in self.entries()]
         if any(e.quality == quality for e in entries) and not replace:

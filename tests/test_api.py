@@ -917,3 +917,12 @@ def test_compare_concurrency_is_bounded(app, service_images, monkeypatch):
     assert first.status_code == 200, first.text
     body = assert_error(second, 429, "queue_full")
     assert "compare_concurrency" in body["detail"] and second.headers["retry-after"] == "5"
+
+
+def test_the_renamed_store_variable_is_refused(monkeypatch, service_store):
+    """TCM_STORE would otherwise be ignored and the bundled models served in its place."""
+    monkeypatch.setenv("TCM_STORE", str(service_store))
+    with pytest.raises(ConfigError, match="TCM_STORE was renamed TCM_MODEL_STORE"):
+        load_settings(model_store=str(service_store))
+    monkeypatch.delenv("TCM_STORE")
+    assert load_settings(model_store=str(service_store)).model_store == str(service_store)

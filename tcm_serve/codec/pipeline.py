@@ -45,13 +45,6 @@ class LoadedModel:
     def weights_hash(self) -> bytes:
         return self.entry.weights_hash
 
-    def matches(self, header: TcmHeader) -> bool:
-        return (
-            header.quality == self.entry.quality
-            and header.config_hash == self.config_hash
-            and header.weights_hash == self.weights_hash
-        )
-
 
 def load_model(
     store: ModelStore,
