@@ -164,8 +164,14 @@ def codec_choice(args: argparse.Namespace) -> CodecChoice:
     )
 
 
-def open_store(args: argparse.Namespace) -> ModelStore:
-    """The store ``--store`` names, else ``TCM_MODEL_STORE``, else the bundled one."""
+def open_store(choice: CodecChoice) -> ModelStore:
+    """The store a :func:`codec_choice` names (``--store``, else ``TCM_MODEL_STORE``), else
+    the bundled one."""
     from ..store import ModelStore, resolve_store
 
-    return ModelStore(resolve_store(codec_choice(args).store))
+    return ModelStore(resolve_store(choice.store))
+
+
+def add_device_option(p: argparse.ArgumentParser, what: str = "") -> None:
+    """``--device auto|cpu|cuda|cuda:N`` for the commands that run models themselves."""
+    p.add_argument("--device", default="auto", help=f"{what}auto, cpu, cuda or cuda:N (default: auto)")

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .argtypes import add_store_option, open_store, positive_int
+from .argtypes import add_device_option, add_store_option, codec_choice, open_store, positive_int
 
 DEFAULT_CODECS = ("tcm", "jpeg420", "jpeg444", "webp", "avif")
 
@@ -101,7 +101,7 @@ def add_parsers(sub) -> None:
         help="quality sweep of a Pillow codec, e.g. webp=10,30,50,70 (repeatable; defaults in docs/evaluation.md)",
     )
     e.add_argument("--limit", type=positive_int, metavar="N", help="only the first N images (in name order)")
-    e.add_argument("--device", default="auto", help="for our models: auto, cpu, cuda or cuda:N (default: auto)")
+    add_device_option(e, "for our models: ")
     e.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     e.add_argument("--anchor", default="jpeg420", help="codec the BD-rates are measured against (default: jpeg420)")
     e.add_argument(
@@ -191,7 +191,7 @@ def _open_models(args):
         return None, None, None
     from ..devices import resolve_device, set_reproducible_kernels
 
-    store = open_store(args)
+    store = open_store(codec_choice(args))
     available = store.entries()
     if not available:
         raise EvalError(

@@ -24,6 +24,7 @@ from ..imageio import DEFAULT_MAX_PIXELS
 from .argtypes import (
     add_backend_option,
     add_bitstream_option,
+    add_device_option,
     add_store_option,
     codec_choice,
     open_store,
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("inputs", nargs="+", metavar="IN", help="image files or directories of images")
     c.add_argument("-o", "--output", help="output file (one input) or directory (default: next to each input)")
     c.add_argument("-q", "--quality", type=quality, help="quality level in the store (default: the highest available)")
-    c.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    add_device_option(c)
     add_backend_option(c)
     add_bitstream_option(c)
     c.add_argument("--drop-alpha", action="store_true", help="discard an alpha channel instead of refusing the image")
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("decompress", help="decompress .tcm files to PNG")
     d.add_argument("inputs", nargs="+", metavar="IN", help=".tcm files or directories of them")
     d.add_argument("-o", "--output", help="output file (one input) or directory (default: next to each input)")
-    d.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    add_device_option(d)
     add_backend_option(d)
     d.add_argument(
         "--max-pixels",
@@ -236,12 +237,12 @@ def cmd_compress(args) -> int:
 
     files = _expand(args.inputs, IMAGE_SUFFIXES)
     outs = _output_paths(files, args.output, ".tcm", args.force)
-    store = open_store(args)
+    codec = codec_choice(args)
+    store = open_store(codec)
     entries = store.entries()
     if not entries:
         raise CliError(f"model store {store.root} has no models (add one with: tcm models import)")
     quality = args.quality if args.quality is not None else entries[-1].quality
-    codec = codec_choice(args)
     portable = check_bitstream(codec.bitstream)
     device = resolve_device(args.device)
     set_reproducible_kernels(device)
@@ -286,7 +287,7 @@ def cmd_decompress(args) -> int:
     device = resolve_device(args.device)
     set_reproducible_kernels(device)
     codec = codec_choice(args)
-    resolve = store_resolver(open_store(args), device, codec.backend, codec.onnx_dir)
+    resolve = store_resolver(open_store(codec), device, codec.backend, codec.onnx_dir)
     run = _PerFile(files)
     t0 = time.perf_counter()
 
@@ -322,7 +323,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_models_list(args) -> int:
-    store = open_store(args)
+    store = open_store(codec_choice(args))
     entries = store.entries()
     if args.json:
         print(json.dumps({"store": str(store.root), "models": [e.to_json() for e in entries]}, indent=2))
@@ -363,7 +364,7 @@ def cmd_models_import(args) -> int:
             name = next((k for k, v in PRESETS.items() if v == arch), None)
         else:
             name, arch = "official-small", preset("official-small")
-    store = open_store(args)
+    store = open_store(codec_choice(args))
     t0 = time.perf_counter()
     entry = store.import_checkpoint(
         args.checkpoint,

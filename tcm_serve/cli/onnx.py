@@ -13,7 +13,7 @@ import argparse
 import time
 
 from ..errors import TcmError
-from .argtypes import add_store_option, open_store, quality
+from .argtypes import add_store_option, codec_choice, open_store, quality
 
 
 class ExportError(TcmError):
@@ -35,7 +35,7 @@ def add_parsers(sub) -> None:
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from ..codec.onnx_graphs import ensure_graphs, parity_report
 
-    store = open_store(args)
+    store = open_store(codec_choice(args))
     entries = store.entries()
     if args.quality is not None:
         entries = [store.entry(args.quality)]

@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .argtypes import non_negative_float, non_negative_int, positive_float, positive_int, rd_lambda
+from .argtypes import (
+    add_device_option,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    rd_lambda,
+)
 
 
 def add_parsers(sub) -> None:
@@ -47,7 +54,7 @@ def add_parsers(sub) -> None:
     t.add_argument("--val", metavar="DIR", help="images to report forward-pass bpp/PSNR on (never trained on)")
     t.add_argument("--val-count", type=positive_int, default=6)
     t.add_argument("--val-every", type=non_negative_int, default=0, help="validate every this many steps (0: never)")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_device_option(t)
     t.add_argument(
         "--precision",
         choices=("fp32", "bf16"),
