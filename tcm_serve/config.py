@@ -24,6 +24,7 @@ from .codec.container import (
     MIN_QUALITY,
     quality_problem,
 )
+from .codec.geometry import DEFAULT_TILE, tile_problem
 from .devices import parse_devices
 from .errors import ConfigError
 from .imageio import DEFAULT_MAX_PIXELS
@@ -71,6 +72,19 @@ class CodecSettings(BaseSettings):
     onnx_dir: str | None = Field(
         None, description="where the onnx backend keeps its exported graphs (default: the model store directory)"
     )
+    tile: int = Field(
+        DEFAULT_TILE,
+        description="core size in pixels of the tiled transforms, so that memory grows far slower with the "
+        "image (a multiple of 128, at least 256; 0 codes every image whole; docs/codec.md, Tiling)",
+    )
+
+    @field_validator("tile")
+    @classmethod
+    def _check_tile(cls, v: int) -> int:
+        problem = tile_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @field_validator("backend")
     @classmethod

@@ -67,7 +67,7 @@ def test_entropy_parameter_path_never_sees_a_batch(kit_engine, batches, monkeypa
     """Whatever the batch, h_a, the hyper-synthesis, the slice networks and LRP run on one
     image at a time, in compression and in decompression (for exact blobs this is what keeps
     them decodable; portable blobs would tolerate it, but the code path is the same)."""
-    m = kit_engine.portable_path.stages.model if portable else kit_engine.model
+    m = kit_engine.portable_path.stages.inner.model if portable else kit_engine.model
     seen: list[tuple[str, int]] = []
     for name in ("hyper_synthesis", "slice_params", "refine"):
         original = getattr(m, name)

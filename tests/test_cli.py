@@ -550,11 +550,12 @@ def test_codec_settings_without_the_environment_equal_codec_settings_defaults(mo
         monkeypatch.delenv(f"TCM_{field.upper()}", raising=False)
     assert CODEC_FIELDS == tuple(CodecSettings.model_fields)
     fast, full = codec_settings(), CodecSettings()
-    assert (fast.store, fast.backend, fast.bitstream, fast.onnx_dir) == (
+    assert (fast.store, fast.backend, fast.bitstream, fast.onnx_dir, fast.tile) == (
         full.model_store,
         full.backend,
         full.bitstream,
         full.onnx_dir,
+        full.tile,
     )
     monkeypatch.setenv("tcm_backend", "ONNX")  # names are case-insensitive, values normalised
     assert codec_settings().backend == "onnx"

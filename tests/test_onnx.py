@@ -32,6 +32,7 @@ from tcm_serve.codec.geometry import Geometry
 from tcm_serve.codec.onnx_graphs import GraphSet, ensure_graphs, graph_names, parity_report
 from tcm_serve.codec.padding import crop, pad, pixels_to_tensor, tensor_to_pixels
 from tcm_serve.codec.pipeline import compress_images, decompress_blob, load_model, store_resolver
+from tcm_serve.codec.tiling import Tiling
 from tcm_serve.errors import BackendMismatchError, DriftError
 from tcm_serve.imageio import decode_image
 from tcm_serve.store import ModelStore
@@ -294,3 +295,20 @@ def _far() -> float:
     import time
 
     return time.monotonic() + 300
+
+
+def test_tiled_transforms_run_on_onnx_runtime(onnx_lm, torch_lm, kodak_dir):
+    """The ONNX graphs take the tiles' window size (dynamic axes); a blob whose g_a ran in tiles
+    on ONNX Runtime decodes with PyTorch whole, and ONNX tiled synthesis gives the same image."""
+    px = np.array(Image.open(kodak_dir / "kodim23.png").convert("RGB"))[:, :640]
+    img = decode_image(_png(px))
+    before, onnx_lm.engine.tiling = onnx_lm.engine.tiling, Tiling(256, 128)  # 3 cores across, 512x512 windows
+    try:
+        assert onnx_lm.engine.tiling.plan(512, 640).count == 3
+        (c,) = compress_images(onnx_lm, [img])
+        tiled = decompress_blob(c.blob, lambda h: onnx_lm).pixels
+    finally:
+        onnx_lm.engine.tiling = before
+    whole = decompress_blob(c.blob, lambda h: torch_lm).pixels
+    assert tiled.shape == whole.shape == px.shape
+    assert np.abs(tiled.astype(int) - whole.astype(int)).max() <= 3

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..codec.container import BACKEND_KINDS, BITSTREAMS, DEFAULT_BACKEND, DEFAULT_BITSTREAM, quality_problem
+from ..codec.geometry import DEFAULT_TILE, tile_problem
 
 if TYPE_CHECKING:
     from ..store import ModelStore
@@ -78,16 +80,38 @@ def rd_lambda(text: str) -> float:
     return v
 
 
+def _checked_int(text: str, what: str, problem: Callable[[int], str | None]) -> int:
+    """``text`` as an integer that ``problem`` finds nothing wrong with, else a usage error
+    naming ``what``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
+    reason = problem(value)
+    if reason:
+        raise argparse.ArgumentTypeError(reason)
+    return value
+
+
 def quality(text: str) -> int:
     """A quality level (``-q``): an integer in the format's range."""
-    try:
-        q = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"quality must be an integer, got {text!r}") from None
-    problem = quality_problem(q)
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return q
+    return _checked_int(text, "quality", quality_problem)
+
+
+def tile_size(text: str) -> int:
+    """A tile size (``--tile``): pixels, a multiple of 128 of at least 256, or 0 (off)."""
+    return _checked_int(text, "tile", tile_problem)
+
+
+def add_tile_option(p: argparse.ArgumentParser, what: str) -> None:
+    """``--tile PIXELS`` (default: the ``tile`` setting)."""
+    p.add_argument(
+        "--tile",
+        type=tile_size,
+        help=f"run {what} in tiles of this many pixels per side, so memory grows far slower with the "
+        "image; a multiple of 128, at least 256; 0 codes every image whole; any blob decodes with any tile size "
+        f"(default: $TCM_TILE, else {DEFAULT_TILE})",
+    )
 
 
 def add_store_option(p: argparse.ArgumentParser) -> None:
@@ -126,12 +150,13 @@ class CodecChoice:
     backend: str
     bitstream: str
     onnx_dir: str | None
+    tile: int = DEFAULT_TILE
 
 
 #: The fields of :class:`tcm_serve.config.CodecSettings` (a test keeps the two equal). When
 #: none of their ``TCM_*`` variables is set, which is the common case, the commands take the
 #: defaults without importing pydantic: 0.3 s of every command's start-up otherwise.
-CODEC_FIELDS = ("model_store", "backend", "bitstream", "onnx_dir")
+CODEC_FIELDS = ("model_store", "backend", "bitstream", "onnx_dir", "tile")
 
 
 def _codec_env_set() -> bool:
@@ -150,17 +175,20 @@ def codec_settings() -> CodecChoice:
     from ..config import load_codec_settings
 
     env = load_codec_settings()
-    return CodecChoice(store=env.model_store, backend=env.backend, bitstream=env.bitstream, onnx_dir=env.onnx_dir)
+    return CodecChoice(
+        store=env.model_store, backend=env.backend, bitstream=env.bitstream, onnx_dir=env.onnx_dir, tile=env.tile
+    )
 
 
 def codec_choice(args: argparse.Namespace) -> CodecChoice:
-    """``--store`` / ``--backend`` / ``--bitstream`` where given, else the environment's."""
+    """``--store`` / ``--backend`` / ``--bitstream`` / ``--tile`` where given, else the environment's."""
     env = codec_settings()
     return CodecChoice(
         store=getattr(args, "store", None) or env.store,
         backend=getattr(args, "backend", None) or env.backend,
         bitstream=getattr(args, "bitstream", None) or env.bitstream,
         onnx_dir=env.onnx_dir,
+        tile=env.tile if getattr(args, "tile", None) is None else args.tile,
     )
 
 

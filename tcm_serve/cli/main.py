@@ -26,6 +26,7 @@ from .argtypes import (
     add_bitstream_option,
     add_device_option,
     add_store_option,
+    add_tile_option,
     codec_choice,
     open_store,
     positive_int,
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_option(c)
     add_backend_option(c)
     add_bitstream_option(c)
+    add_tile_option(c, "the analysis transform")
     c.add_argument("--drop-alpha", action="store_true", help="discard an alpha channel instead of refusing the image")
     c.add_argument(
         "--max-pixels",
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", help="output file (one input) or directory (default: next to each input)")
     add_device_option(d)
     add_backend_option(d)
+    add_tile_option(d, "the synthesis transform")
     d.add_argument(
         "--max-pixels",
         type=positive_int,
@@ -247,7 +250,7 @@ def cmd_compress(args) -> int:
     device = resolve_device(args.device)
     set_reproducible_kernels(device)
     t0 = time.perf_counter()
-    lm = load_model(store, quality, device, codec.backend, codec.onnx_dir)
+    lm = load_model(store, quality, device, codec.backend, codec.onnx_dir, tile=codec.tile)
     load_s = time.perf_counter() - t0
     run = _PerFile(files)
     total = {"bits": 0, "pixels": 0}
@@ -287,7 +290,7 @@ def cmd_decompress(args) -> int:
     device = resolve_device(args.device)
     set_reproducible_kernels(device)
     codec = codec_choice(args)
-    resolve = store_resolver(open_store(codec), device, codec.backend, codec.onnx_dir)
+    resolve = store_resolver(open_store(codec), device, codec.backend, codec.onnx_dir, codec.tile)
     run = _PerFile(files)
     t0 = time.perf_counter()
 

@@ -20,7 +20,7 @@ import time
 
 from ..codec.container import BITSTREAMS
 from ..errors import TcmError
-from .argtypes import add_store_option, positive_int, quality
+from .argtypes import add_store_option, add_tile_option, positive_int, quality
 
 
 def add_parsers(sub) -> None:
@@ -55,6 +55,7 @@ def add_parsers(sub) -> None:
     )
     s.add_argument("--onnx-dir", help="where the onnx backend keeps exported graphs (default: the store directory)")
     s.add_argument("--bitstream", help="what /compress makes by default: portable (decodes anywhere; default) or exact")
+    add_tile_option(s, "the transforms")
     s.set_defaults(handler=cmd_serve)
 
     r = sub.add_parser("remote", help="compress / decompress through a running service")
@@ -107,6 +108,7 @@ SETTINGS_FLAGS = (
     "compare_concurrency",
     "api_keys_file",
     "open_paths",
+    "tile",
 )
 
 

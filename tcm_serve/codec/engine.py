@@ -37,15 +37,18 @@ import torch
 from torch import Tensor
 
 from ..errors import BackendMismatchError, BitstreamError, DriftError, FormatError
+from ..model.scratch import bound_scratch, group_attention
 from ..model.tcm import TCM
 from .backends import Stages, TorchStages
 from .container import PORTABLE, PORTABLE_METHODS
 from .geometry import ALIGN, MIN_PADDED, Geometry
 from .hints import decode_hints, encode_hints
+from .padding import to_unit
 from .portable import DTYPE as PORTABLE_DTYPE
 from .portable import NO_HINTS, ExactIndexes, PortableIndexes
 from .rans import RansDecoder, encode
 from .tables import prepare_entropy_tables
+from .tiling import WHOLE, TiledEntropyStages, Tiling, entropy_halo
 
 #: Thread counts a version-1 blob is retried with when it does not decode with the current
 #: one (commonest first), then the machine's core count: torch's kernels split work by
@@ -198,8 +201,12 @@ class Engine:
         decode_paths: tuple[Stages, ...] = (),
         portable_device: torch.device | None = None,
         v1_retry_threads: tuple[int, ...] = V1_RETRY_THREADS,
+        tiling: Tiling | None = None,
     ) -> None:
         self.model = model.eval().to(device)
+        for transform in (self.model.g_a, self.model.g_s):
+            group_attention(transform)  # bounded scratch, the same result (model/scratch.py)
+        self.tiling = tiling or Tiling()
         self.device = device
         self.cfg = model.cfg
         self.stages: Stages = stages if stages is not None else TorchStages(self.model, device)
@@ -231,15 +238,21 @@ class Engine:
         with self._portable_lock:
             if self._portable is None:
                 dev, copy = self.portable_device, self.model.entropy_copy(PORTABLE_DTYPE, self.portable_device)
+                bound_scratch(copy)  # bounded scratch buffers for large images (model/scratch.py)
                 self._portable = EntropyPath(
                     PORTABLE,
-                    TorchStages(copy, dev),
+                    TiledEntropyStages(TorchStages(copy, dev), halo=entropy_halo(self.cfg)),
                     dev,
                     PORTABLE_DTYPE,
                     self.z_medians.to(dev, PORTABLE_DTYPE),
                     self.scale_table.to(dev, PORTABLE_DTYPE),
                 )
             return self._portable
+
+    def transform_tiling(self, portable: bool) -> Tiling:
+        """How ``g_a`` / ``g_s`` are tiled: the engine's tiling for portable blobs; whole for
+        exact (version-1) ones, which reproduce the reference's computation for any size."""
+        return self.tiling if portable else WHOLE
 
     def entropy_path(self, backend: str | None) -> EntropyPath:
         """The path that computes entropy parameters as a blob's ``backend`` needs, or
@@ -266,10 +279,12 @@ class Engine:
     # per image, so that batched output equals one-at-a-time output byte for byte.
     @torch.no_grad()
     def analyse(self, x: Tensor, portable: bool = True) -> list[ImageSymbols]:
-        """Padded batch (B, 3, H, W) in [0, 1] -> per-image symbols and indexes, for portable
-        (version 2) or exact (version 1, the reference's) strings."""
+        """Padded batch (B, 3, H, W), float in [0, 1] or uint8 (converted by
+        :func:`~tcm_serve.codec.padding.to_unit` one tile at a time) -> per-image symbols and
+        indexes, for portable (version 2) or exact (version 1, the reference's) strings."""
         self._check_padded(x)
-        y = self.stages.g_a(x.to(self.device))
+        g_a = self.stages.g_a if x.is_floating_point() else lambda w: self.stages.g_a(to_unit(w))
+        y = self.transform_tiling(portable).analysis(g_a, x.to(self.device))
         return [self.analyse_latent(y[k : k + 1], portable) for k in range(y.shape[0])]
 
     @torch.no_grad()
@@ -331,7 +346,8 @@ class Engine:
         for c in coded:  # refuse before any work
             self.entropy_path(c.backend)
         y_hat = torch.cat([self.decode_latent(c, z_shape)[0] for c in coded])
-        return self.stages.g_s(y_hat).clamp_(0, 1)
+        tiling = self.transform_tiling(all(c.portable for c in coded))
+        return tiling.synthesis(self.stages.g_s, y_hat).clamp_(0, 1)
 
     @torch.no_grad()
     def decode_latent(self, c: CodedImage, z_shape: tuple[int, int]) -> tuple[Tensor, ImageSymbols]:

@@ -35,6 +35,12 @@ Y_STRIDE = 16
 #: z is at 1/64 of the padded resolution (2 more stride-2 in h_a).
 Z_STRIDE = 64
 
+#: Tiled transforms (tcm_serve.codec.tiling): default core size and halo, pixels. Chosen by
+#: measurement (docs/codec.md, "Tiling"); ``tile`` 0 turns tiling off.
+DEFAULT_TILE = 1024
+DEFAULT_HALO = 128
+NO_TILING = 0
+
 #: (left, right, top, bottom) of a tensor that is not padded.
 NO_PAD: tuple[int, int, int, int] = (0, 0, 0, 0)
 
@@ -50,6 +56,16 @@ def is_coded_side(n: int) -> bool:
     """Whether ``n`` is a padded side :func:`padded_size` produces, hence one the networks
     run on (window attention fails on other sizes)."""
     return n % ALIGN == 0 and n >= MIN_PADDED
+
+
+def tile_problem(tile: int) -> str | None:
+    """Why ``tile`` is not a usable core size for tiled transforms, or None. A core is a
+    padded size (so a window, a core plus halos, is one the networks run on); 0 is off."""
+    if tile == NO_TILING:
+        return None
+    if tile < MIN_PADDED or tile % ALIGN:
+        return f"tile must be 0 (off) or a multiple of {ALIGN} pixels of at least {MIN_PADDED}, got {tile}"
+    return None
 
 
 def split_padding(total: int) -> tuple[int, int]:

@@ -16,16 +16,40 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["pixels_to_tensor", "pad", "crop", "tensor_to_pixels"]
+__all__ = ["pixels_to_tensor", "to_unit", "padded_batch", "pad", "crop", "tensor_to_pixels"]
 
 
 def pixels_to_tensor(pixels: np.ndarray) -> Tensor:
     """(H, W, 1|3) uint8 -> (3, H, W) float32 in [0, 1]; grayscale is replicated to RGB
     because the model is trained on colour images only."""
+    _check_pixels(pixels)
+    t = to_unit(torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1))
+    return t.expand(3, -1, -1).contiguous() if t.shape[0] == 1 else t
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """uint8 values -> float32 in [0, 1] (``v / 255``): the networks' input."""
+    return x.to(torch.float32).div_(255.0)
+
+
+def padded_batch(images: list[np.ndarray], padding: list[tuple[int, int, int, int]]) -> Tensor:
+    """Images of one padded size -> (B, 3, H, W) **uint8**, each zero-padded by its padding
+    (grayscale replicated to RGB). :func:`to_unit` of it equals :func:`pixels_to_tensor` then
+    :func:`pad`; the engine converts it window by window (codec/tiling.py), so a 48 MP photo
+    is held as 144 MB of bytes instead of 576 MB of floats."""
+    left, right, top, bottom = padding[0]
+    h, w = images[0].shape[:2]
+    x = torch.zeros((len(images), 3, h + top + bottom, w + left + right), dtype=torch.uint8)
+    for b, (px, (left, _, top, _)) in enumerate(zip(images, padding)):
+        _check_pixels(px)
+        h, w = px.shape[:2]
+        x[b, :, top : top + h, left : left + w] = torch.from_numpy(np.ascontiguousarray(px)).permute(2, 0, 1)
+    return x
+
+
+def _check_pixels(pixels: np.ndarray) -> None:
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
         raise ValueError(f"expected (H, W, 1|3) uint8 pixels, got {pixels.shape} {pixels.dtype}")
-    t = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).to(torch.float32) / 255.0
-    return t.expand(3, -1, -1).contiguous() if t.shape[0] == 1 else t
 
 
 def pad(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
@@ -43,9 +67,9 @@ def crop(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
 def tensor_to_pixels(x: Tensor, mode: str) -> np.ndarray:
     """(3, H, W) in [0, 1] -> (H, W, C) uint8 with round-half-to-even, as the reference's
     ``decoded.png``. Grayscale takes the mean of the three decoded channels."""
-    x = x.detach().to("cpu", torch.float32).clamp(0, 1)
+    if mode not in ("L", "RGB"):
+        raise ValueError(f"unknown colour mode {mode!r}")
+    x = x.detach().to("cpu", torch.float32).clamp(0, 1)  # a copy: the in-place steps below are on it
     if mode == "L":
         x = x.mean(dim=0, keepdim=True)
-    elif mode != "RGB":
-        raise ValueError(f"unknown colour mode {mode!r}")
-    return torch.round(x * 255.0).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    return x.mul_(255.0).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()

@@ -21,8 +21,9 @@ from ..tuning import tune_malloc
 from .backends import OnnxStages, TorchStages
 from .container import BACKEND_KINDS, TcmFile, TcmHeader, pack, unpack
 from .engine import V1_RETRY_THREADS, CodedImage, Engine, ImageSymbols
-from .geometry import Geometry, check_coded_size
-from .padding import crop, pad, pixels_to_tensor, tensor_to_pixels
+from .geometry import DEFAULT_TILE, Geometry, check_coded_size
+from .padding import crop, padded_batch, tensor_to_pixels
+from .tiling import Tiling
 
 #: Default cap on decoded pixels (width x height) for blobs: the image guard's, so what
 #: compresses under the default limit decodes under it.
@@ -53,25 +54,34 @@ def load_model(
     backend: str = "torch",
     onnx_dir: str | os.PathLike | None = None,
     v1_retry_threads: tuple[int, ...] = V1_RETRY_THREADS,
+    tile: int = DEFAULT_TILE,
 ) -> LoadedModel:
     """Load a store entry on ``device`` with its networks run by ``backend`` (``torch`` or
     ``onnx``; see :mod:`tcm_serve.codec.backends`). ``onnx_dir`` holds the exported graphs
     (default: the store directory, next to the checkpoint); missing graphs are exported.
-    ``v1_retry_threads``: what a version-1 blob that fails to decode is retried with."""
+    ``v1_retry_threads``: what a version-1 blob that fails to decode is retried with.
+    ``tile``: core size of the tiled transforms (:mod:`tcm_serve.codec.tiling`; 0: whole)."""
     if backend not in BACKEND_KINDS:
         raise ConfigError(f"unknown backend {backend!r} (use {' or '.join(BACKEND_KINDS)})")
     tune_malloc()  # reuse freed buffers instead of re-faulting them per layer (tcm_serve/tuning.py)
     entry = store.entry(quality)
     model = store.load_model(entry)
+    tiling = Tiling.for_device(tile, device)
     if backend == "torch":
-        engine = Engine(model, device, portable_device=device, v1_retry_threads=v1_retry_threads)
+        engine = Engine(model, device, portable_device=device, v1_retry_threads=v1_retry_threads, tiling=tiling)
     else:
-        engine = _onnx_engine(model, entry, store, device, onnx_dir, v1_retry_threads)
+        engine = _onnx_engine(model, entry, store, device, onnx_dir, v1_retry_threads, tiling)
     return LoadedModel(entry, engine, engine.backend)
 
 
 def _onnx_engine(
-    model, entry: ModelEntry, store: ModelStore, device: torch.device, onnx_dir, v1_retry_threads: tuple[int, ...]
+    model,
+    entry: ModelEntry,
+    store: ModelStore,
+    device: torch.device,
+    onnx_dir,
+    v1_retry_threads: tuple[int, ...],
+    tiling: Tiling,
 ) -> Engine:
     """An engine whose stages run as ONNX graphs on ``device``; the glue (rounding, table
     look-ups), the portable float64 entropy path (onnxruntime has no float64 convolution)
@@ -98,6 +108,7 @@ def _onnx_engine(
         decode_paths=(TorchStages(model, cpu),),
         portable_device=cpu,
         v1_retry_threads=v1_retry_threads,
+        tiling=tiling,
     )
 
 
@@ -134,7 +145,7 @@ def analyse_images(lm: LoadedModel, images: Sequence[DecodedImage], portable: bo
     geometries = [image_geometry(img) for img in images]
     if len({g.padded_shape for g in geometries}) != 1:
         raise ValueError("a batch must share one padded size")
-    x = torch.stack([pad(pixels_to_tensor(img.pixels), g.pad) for img, g in zip(images, geometries)])
+    x = padded_batch([img.pixels for img in images], [g.pad for g in geometries])
     return lm.engine.analyse(x, portable)
 
 
@@ -174,7 +185,11 @@ Resolver = Callable[[TcmHeader], LoadedModel]
 
 
 def store_resolver(
-    store: ModelStore, device: torch.device, backend: str = "torch", onnx_dir: str | os.PathLike | None = None
+    store: ModelStore,
+    device: torch.device,
+    backend: str = "torch",
+    onnx_dir: str | os.PathLike | None = None,
+    tile: int = DEFAULT_TILE,
 ) -> Resolver:
     """Loads (and caches) the model a blob names, refusing identity and backend mismatches."""
     cache: dict[int, LoadedModel] = {}
@@ -182,7 +197,7 @@ def store_resolver(
     def resolve(header: TcmHeader) -> LoadedModel:
         lm = cache.get(header.quality)
         if lm is None:
-            lm = cache[header.quality] = load_model(store, header.quality, device, backend, onnx_dir)
+            lm = cache[header.quality] = load_model(store, header.quality, device, backend, onnx_dir, tile=tile)
         check_identity(lm, header)
         return lm
 

@@ -205,6 +205,11 @@ class WMSA(nn.Module):
         self.linear = nn.Linear(input_dim, output_dim)
         self.register_buffer("_rel_index", relative_position_index(window_size), persistent=False)
         self._rel_cache: tuple[tuple, Tensor] | None = None
+        #: Inference only: compute attention for at most this many windows at a time (0: all at
+        #: once). Windows are independent, so the result is the same, bit for bit; the similarity
+        #: and softmax buffers, 2 x heads x 64 values per position, then stay bounded
+        #: (model/scratch.py). Not while tracing: an export must not bake in one size's groups.
+        self.max_windows = 0
 
     def relative_embedding(self) -> Tensor:
         """(heads, p*p, p*p) bias gathered from the table. At inference it is gathered once
@@ -217,6 +222,15 @@ class WMSA(nn.Module):
             self._rel_cache = (key, params[:, idx[:, :, 0], idx[:, :, 1]])
         return self._rel_cache[1]
 
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, rel: Tensor, mask: Tensor | None) -> Tensor:
+        """Inference attention of (heads, B, windows, p*p, head_dim) queries, keys and values: in
+        place on the (large) similarity tensor, the same arithmetic as the reference's
+        out-of-place ops without allocating two more buffers its size."""
+        sim = torch.einsum("hbwpc,hbwqc->hbwpq", q, k).mul_(self.scale).add_(rel)
+        if mask is not None:
+            sim = sim.masked_fill_(mask, float("-inf"))
+        return torch.einsum("hbwij,hbwjc->hbwic", F.softmax(sim, dim=-1), v)
+
     def forward(self, x: Tensor) -> Tensor:  # x: (B, H, W, C)
         p = self.window_size
         if self.shifted:
@@ -226,22 +240,26 @@ class WMSA(nn.Module):
         b, nw, np_, _ = qkv.shape
         qkv = qkv.view(b, nw, np_, 3 * self.n_heads, self.head_dim).permute(3, 0, 1, 2, 4)
         q, k, v = qkv.chunk(3, dim=0)
-        sim = torch.einsum("hbwpc,hbwqc->hbwpq", q, k)
         rel = self.relative_embedding()[:, None, None]
+        mask = window_mask(hw, ww, p, x.device) if self.shifted else None
+        group = max(1, self.max_windows // b) if self.max_windows else 0  # max_windows is per image
         if torch.is_grad_enabled():
             # Training: out of place. einsum returns a view, and in-place ops on a view make
             # autograd record CopySlices, which cost ~15% of a training step.
-            sim = sim * self.scale + rel
-            if self.shifted:
-                sim = sim.masked_fill(window_mask(hw, ww, p, sim.device), float("-inf"))
+            sim = torch.einsum("hbwpc,hbwqc->hbwpq", q, k) * self.scale + rel
+            if mask is not None:
+                sim = sim.masked_fill(mask, float("-inf"))
+            out = torch.einsum("hbwij,hbwjc->hbwic", F.softmax(sim, dim=-1), v)
+        elif not torch.jit.is_tracing() and 0 < group < nw:
+            parts = []
+            for s in range(0, nw, group):
+                w = slice(s, s + group)
+                parts.append(
+                    self._attend(q[:, :, w], k[:, :, w], v[:, :, w], rel, None if mask is None else mask[:, :, w])
+                )
+            out = torch.cat(parts, dim=2)
         else:
-            # Inference: in place on the (large) similarity tensor, the same arithmetic as
-            # the reference's out-of-place ops without allocating two more buffers its size.
-            sim = sim.mul_(self.scale).add_(rel)
-            if self.shifted:
-                sim = sim.masked_fill_(window_mask(hw, ww, p, sim.device), float("-inf"))
-        probs = F.softmax(sim, dim=-1)
-        out = torch.einsum("hbwij,hbwjc->hbwic", probs, v)
+            out = self._attend(q, k, v, rel, mask)
         out = out.permute(1, 2, 3, 0, 4).reshape(b, nw, np_, self.n_heads * self.head_dim)
         out = window_merge(self.linear(out), hw, ww, p)
         if self.shifted:

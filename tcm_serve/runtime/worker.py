@@ -246,6 +246,7 @@ class Worker(threading.Thread):
             settings.backend,
             settings.onnx_dir,
             SERVICE_V1_RETRY_THREADS,
+            settings.tile,
         )
         slot.model = model
         slot.load_s = time.monotonic() - t0
