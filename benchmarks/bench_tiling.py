@@ -40,6 +40,9 @@ SOURCE = SHARED / "data" / "train" / "debian-wallpaper-photos" / "lomiri2004_Kle
 #: Megapixels -> (width, height), 4:3 like a phone camera.
 SIZES = {3: (2048, 1536), 12: (4032, 3024), 24: (5664, 4248), 48: (8000, 6000)}
 Image.MAX_IMAGE_PIXELS = None  # our own photos, made here
+sys.path.insert(0, str(ROOT))
+
+from tcm_serve.evaluation.metrics import psnr  # noqa: E402
 
 
 def make_photo(work: Path, mp: int) -> Path:
@@ -57,7 +60,6 @@ def random_store(work: Path, name: str) -> Path:
     """A store at ``work`` holding one randomly initialised ``name`` model as quality 1 (made once)."""
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from tcm_serve.model.config import preset
     from tcm_serve.model.tcm import TCM
     from tcm_serve.store import ModelStore
@@ -85,11 +87,6 @@ def run(cmd: list[str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / mse))
-
-
 def round_trip(tcm: list[str], photo: Path, work: Path, tile: int, quality: int, common: list[str]) -> dict:
     """Compress then decompress ``photo`` with ``--tile tile``: times, peaks, bpp and PSNR."""
     blob, png = work / f"{photo.stem}-t{tile}.tcm", work / f"{photo.stem}-t{tile}.png"
@@ -113,7 +110,6 @@ def seam_figure(work: Path, photo: Path, tile: int, out: Path, size: int = 96, z
     square centred where four cores meet, zoomed ``zoom`` x: what a seam would look like."""
     from PIL import ImageDraw
 
-    sys.path.insert(0, str(ROOT))
     from tcm_serve.codec.geometry import DEFAULT_HALO, Geometry
     from tcm_serve.codec.tiling import TilePlan
 

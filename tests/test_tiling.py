@@ -32,6 +32,7 @@ from tcm_serve.codec.tiling import (
     entropy_halo,
     run_tiled,
 )
+from tcm_serve.evaluation.metrics import psnr
 from tcm_serve.imageio import decode_image, read_image
 from tcm_serve.model.scratch import BandedConv2d, band_convolutions, bound_scratch, can_band
 from tcm_serve.store import ModelStore
@@ -135,10 +136,6 @@ def lite():
     return load_model(ModelStore(BUNDLED), 6, CPU)
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
-
-
 def _code(lm, img, tiling: Tiling, decode_tiling: Tiling | None = None, portable: bool = True):
     before = lm.engine.tiling
     lm.engine.tiling = tiling
@@ -201,7 +198,7 @@ def test_tiled_coding_is_as_good_as_whole_with_no_seams(lite, kodak_dir, name):
     small = Tiling(256, 128)
     whole, whole_px = _code(lite, img, WHOLE)
     tiled, tiled_px = _code(lite, img, small)
-    assert abs(_psnr(src, tiled_px) - _psnr(src, whole_px)) <= 0.02
+    assert abs(psnr(src, tiled_px) - psnr(src, whole_px)) <= 0.02
     assert abs(tiled.bpp / whole.bpp - 1) <= 0.005
     # seams: the squared error in bands across the interior core borders, tiled vs whole
     plan = small.plan(*whole.header.geometry.padded_shape)
@@ -392,7 +389,7 @@ def test_a_24_megapixel_photo_through_a_real_server(tmp_path, shared_dir):
         out = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
         src = np.asarray(Image.open(io.BytesIO(photo)).convert("RGB"))
         assert out.shape == src.shape == (4248, 5664, 3)
-        assert _psnr(src, out) > 28, _psnr(src, out)
+        assert psnr(src, out) > 28, psnr(src, out)
         peak = proc_status(srv.proc.pid)["VmHWM"] * 1024
         assert peak < SERVER_24MP_PEAK, peak / 2**30
     finally:

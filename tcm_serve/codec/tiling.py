@@ -1,4 +1,4 @@
-"""Tiled networks: any image size in memory bounded by the tile, not the image.
+"""Tiled networks: the networks' working memory bounded by the tile, not the image.
 
 The transforms ``g_a`` (image -> y, 1/16) and ``g_s`` (y -> image) hold activations of the
 whole image at up to half resolution with 2N channels: gigabytes for a phone photo. The
@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -129,11 +130,11 @@ class TilePlan:
         if self.halo < ALIGN or self.halo % ALIGN:  # so that a window is at least MIN_PADDED
             raise ValueError(f"halo must be a positive multiple of {ALIGN} pixels, got {self.halo}")
 
-    @property
+    @cached_property
     def rows(self) -> list[Span]:
         return self._axis(self.height)
 
-    @property
+    @cached_property
     def cols(self) -> list[Span]:
         return self._axis(self.width)
 
@@ -185,7 +186,7 @@ def run_tiled(
     for b in range(inputs[0].shape[0]):
         for first in range(0, len(tiles), step):
             chunk = tiles[first : first + step]
-            windows = [torch.cat([_window(x[b : b + 1], r, c, s) for r, c in chunk]) for x, s in zip(inputs, strides)]
+            windows = [_windows(x[b : b + 1], chunk, s) for x, s in zip(inputs, strides)]
             result = fn(*windows)
             single = isinstance(result, Tensor)
             parts = (result,) if isinstance(result, Tensor) else result
@@ -206,6 +207,13 @@ def _assembled(part: Tensor, batch: int, plan: TilePlan, stride: int) -> Tensor:
 
 def _window(x: Tensor, r: Span, c: Span, stride: int) -> Tensor:
     return x[:, :, r.start // stride : r.end // stride, c.start // stride : c.end // stride]
+
+
+def _windows(x: Tensor, chunk: Sequence[tuple[Span, Span]], stride: int) -> Tensor:
+    """The windows of ``chunk`` as one batch; a lone window is a view, not a copy."""
+    if len(chunk) == 1:
+        return _window(x, *chunk[0], stride)
+    return torch.cat([_window(x, r, c, stride) for r, c in chunk])
 
 
 def _core(s: Span, stride: int) -> slice:
