@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import itertools
+from functools import partial
 
 import numpy as np
 import pytest
@@ -229,6 +230,22 @@ def _entropy_chain(stages, z_hat: Tensor, y: Tensor, num_slices: int) -> list[Te
     return out
 
 
+def _encoder_chain(stages, z_hat: Tensor, y: Tensor, num_slices: int) -> list[Tensor]:
+    """The same as the encoder runs it: slice parameters, rounding and LRP fused per slice
+    (per tile for tiled stages: ``TiledEntropyStages.encode_slice``)."""
+    from tcm_serve.codec.backends import encode_slice
+
+    fused = stages.encode_slice if isinstance(stages, TiledEntropyStages) else partial(encode_slice, stages)
+    means, scales = stages.hyper_synthesis(z_hat)
+    out, decoded = [], []
+    for i, y_slice in enumerate(y.chunk(num_slices, 1)):
+        e = fused(i, means, scales, decoded, y_slice, i < num_slices - 1)
+        out += [e.scale, e.y_q] + ([e.refined] if e.refined is not None else [])
+        if e.refined is not None:
+            decoded.append(e.refined)
+    return out
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("name", ["lite", "official-small", "lite-deep-hyper"])
 def test_tiled_entropy_networks_compute_what_the_whole_ones_do(name):
@@ -249,12 +266,16 @@ def test_tiled_entropy_networks_compute_what_the_whole_ones_do(name):
     z_hat = torch.round(3 * torch.randn(1, cfg.hyper_channels, 1024 // Z_STRIDE, 1536 // Z_STRIDE, dtype=torch.float64))
     y = 4 * torch.randn(1, cfg.M, 1024 // Y_STRIDE, 1536 // Y_STRIDE, dtype=torch.float64)
     want = _entropy_chain(whole, z_hat, y, cfg.num_slices)
+    want_encoder = _encoder_chain(whole, z_hat, y, cfg.num_slices)
 
     def worst(halo: int) -> float:
         tiled = TiledEntropyStages(whole, tile=256, halo=halo)
         assert TilePlan(1024, 1536, 256, halo).count > 1
         got = _entropy_chain(tiled, z_hat, y, cfg.num_slices)
-        return max(float(((g - w).abs() / (w.abs() + 1e-3)).max()) for g, w in zip(got, want))
+        got_encoder = _encoder_chain(tiled, z_hat, y, cfg.num_slices)
+        assert len(got_encoder) == len(want_encoder) == 3 * cfg.num_slices - 1
+        pairs = [*zip(got, want), *zip(got_encoder, want_encoder)]
+        return max(float(((g - w).abs() / (w.abs() + 1e-3)).max()) for g, w in pairs)
 
     assert worst(entropy_halo(cfg)) < 1e-10
     if cfg.config[3] == 2:

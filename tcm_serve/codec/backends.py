@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -112,6 +113,33 @@ class TorchStages:
                 yield
             finally:
                 torch.set_num_threads(before)
+
+
+@dataclass
+class EncodedSlice:
+    """The encoder's result for one y slice: table-index scales, quantised symbols (as
+    floats, ``round(y - mu)``) and, unless it is the last slice, the refined latent that
+    conditions the next slices."""
+
+    scale: Tensor
+    y_q: Tensor
+    refined: Tensor | None
+
+
+def encode_slice(
+    stages: Stages,
+    i: int,
+    latent_means: Tensor,
+    latent_scales: Tensor,
+    decoded: list[Tensor],
+    y_slice: Tensor,
+    refine: bool,
+) -> EncodedSlice:
+    """Slice ``i`` on the encoder: its entropy parameters, its symbols (``y_slice`` in the
+    parameters' precision), and the refined latent the decoder will compute from them."""
+    p = stages.slice_params(i, latent_means, latent_scales, decoded)
+    y_q = torch.round(y_slice - p.mu)
+    return EncodedSlice(p.scale, y_q, stages.refine(i, p.mean_support, y_q + p.mu) if refine else None)
 
 
 def _np(t: Tensor) -> np.ndarray:

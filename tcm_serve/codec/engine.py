@@ -39,7 +39,7 @@ from torch import Tensor
 from ..errors import BackendMismatchError, BitstreamError, DriftError, FormatError
 from ..model.scratch import bound_scratch, group_attention
 from ..model.tcm import TCM
-from .backends import Stages, TorchStages
+from .backends import EncodedSlice, Stages, TorchStages, encode_slice
 from .container import PORTABLE, PORTABLE_METHODS
 from .geometry import ALIGN, MIN_PADDED, Geometry
 from .hints import decode_hints, encode_hints
@@ -175,6 +175,15 @@ class EntropyPath:
     def z_hat(self, z_symbols: Tensor) -> Tensor:
         return z_symbols.to(self.device, self.dtype) + self.medians
 
+    def encode_slice(
+        self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor], y_slice: Tensor, refine: bool
+    ) -> EncodedSlice:
+        """The encoder's step for slice ``i`` (:func:`~tcm_serve.codec.backends.encode_slice`),
+        fused per tile where the stages are tiled."""
+        if isinstance(self.stages, TiledEntropyStages):
+            return self.stages.encode_slice(i, latent_means, latent_scales, decoded, y_slice, refine)
+        return encode_slice(self.stages, i, latent_means, latent_scales, decoded, y_slice, refine)
+
 
 class Engine:
     """A loaded TCM model with its entropy tables, ready to code latents.
@@ -298,22 +307,28 @@ class Engine:
         z_sym = torch.round(z - self.z_medians).to(torch.int32)
         latent_means, latent_scales = path.stages.hyper_synthesis(path.z_hat(z_sym))
         rule = path.rule()
-        y = y.to(path.device, path.dtype)
+        y_symbols = np.empty(y.numel(), np.int32)  # filled slice by slice: no list, no concatenation
+        y_indexes = np.empty(y.numel(), np.int32)
         decoded: list[Tensor] = []
-        sym_slices, idx_slices, offset = [], [], 0
-        last = self.cfg.num_slices - 1
+        offset, last = 0, self.cfg.num_slices - 1
         for i, y_slice in enumerate(y.chunk(self.cfg.num_slices, 1)):
-            p = path.stages.slice_params(i, latent_means, latent_scales, decoded)
-            idx_slices.append(rule.encoder_indexes(offset, p.scale))
-            y_q = torch.round(y_slice - p.mu)
-            sym_slices.append(_to_numpy_i32(y_q).reshape(-1))
-            if i < last:  # the last slice's refined latent conditions nothing the encoder codes
-                decoded.append(path.stages.refine(i, p.mean_support, y_q + p.mu))
-            offset += y_slice.numel()
+            # One slice at a time in the path's precision (a float64 copy of the whole y
+            # would be the largest buffer of a big photo). The last slice's refined latent
+            # conditions nothing the encoder codes.
+            e = path.encode_slice(
+                i, latent_means, latent_scales, decoded, y_slice.to(path.device, path.dtype), i < last
+            )
+            end = offset + y_slice.numel()
+            y_indexes[offset:end] = rule.encoder_indexes(offset, e.scale)
+            y_symbols[offset:end] = _to_numpy_i32(e.y_q).reshape(-1)
+            if e.refined is not None:
+                decoded.append(e.refined)
+            del e
+            offset = end
         return ImageSymbols(
             _to_numpy_i32(z_sym).reshape(-1),
-            np.concatenate(sym_slices),
-            np.concatenate(idx_slices),
+            y_symbols,
+            y_indexes,
             path.name,
             rule.hint_positions,
             rule.hint_indexes,
@@ -397,15 +412,17 @@ class Engine:
         yh, yw = latent_means.shape[2:]
         decoder = RansDecoder(c.y_string)
         decoded: list[Tensor] = []
-        y_syms: list[np.ndarray] = []
-        y_idxs: list[np.ndarray] = []
+        total = self.cfg.M * yh * yw
+        y_symbols = np.empty(total, np.int32)  # filled slice by slice: no list, no concatenation
+        y_indexes = np.empty(total, np.int32)
         offset, last = 0, self.cfg.num_slices - 1
         for i in range(self.cfg.num_slices):
             p = path.stages.slice_params(i, latent_means, latent_scales, decoded)
             idx = rule.decoder_indexes(offset, p.scale)
             sym = decoder.decode(idx, self.y_table)
-            y_syms.append(sym)
-            y_idxs.append(idx)
+            end = offset + sym.size
+            y_symbols[offset:end] = sym
+            y_indexes[offset:end] = idx
             y_hat = torch.from_numpy(sym).reshape(1, -1, yh, yw).to(path.device, p.mu.dtype) + p.mu
             if i == last and c.portable:
                 # Feeds only the synthesis, so float32 on the transforms' backend will do.
@@ -413,8 +430,9 @@ class Engine:
                 decoded.append(self.stages.refine(i, f32(p.mean_support), f32(y_hat)))
             else:
                 decoded.append(path.stages.refine(i, p.mean_support, y_hat))
-            offset += sym.size
-        symbols = ImageSymbols(z_syms, np.concatenate(y_syms), np.concatenate(y_idxs), path.name)
+            del p, idx, sym, y_hat  # a large photo's slice state is gone before the next slice's
+            offset = end
+        symbols = ImageSymbols(z_syms, y_symbols, y_indexes, path.name)
         y_hat = torch.cat([d.to(self.device, torch.float32) for d in decoded], dim=1)
         if symbols.checksum() != c.symbols_crc32:
             raise DriftError(

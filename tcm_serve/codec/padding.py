@@ -64,12 +64,23 @@ def crop(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
     return x[..., top : h - bottom, left : w - right]
 
 
+#: Rows converted at a time by :func:`tensor_to_pixels`, so that its float temporaries stay
+#: small next to a large photo.
+PIXEL_BAND_ROWS = 256
+
+
 def tensor_to_pixels(x: Tensor, mode: str) -> np.ndarray:
     """(3, H, W) in [0, 1] -> (H, W, C) uint8 with round-half-to-even, as the reference's
-    ``decoded.png``. Grayscale takes the mean of the three decoded channels."""
+    ``decoded.png``. Grayscale takes the mean of the three decoded channels. Converted in
+    bands of :data:`PIXEL_BAND_ROWS` rows (element-wise, so banding changes no value)."""
     if mode not in ("L", "RGB"):
         raise ValueError(f"unknown colour mode {mode!r}")
-    x = x.detach().to("cpu", torch.float32).clamp(0, 1)  # a copy: the in-place steps below are on it
-    if mode == "L":
-        x = x.mean(dim=0, keepdim=True)
-    return x.mul_(255.0).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    h, w = x.shape[-2:]
+    out = np.empty((h, w, 1 if mode == "L" else 3), np.uint8)
+    for top in range(0, h, PIXEL_BAND_ROWS):
+        # A copy (to() or clamp()): the in-place steps below never touch the caller's tensor.
+        band = x[:, top : top + PIXEL_BAND_ROWS].detach().to("cpu", torch.float32).clamp(0, 1)
+        if mode == "L":
+            band = band.mean(dim=0, keepdim=True)
+        out[top : top + band.shape[1]] = band.mul_(255.0).round_().to(torch.uint8).permute(1, 2, 0).numpy()
+    return out

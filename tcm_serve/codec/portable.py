@@ -34,6 +34,8 @@ is continuous: a last-bit difference moves decoded pixels by at most a level, ne
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -53,8 +55,24 @@ DTYPE = torch.float64
 NO_HINTS = (np.zeros(0, np.int64), np.zeros(0, np.int32))
 
 
+#: Symbols whose index decisions are taken in one go: the decisions' temporaries (scaled
+#: copies, comparisons) are bounded by this, not by the slice (hundreds of MB at 48 MP).
+DECISION_CHUNK = 1 << 20
+
+
 def _np_i32(t: Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.int32).contiguous().numpy().reshape(-1)
+
+
+def _by_chunks(scale: Tensor, decide: Callable[[Tensor], Tensor]) -> np.ndarray:
+    """``decide`` applied to the flattened ``scale`` in chunks of :data:`DECISION_CHUNK`,
+    as one int32 array (element-wise decisions, so the chunking changes no result)."""
+    flat = scale.reshape(-1)
+    out = np.empty(flat.numel(), np.int32)
+    for start in range(0, flat.numel(), DECISION_CHUNK):
+        part = flat[start : start + DECISION_CHUNK]
+        out[start : start + part.numel()] = _np_i32(decide(part))
+    return out
 
 
 def close_calls(scale: Tensor, scale_table: Tensor, margin: float) -> Tensor:
@@ -76,10 +94,10 @@ class ExactIndexes:
         self.scale_table = scale_table
 
     def encoder_indexes(self, offset: int, scale: Tensor) -> np.ndarray:
-        return _np_i32(build_indexes(scale, self.scale_table))
+        return _by_chunks(scale, lambda s: build_indexes(s, self.scale_table))
 
     def decoder_indexes(self, offset: int, scale: Tensor) -> np.ndarray:
-        return _np_i32(build_indexes(scale, self.scale_table))
+        return _by_chunks(scale, lambda s: build_indexes(s, self.scale_table))
 
 
 class PortableIndexes:
@@ -110,19 +128,19 @@ class PortableIndexes:
 
     def encoder_indexes(self, offset: int, scale: Tensor) -> np.ndarray:
         self._check_dtype(scale)
-        idx = _np_i32(build_indexes(scale, self.scale_table))
-        close = np.flatnonzero(_np_i32(close_calls(scale, self.scale_table, MARGIN)))
+        idx = _by_chunks(scale, lambda s: build_indexes(s, self.scale_table))
+        close = np.flatnonzero(_by_chunks(scale, lambda s: close_calls(s, self.scale_table, MARGIN)))
         self._positions.append(close.astype(np.int64) + offset)
         self._indexes.append(idx[close])
         return idx
 
     def decoder_indexes(self, offset: int, scale: Tensor) -> np.ndarray:
         self._check_dtype(scale)
-        idx = _np_i32(build_indexes(scale, self.scale_table))
+        idx = _by_chunks(scale, lambda s: build_indexes(s, self.scale_table))
         positions, indexes = self._positions[0], self._indexes[0]
         lo, hi = np.searchsorted(positions, [offset, offset + idx.size])
         local = positions[lo:hi] - offset
-        close = _np_i32(close_calls(scale, self.scale_table, _SELF_CHECK)).astype(bool)
+        close = _by_chunks(scale, lambda s: close_calls(s, self.scale_table, _SELF_CHECK)).astype(bool)
         close[local] = False
         if close.any():
             at = offset + int(np.flatnonzero(close)[0])

@@ -137,10 +137,8 @@ def build_indexes(scales: Tensor, scale_table: Tensor) -> Tensor:
         return torch.zeros(scales.shape, dtype=torch.int32, device=scales.device)
     if head.numel() == 1 or bool(torch.all(head[1:] > head[:-1])):
         # count of head entries < scale; searchsorted needs NaN handled separately.
-        idx = torch.searchsorted(head.contiguous(), scales.contiguous().reshape(-1), right=False)
-        idx = idx.reshape(scales.shape)
-        idx = torch.where(torch.isnan(scales), torch.full_like(idx, last), idx)
-        return idx.to(torch.int32)
+        idx = torch.searchsorted(head.contiguous(), scales.contiguous().reshape(-1), right=False, out_int32=True)
+        return idx.reshape(scales.shape).masked_fill_(torch.isnan(scales), last)
     # Unsorted table: the reference loop, vectorised per entry.
     indexes = torch.full(scales.shape, last, dtype=torch.int32, device=scales.device)
     for s in head:

@@ -48,7 +48,8 @@ from torch import Tensor
 
 from ..model.config import TCMConfig
 from ..model.tcm import SliceParams
-from .backends import Stages
+from ..tuning import empty_outside_heap, release_free_memory
+from .backends import EncodedSlice, Stages, encode_slice
 from .geometry import ALIGN, DEFAULT_HALO, DEFAULT_TILE, NO_TILING, Y_STRIDE, Z_STRIDE, tile_problem
 
 #: Windows per network call on a GPU: the tiles of one image run as a batch there (on the
@@ -202,7 +203,9 @@ def run_tiled(
 
 
 def _assembled(part: Tensor, batch: int, plan: TilePlan, stride: int) -> Tensor:
-    return part.new_empty((batch, part.shape[1], plan.height // stride, plan.width // stride))
+    """The whole output that cores are written into: outside the heap (tcm_serve/tuning.py)."""
+    shape = (batch, part.shape[1], plan.height // stride, plan.width // stride)
+    return empty_outside_heap(shape, part.dtype, part.device)
 
 
 def _window(x: Tensor, r: Span, c: Span, stride: int) -> Tensor:
@@ -245,15 +248,23 @@ class Tiling:
         return TilePlan(height, width, self.tile, self.halo, equal=True)
 
     def analysis(self, g_a: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-        """``g_a(x)`` by tiles: a padded image batch -> y."""
-        out = run_tiled(g_a, [x], [1], Y_STRIDE, self.plan(*x.shape[2:]), self.batch)
+        """``g_a(x)`` by tiles: a padded image batch -> y. A tiled image's freed scratch is
+        returned to the kernel afterwards (the entropy stage's buffers come next)."""
+        plan = self.plan(*x.shape[2:])
+        out = run_tiled(g_a, [x], [1], Y_STRIDE, plan, self.batch)
         assert isinstance(out, Tensor)
+        if not plan.is_whole:
+            release_free_memory()
         return out
 
     def synthesis(self, g_s: Callable[[Tensor], Tensor], y_hat: Tensor) -> Tensor:
-        """``g_s(y_hat)`` by tiles: latents -> padded image batch."""
+        """``g_s(y_hat)`` by tiles: latents -> padded image batch. For a tiled image, the
+        entropy stage's freed scratch is returned to the kernel first."""
         h, w = y_hat.shape[2:]
-        out = run_tiled(g_s, [y_hat], [Y_STRIDE], 1, self.plan(h * Y_STRIDE, w * Y_STRIDE), self.batch)
+        plan = self.plan(h * Y_STRIDE, w * Y_STRIDE)
+        if not plan.is_whole:
+            release_free_memory()
+        out = run_tiled(g_s, [y_hat], [Y_STRIDE], 1, plan, self.batch)
         assert isinstance(out, Tensor)
         return out
 
@@ -316,6 +327,23 @@ class TiledEntropyStages:
         out = run_tiled(params, inputs, [Y_STRIDE] * len(inputs), Y_STRIDE, self._plan(latent_means))
         assert isinstance(out, tuple)
         return SliceParams(*out)
+
+    def encode_slice(
+        self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor], y_slice: Tensor, refine: bool
+    ) -> EncodedSlice:
+        """:func:`~tcm_serve.codec.backends.encode_slice` tile by tile: the slice networks, the
+        rounding and LRP per window, so that the attention output LRP reads (``mean_support``,
+        hundreds of channels) never exists for the whole image. LRP's few convolutions reach
+        well inside the halo's margin (tests/test_tiling.py checks the result against whole)."""
+
+        def step(means: Tensor, scales: Tensor, y: Tensor, *dec: Tensor) -> tuple[Tensor, ...]:
+            e = encode_slice(self.inner, i, means, scales, list(dec), y, refine)
+            return (e.scale, e.y_q) if e.refined is None else (e.scale, e.y_q, e.refined)
+
+        inputs = [latent_means, latent_scales, y_slice, *decoded]
+        out = run_tiled(step, inputs, [Y_STRIDE] * len(inputs), Y_STRIDE, self._plan(latent_means))
+        assert isinstance(out, tuple)
+        return EncodedSlice(out[0], out[1], out[2] if refine else None)
 
     def refine(self, i: int, mean_support: Tensor, y_hat_slice: Tensor) -> Tensor:
         def lrp(support: Tensor, y_hat: Tensor) -> Tensor:
