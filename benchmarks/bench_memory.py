@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TCM_SHARED_DIR") or ROOT.parent / "shared")
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from benchmarks.bench_service import free_port, wait_ready  # noqa: E402
 
+from tcm_serve.cli.local import ServerStartError, environment_without_settings, free_port, serve_command, wait_ready  # noqa: E402
 from tcm_serve.client import TcmClient  # noqa: E402
 
 from fuzzing import proc_status  # noqa: E402
@@ -69,37 +69,15 @@ def measure(store: str, qualities: str, backend: str, images: list[tuple[str, by
     """[ready, after each image's round trip] peak RSS in GiB of one server."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
     with tempfile.TemporaryDirectory() as onnx_dir, tempfile.TemporaryFile() as log:
-        cmd = [
-            sys.executable,
-            "-m",
-            "tcm_serve.cli.main",
-            "serve",
-            "--store",
-            store,
-            "--port",
-            str(port),
-            "--devices",
-            "cpu",
-            "--max-batch-size",
-            "1",
-            "--qualities",
-            qualities,
-            "--backend",
-            backend,
-            "--onnx-dir",
-            onnx_dir,
-            "--max-pixels",
-            str(4 * 1536 * 1024),
-            "--log-level",
-            "warning",
-        ]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        options = ["--max-batch-size", "1", "--qualities", qualities, "--backend", backend, "--onnx-dir", onnx_dir]
+        options += ["--max-pixels", str(4 * 1536 * 1024), "--log-level", "warning"]
+        cmd = serve_command(store, port, *options)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=environment_without_settings(), stdout=log, stderr=subprocess.STDOUT)
         try:
             try:
                 wait_ready(url, proc, timeout=900)
-            except SystemExit:
+            except ServerStartError:
                 log.seek(0)
                 sys.stderr.write(log.read().decode(errors="replace")[-3000:])
                 raise

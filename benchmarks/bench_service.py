@@ -21,7 +21,6 @@ import argparse
 import io
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,11 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TCM_SHARED_DIR") or ROOT.parent / "shared")
 sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tcm_serve.cli.local import environment_without_settings, free_port, serve_command, wait_ready  # noqa: E402
 
 
 def make_store(tmp: Path) -> tuple[Path, int]:
@@ -181,49 +176,15 @@ def load(url: str, op: str, payloads: list[bytes], quality: int, conc: int, n: i
 
 
 def serve(store: Path, port: int, batch: int, delay_ms: float, coder_threads: int, log) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
+    options = ["--max-batch-size", str(batch), "--max-batch-delay-ms", str(delay_ms)]
+    options += ["--coder-threads", str(coder_threads), "--max-queue", "256", "--log-level", "warning"]
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tcm_serve.cli.main",
-            "serve",
-            "--store",
-            str(store),
-            "--port",
-            str(port),
-            "--devices",
-            "cpu",
-            "--max-batch-size",
-            str(batch),
-            "--max-batch-delay-ms",
-            str(delay_ms),
-            "--coder-threads",
-            str(coder_threads),
-            "--max-queue",
-            "256",
-            "--log-level",
-            "warning",
-        ],
+        serve_command(store, port, *options),
         cwd=ROOT,
-        env=env,
+        env=environment_without_settings(),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("server did not become ready")
 
 
 def direct_rows(
@@ -301,7 +262,7 @@ def main() -> None:
             with open(Path(tmp) / f"serve-{port}.log", "wb") as log:
                 proc = serve(store, port, batch, args.delay_ms, args.coder_threads, log)
                 try:
-                    wait_ready(url, proc)
+                    wait_ready(url, proc, 180)
                     for op, payloads in (("compress", pngs), ("decompress", blobs)):
                         load(url, op, payloads, quality, 2, 4, 30)  # warm the connections and caches
                         for conc in levels:

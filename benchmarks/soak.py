@@ -31,7 +31,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,18 +45,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from tcm_serve.cli.local import environment_without_settings, free_port, serve_command, wait_ready  # noqa: E402
+
 from helpers import KIT_CHECKPOINT, make_png  # noqa: E402
 
 QUALITY = 3
 
 
 # -- the server -----------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def make_store(root: Path) -> Path:
     from tcm_serve.model.config import preset
     from tcm_serve.store import ModelStore
@@ -69,47 +64,17 @@ def make_store(root: Path) -> Path:
 
 
 def start_server(store: Path, port: int, log: Path, max_queue: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
-    cmd = [
-        sys.executable,
-        "-m",
-        "tcm_serve.cli.main",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--store",
-        str(store),
-        "--devices",
-        "cpu",
-        "--max-batch-size",
-        "1",
-        "--max-queue",
-        str(max_queue),
-        "--request-timeout-s",
-        "120",
-        "--shutdown-grace-s",
-        "60",
-    ]
-    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    options = ["--max-batch-size", "1", "--max-queue", str(max_queue)]
+    options += ["--request-timeout-s", "120", "--shutdown-grace-s", "60"]
+    return subprocess.Popen(
+        serve_command(store, port, *options),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=environment_without_settings(),
+        cwd=ROOT,
+    )
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                return time.monotonic() - t0
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("server not ready in time")
-
-
-# -- /proc sampling ---------------------------------------------------------------------------------------
 def sample_proc(pid: int) -> dict[str, float]:
     status = {}
     with open(f"/proc/{pid}/status") as f:
@@ -362,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         proc = start_server(store, port, log, args.max_queue)
         report: dict = {"max_queue": args.max_queue}
         try:
-            report["ready_after_s"] = round(wait_ready(url, proc), 1)
+            report["ready_after_s"] = round(wait_ready(url, proc, 300), 1)
             png = make_png(136, 200, seed=1)
             expected = httpx.post(url + "/compress", content=png, timeout=300).content
             if args.burst:

@@ -26,6 +26,7 @@ import httpx
 
 from . import errors as core_errors
 from .api import exceptions as http_errors  # noqa: F401  (defines the HTTP-level codes _error_classes maps)
+from .api import headers as tcm_headers
 from .errors import TcmError
 from .runtime import errors as service_errors
 
@@ -143,10 +144,10 @@ def _compress_result(r: httpx.Response) -> CompressResult:
     try:
         return CompressResult(
             blob=r.content,
-            quality=int(r.headers["x-tcm-quality"]),
-            bpp=float(r.headers["x-tcm-bpp"]),
-            width=int(r.headers["x-tcm-width"]),
-            height=int(r.headers["x-tcm-height"]),
+            quality=int(r.headers[tcm_headers.QUALITY]),  # httpx's headers ignore case
+            bpp=float(r.headers[tcm_headers.BPP]),
+            width=int(r.headers[tcm_headers.WIDTH]),
+            height=int(r.headers[tcm_headers.HEIGHT]),
         )
     except KeyError as exc:
         raise _not_tcm_serve(r, f"header {exc.args[0]!r} is missing") from None

@@ -41,7 +41,7 @@ def test_decompress_refuses_a_body_that_is_not_a_png(handler, needle):
     "response, needle",
     [
         (httpx.Response(200, content=b"<html>", headers=TCM_HEADERS), "is not a .tcm blob"),
-        (httpx.Response(200, content=TCM), "header 'x-tcm-quality' is missing"),
+        (httpx.Response(200, content=TCM), "header 'X-TCM-Quality' is missing"),
         (httpx.Response(200, content=TCM, headers={**TCM_HEADERS, "x-tcm-bpp": "lots"}), "bad X-TCM header"),
         (httpx.Response(302, headers={"location": "/login"}), "redirect to /login"),
     ],

@@ -43,6 +43,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tcm_serve.api import create_app
+from tcm_serve.cli.local import environment_without_settings, free_port, serve_command
 from tcm_serve.client import TcmClient
 from tcm_serve.codec.container import BACKENDS, pack, unpack
 from tcm_serve.codec.pipeline import decompress_blob, load_model
@@ -338,7 +339,6 @@ def test_tcm_serve_exits_3_when_the_pool_gives_up(kit_store, tmp_path):
     """A model that fails to load after the start-up check: /healthz turns 503 and the
     process shuts down and exits 3, so that a restart policy acting on exits (docker compose,
     systemd) restarts it instead of leaving a service that refuses every request."""
-    from test_server import free_port
 
     script = (
         "import sys\n"
@@ -349,26 +349,13 @@ def test_tcm_serve_exits_3_when_the_pool_gives_up(kit_store, tmp_path):
         "from tcm_serve.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
+    python, _m, _module, *arguments = serve_command(kit_store, free_port())  # the same command, run by the script
     r = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            script,
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(free_port()),
-            "--store",
-            str(kit_store),
-            "--devices",
-            "cpu",
-        ],
+        [python, "-c", script, *arguments],
         capture_output=True,
         text=True,
         timeout=120,
-        env=env,
+        env=environment_without_settings(),
         cwd=ROOT,
     )
     assert r.returncode == 3, r.stderr[-3000:]
@@ -496,26 +483,11 @@ def _corrupt(path: Path) -> None:
 def test_tcm_serve_refuses_a_corrupt_checkpoint_in_one_line(broken_store):
     root, weights = broken_store
     _corrupt(weights)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tcm_serve.cli.main",
-            "serve",
-            "--store",
-            str(root),
-            "--devices",
-            "cpu",
-            "--port",
-            str(port),
-        ],
+        serve_command(root, free_port()),
         capture_output=True,
         text=True,
-        env=env,
+        env=environment_without_settings(),
         cwd=ROOT,
         timeout=300,
     )

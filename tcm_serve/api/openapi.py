@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from . import headers as tcm_headers
 from .body import IMAGE_TYPES, RAW_BLOB_OK, RAW_IMAGE_OK, TCM_MEDIA_TYPE
 from .compare import COMPARE_SCHEMA
 
@@ -147,14 +148,13 @@ BLOB_BODY = body_doc(RAW_BLOB_OK, ".tcm blob")
 COMPRESS_RESPONSES: dict[int | str, Doc] = {
     200: _binary_doc(
         TCM_MEDIA_TYPE,
-        "the .tcm blob; headers X-TCM-Quality, X-TCM-Bpp, X-TCM-Width, X-TCM-Height, "
-        "X-TCM-Format-Version (2: portable, 1: exact)",
+        f"the .tcm blob; headers {', '.join(tcm_headers.COMPRESS_HEADERS)} (format version 2: portable, 1: exact)",
         {
-            "X-TCM-Quality": _HEADER_INT,
-            "X-TCM-Bpp": {"type": "string", "pattern": r"^[0-9]+\.[0-9]+$"},
-            "X-TCM-Width": _HEADER_INT,
-            "X-TCM-Height": _HEADER_INT,
-            "X-TCM-Format-Version": {"type": "string", "enum": ["1", "2"]},
+            tcm_headers.QUALITY: _HEADER_INT,
+            tcm_headers.BPP: {"type": "string", "pattern": r"^[0-9]+\.[0-9]+$"},
+            tcm_headers.WIDTH: _HEADER_INT,
+            tcm_headers.HEIGHT: _HEADER_INT,
+            tcm_headers.FORMAT_VERSION: {"type": "string", "enum": ["1", "2"]},
         },
     ),
     **errors_doc(*CODEC_ERRORS),
@@ -172,8 +172,8 @@ COMPARE_RESPONSES: dict[int | str, Doc] = {
 DECOMPRESS_RESPONSES: dict[int | str, Doc] = {
     200: _binary_doc(
         "image/png",
-        "the PNG; headers X-TCM-Quality, X-TCM-Width, X-TCM-Height",
-        {"X-TCM-Quality": _HEADER_INT, "X-TCM-Width": _HEADER_INT, "X-TCM-Height": _HEADER_INT},
+        f"the PNG; headers {', '.join(tcm_headers.DECOMPRESS_HEADERS)}",
+        {name: _HEADER_INT for name in tcm_headers.DECOMPRESS_HEADERS},
     ),
     **errors_doc(*CODEC_ERRORS),
 }

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from ..codec.container import BITSTREAMS
+from ..codec.container import BACKEND_KINDS, BITSTREAMS
 from ..errors import TcmError
 from .argtypes import add_store_option, add_tile_option, positive_int, quality
 
@@ -51,10 +51,16 @@ def add_parsers(sub) -> None:
     s.add_argument("--shutdown-grace-s", type=float, help="time in-flight requests get on SIGTERM (default 30)")
     s.add_argument("--log-level", help="critical, error, warning, info (default) or debug")
     s.add_argument(
-        "--backend", help="torch (default, exact arithmetic) or onnx (ONNX Runtime, faster: docs/performance.md)"
+        "--backend",
+        choices=BACKEND_KINDS,
+        help="torch (default, exact arithmetic) or onnx (ONNX Runtime, faster: docs/performance.md)",
     )
     s.add_argument("--onnx-dir", help="where the onnx backend keeps exported graphs (default: the store directory)")
-    s.add_argument("--bitstream", help="what /compress makes by default: portable (decodes anywhere; default) or exact")
+    s.add_argument(
+        "--bitstream",
+        choices=BITSTREAMS,
+        help="what /compress makes by default: portable (decodes anywhere; default) or exact",
+    )
     add_tile_option(s, "the transforms")
     s.set_defaults(handler=cmd_serve)
 

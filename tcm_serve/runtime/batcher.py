@@ -131,7 +131,7 @@ class Batcher:
     def _refuse_if_full(self, retry_after: Callable[[int], int]) -> None:
         # Called with the lock held.
         if self._closed:
-            raise ShuttingDownError("the service is shutting down", retry_after=1)
+            raise ShuttingDownError("the service is shutting down")
         occupied = self._depth + self._reserved
         if occupied >= self.max_queue:
             raise QueueFullError(
@@ -156,7 +156,7 @@ class Batcher:
             if slot is not None and slot._consume():
                 self._reserved -= 1
                 if self._closed:
-                    raise ShuttingDownError("the service is shutting down", retry_after=1)
+                    raise ShuttingDownError("the service is shutting down")
             else:
                 self._refuse_if_full(retry_after)
             job.enqueued = time.monotonic()

@@ -28,10 +28,13 @@ class RetryableError(ServiceError):
     """The service cannot take the request now; ``retry_after`` seconds is a fair wait."""
 
     code = "unavailable"
+    #: The wait a client is told when the raiser has no better estimate (each subclass says
+    #: how long its condition usually lasts); the one home of these numbers.
+    default_retry_after = 1
 
-    def __init__(self, message: str, retry_after: int = 1) -> None:
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
-        self.retry_after = max(1, int(retry_after))
+        self.retry_after = max(1, int(self.default_retry_after if retry_after is None else retry_after))
 
 
 class QueueFullError(RetryableError):
@@ -44,18 +47,21 @@ class NotReadyError(RetryableError):
     """Models are still loading / warming up, or failed to load (HTTP 503)."""
 
     code = "not_ready"
+    default_retry_after = 2  # a warm-up or a reload takes seconds
 
 
 class ShuttingDownError(RetryableError):
     """The service is draining for shutdown and takes no new work (HTTP 503)."""
 
     code = "shutting_down"
+    default_retry_after = 1  # another replica (or the restarted one) takes the retry
 
 
 class WorkerDiedError(RetryableError):
     """The device worker running this request died (it is being replaced): retry (HTTP 503)."""
 
     code = "worker_failed"
+    default_retry_after = 2  # a replacement worker loads its models first
 
 
 class DeadlineExceededError(ServiceError):

@@ -249,7 +249,7 @@ class WorkerPool:
         if not dead.died:  # the thread ended without passing through Worker._die
             dead.died = "the worker thread ended unexpectedly"
             self.worker_died(dead)
-        err = WorkerDiedError(f"the worker on {device} died ({dead.died}); it is being replaced: retry", retry_after=2)
+        err = WorkerDiedError(f"the worker on {device} died ({dead.died}); it is being replaced: retry")
         for job in dead.current:  # normally already settled by Worker._die; settle is idempotent
             job.settle(error=err)
         self.observer.worker_restarted(device)
@@ -341,9 +341,9 @@ class WorkerPool:
     def admit(self) -> None:
         """Raise unless the pool takes new work now (ready, not shutting down)."""
         if self.batcher.closed:
-            raise ShuttingDownError("the service is shutting down", retry_after=1)
+            raise ShuttingDownError("the service is shutting down")
         if not self.ready:
-            raise NotReadyError(f"not ready: {self.not_ready_reason()}", retry_after=2)
+            raise NotReadyError(f"not ready: {self.not_ready_reason()}")
 
     def reserve(self) -> Slot:
         """Hold a queue place before reading and decoding a request's input (429 if none)."""

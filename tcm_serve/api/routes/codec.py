@@ -22,6 +22,7 @@ from ...imageio import DecodedImage, decode_image, encode_png
 from ...runtime.batcher import Job
 from ...runtime.errors import DeadlineExceededError, QueueFullError
 from ...runtime.pool import WorkerPool
+from .. import headers as tcm_headers
 from ..body import RAW_BLOB_OK, RAW_IMAGE_OK, TCM_MEDIA_TYPE, only_query, payload_by
 from ..compare import CodedResult, comparison_json
 from ..logs import RequestContext
@@ -134,11 +135,11 @@ async def compress(
         result.blob,
         media_type=TCM_MEDIA_TYPE,
         headers={
-            "X-TCM-Quality": str(q),
-            "X-TCM-Bpp": f"{result.bpp:.6f}",
-            "X-TCM-Width": str(image.width),
-            "X-TCM-Height": str(image.height),
-            "X-TCM-Format-Version": str(result.header.version),
+            tcm_headers.QUALITY: str(q),
+            tcm_headers.BPP: f"{result.bpp:.6f}",
+            tcm_headers.WIDTH: str(image.width),
+            tcm_headers.HEIGHT: str(image.height),
+            tcm_headers.FORMAT_VERSION: str(result.header.version),
         },
     )
 
@@ -238,8 +239,8 @@ async def decompress(request: Request) -> Response:
         png,
         media_type="image/png",
         headers={
-            "X-TCM-Quality": str(header.quality),
-            "X-TCM-Width": str(header.width),
-            "X-TCM-Height": str(header.height),
+            tcm_headers.QUALITY: str(header.quality),
+            tcm_headers.WIDTH: str(header.width),
+            tcm_headers.HEIGHT: str(header.height),
         },
     )

@@ -10,14 +10,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from ...runtime.errors import NotReadyError
 from ..errors import error_response
 from ..openapi import HEALTHZ_RESPONSES, METRICS_RESPONSES, MODELS_RESPONSES, READYZ_RESPONSES
 from ..state import ApiState
 
 router = APIRouter()
-
-#: Seconds a client is told to wait before asking /readyz again.
-_READY_RETRY_AFTER_S = 2
 
 
 @router.get("/v1/models", summary="Served quality levels and their state", responses=MODELS_RESPONSES)
@@ -55,7 +53,7 @@ async def readyz(request: Request) -> dict[str, Any] | JSONResponse:
     if pool.ready:
         return {"status": "ready", "models_loaded": sum(len(w.slots) for w in pool.workers)}
     reason = pool.not_ready_reason() or "not ready"
-    return error_response(503, "not_ready", reason, {"Retry-After": str(_READY_RETRY_AFTER_S)})
+    return error_response(503, "not_ready", reason, {"Retry-After": str(NotReadyError.default_retry_after)})
 
 
 # HEAD on the probes (some load balancers and uptime checkers send HEAD): the same
