@@ -2,7 +2,7 @@
 
 Modules, one concept each:
 
-* :mod:`.metrics` -- PSNR and MS-SSIM on 8-bit images (numpy only);
+* :mod:`.metrics` -- PSNR (numpy) and MS-SSIM (the ``pytorch_msssim`` package) on 8-bit images;
 * :mod:`.bdrate` -- Bjontegaard delta rate/PSNR with PCHIP interpolation (numpy only);
 * :mod:`.baselines` -- JPEG 4:2:0/4:4:4, WebP and AVIF through Pillow;
 * :mod:`.published` -- the official TCM rate-distortion points (``rd-published.json``);

@@ -131,7 +131,8 @@ def json_doc(
         "method": {
             "bpp": "8 * encoded file bytes / (width * height), mean over images",
             "psnr": "RGB PSNR (peak 255) of the decoded 8-bit image, mean of per-image values",
-            "ms_ssim": "5 scales, Gaussian 11/1.5, data range 255, channel mean, mean over images",
+            "ms_ssim": f"pytorch_msssim {_version('pytorch_msssim')} ms_ssim (5 scales, Gaussian 11/1.5, "
+            "data range 255), float32, channel mean, mean over images",
             "bd_rate": "Bjontegaard delta rate, PCHIP of log10(bpp) over PSNR on the shared PSNR interval",
         },
         "codecs": codecs,
@@ -147,6 +148,16 @@ def json_doc(
         "environment": report.environment,
         "notes": report.notes,
     }
+
+
+def _version(distribution: str) -> str:
+    """Installed version of a package the numbers come from (they are part of the method)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution.replace("_", "-"))
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def summary_table(report: Report) -> str:
