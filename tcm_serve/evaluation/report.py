@@ -133,7 +133,8 @@ def json_doc(
             "psnr": "RGB PSNR (peak 255) of the decoded 8-bit image, mean of per-image values",
             "ms_ssim": f"pytorch_msssim {_version('pytorch_msssim')} ms_ssim (5 scales, Gaussian 11/1.5, "
             "data range 255), float32, channel mean, mean over images",
-            "bd_rate": "Bjontegaard delta rate, PCHIP of log10(bpp) over PSNR on the shared PSNR interval",
+            "bd_rate": f"Bjontegaard delta rate, bjontegaard {_version('bjontegaard')} {report.bd_method.upper()} "
+            "of log10(bpp) over PSNR on the shared PSNR interval",
         },
         "codecs": codecs,
         "published": [
@@ -141,6 +142,7 @@ def json_doc(
         ],
         "bd_rate": {
             "anchor": anchor,
+            "method": report.bd_method,
             "psnr_range_db": list(psnr_range) if psnr_range else None,
             "rows": [_bd_json(r) for r in bd],
         },
@@ -187,7 +189,8 @@ def text(report: Report, bd: Sequence[BDRow]) -> str:
     head = f"{report.dataset.root} ({n} image{'s' if n != 1 else ''}); bpp from the encoded file size"
     parts = [head, "", summary_table(report)]
     if bd:
-        parts += ["", "BD-rate (PCHIP, shared PSNR interval; negative = fewer bits for the same PSNR):", bd_text(bd)]
+        how = f"{report.bd_method.upper()}, shared PSNR interval; negative = fewer bits for the same PSNR"
+        parts += ["", f"BD-rate ({how}):", bd_text(bd)]
     parts += [f"note: {n}" for n in report.notes]
     return "\n".join(parts)
 
