@@ -18,7 +18,13 @@ It runs in two modes, because the hand-written code is gone after the switch:
   CompressAI's evaluation runs it) against ``pytorch_msssim`` in float64, and each PCHIP
   BD-rate against an integral of scipy's ``PchipInterpolator`` written out here.
 
+Both modes end (and ``--table-only`` consists of) the check of the README's own table: the
+24-image means in docs/results/kodak.json, measured with the old code, put through today's
+BD-rate (PCHIP and Akima) and compared with the BD-rates that file records.
+
     .venv/bin/python benchmarks/eval_agreement.py            # ~4 min on 2 busy cores
+    .venv/bin/python benchmarks/eval_agreement.py --table-only  # seconds: no coding
+    .venv/bin/python benchmarks/eval_agreement.py --memory      # MS-SSIM peak on a 3.5 MP image
     .venv/bin/python benchmarks/eval_agreement.py --images 2 --store model_store
 """
 
@@ -41,6 +47,7 @@ from tcm_serve.store import ModelStore
 ROOT = Path(__file__).resolve().parents[1]
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
 RECORD = ROOT / "benchmarks" / "results" / "eval_agreement.json"
+README_RUN = ROOT / "docs" / "results" / "kodak.json"
 BASELINES = ("jpeg420", "webp", "avif")
 ANCHOR = "jpeg420"
 
@@ -195,13 +202,70 @@ def compare(args) -> None:
         print("note: the store had no models, so no tcm rows")
 
 
+def table_check() -> None:
+    """The README's BD-rate table, recomputed from its own recorded means."""
+    doc = json.loads(README_RUN.read_text())
+    curves = []
+    for name, c in doc["codecs"].items():
+        pts = sorted((s["bpp"], s["psnr"]) for s in c["settings"])
+        kind = "ours" if name == OURS else "baseline"
+        curves.append(Curve(name, c["label"], kind, tuple(b for b, _ in pts), tuple(p for _, p in pts)))
+    curves += [Curve(c["name"], c["label"], "published", tuple(c["bpp"]), tuple(c["psnr"])) for c in doc["published"]]
+    anchor = doc["bd_rate"]["anchor"]
+    recorded = {f"{r['test']} vs {r['anchor']}": r for r in doc["bd_rate"]["rows"]}
+    now = {m: bd_rows(curves, method=m) for m in ("pchip", "akima")}
+    print(f"\nREADME table ({README_RUN.relative_to(ROOT)}: 24 images, anchor {anchor}), BD-rate (%)")
+    print(f"  {'pair':<40} {'recorded':>9} {'pchip':>9} {'akima':>9}")
+    worst, spread = 0.0, 0.0
+    for pair, r in recorded.items():
+        if r["bd_rate_percent"] is None:
+            continue
+        p, a = now["pchip"][pair]["bd_rate"], now["akima"][pair]["bd_rate"]
+        worst, spread = max(worst, abs(p - r["bd_rate_percent"])), max(spread, abs(a - p))
+        print(f"  {pair:<40} {r['bd_rate_percent']:>+9.3f} {p:>+9.3f} {a:>+9.3f}")
+    print(f"  max |recorded - pchip| {worst:.1e} %   max |akima - pchip| {spread:.2f} %")
+
+
+def memory() -> None:
+    """Peak resident memory and time of one MS-SSIM of a 2304x1536 RGB image (kodim23 tiled
+    3x4, against its 16-level posterisation), in this fresh process, on one thread."""
+    import resource
+
+    from PIL import Image
+
+    from tcm_serve.evaluation.metrics import ms_ssim
+
+    tile = np.asarray(Image.open(KODAK / "kodim23.png").convert("RGB"))
+    a = np.ascontiguousarray(np.tile(tile, (3, 3, 1))[:1536, :2304])
+    b = ((a.astype(np.int32) // 16) * 16 + 8).astype(np.uint8)
+    page = resource.getpagesize()
+    before = int(Path("/proc/self/statm").read_text().split()[1]) * page / 2**20
+    t0 = time.perf_counter()
+    value = ms_ssim(a, b)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    mp = a.shape[0] * a.shape[1] / 1e6
+    print(
+        f"MS-SSIM of {a.shape[1]}x{a.shape[0]} ({mp:.1f} MP): {value:.6f} in {seconds:.2f} s; resident "
+        f"{before:.0f} MiB before, peak {peak:.0f} MiB: +{peak - before:.0f} MiB, {(peak - before) / mp:.0f} MiB/MP"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--record", action="store_true", help="write the recording (on a commit with the old code)")
     p.add_argument("--images", type=int, default=4, help="first N Kodak images (--record only; default 4)")
     p.add_argument("--store", type=Path, default=ROOT / "model_store", help="model store (default: the bundled one)")
+    p.add_argument("--table-only", action="store_true", help="only recompute the README's table (no coding)")
+    p.add_argument("--memory", action="store_true", help="only measure MS-SSIM's peak memory on a 3.5 MP image")
     args = p.parse_args()
-    (record if args.record else compare)(args)
+    if args.memory:
+        memory()
+        return
+    if not args.table_only:
+        (record if args.record else compare)(args)
+    if "method" in inspect.signature(bd_table).parameters:
+        table_check()
 
 
 if __name__ == "__main__":
