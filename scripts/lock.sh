@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate requirements.lock: resolve tcm-serve's runtime dependencies in a fresh venv
+# Regenerate requirements.lock: resolve the runtime dependencies (server and eval extras) in a fresh venv
 # (beside torch, as scripts/setup.sh installs it) and pin what got installed. Run it when a
 # dependency in pyproject.toml changes, then run the tests and commit the lock.
 #   ONNXRUNTIME_VERSION: the CPU onnxruntime to pin, the same as the GPU image's
@@ -12,7 +12,7 @@ trap 'rm -rf "$tmp"' EXIT
 python3 -m venv "$tmp/venv"
 "$tmp/venv/bin/pip" install -q --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
 echo "onnxruntime==$ORT" > "$tmp/ort.txt"
-"$tmp/venv/bin/pip" install -q --disable-pip-version-check -c "$tmp/ort.txt" ".[server]"
+"$tmp/venv/bin/pip" install -q --disable-pip-version-check -c "$tmp/ort.txt" ".[server,eval]"
 {
   sed -n '1,/^# Regenerate/p' requirements.lock
   "$tmp/venv/bin/pip" freeze | grep -viE '^(torch|tcm-serve|tcm_serve)(==| @)'

@@ -31,8 +31,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     pip_install "$TORCH_SPEC"
   fi
 fi
-echo "setup: installing tcm-serve (editable, with the server and test extras; builds the C range coder)"
+echo "setup: installing tcm-serve (editable, with the server, test and eval extras; builds the C range coder)"
 # Runtime dependencies at the versions of requirements.lock (the images install the same).
-pip_install --constraint requirements.lock -e ".[server,test]"
+pip_install --constraint requirements.lock -e ".[server,test,eval]"
 echo "$want" > "$stamp"
 echo "setup: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

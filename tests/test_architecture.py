@@ -10,6 +10,7 @@ importing them in a fresh interpreter.
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -154,8 +155,25 @@ def test_a_bare_install_is_the_client():
     server = " ".join(project["optional-dependencies"]["server"])
     for heavy in ("torch", "numpy", "fastapi", "onnxruntime"):
         assert heavy in server
-    assert '.[server,test]"' in (ROOT / "scripts" / "setup.sh").read_text()
+    assert '.[server,test,eval]"' in (ROOT / "scripts" / "setup.sh").read_text()
     assert project["scripts"]["tcm"] == "tcm_serve.cli:run"
+    # tcm eval's BD-rate package (it imports matplotlib) is its own extra, not the server's
+    assert "bjontegaard" not in server and "bjontegaard" in " ".join(project["optional-dependencies"]["eval"])
+
+
+def test_the_service_does_not_import_the_eval_extra():
+    """The service image installs the server extra only: building the app (and /compare's
+    scoring, MS-SSIM included) must not import bjontegaard or the matplotlib it pulls in."""
+    code = (
+        "import sys, numpy as np; from tcm_serve.api.app import create_app; from tcm_serve.config import Settings; "
+        "from tcm_serve.evaluation.metrics import ms_ssim; create_app(Settings()); "
+        "a = np.zeros((161, 161, 3), np.uint8); ms_ssim(a, a); "
+        "print([m for m in ('bjontegaard', 'matplotlib', 'scipy') if m in sys.modules])"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
 
 
 def test_tcm_without_the_server_extra_says_what_to_install():

@@ -1178,7 +1178,8 @@ def test_every_runtime_dependency_is_locked_and_installed_from_the_lock():
 
     pins = _lock()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    deps = project["dependencies"] + project["optional-dependencies"]["server"]
+    extras = project["optional-dependencies"]
+    deps = project["dependencies"] + extras["server"] + extras["eval"]  # eval: tcm eval's BD-rate package
     for dep in deps:
         name = re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[ ;]", dep, maxsplit=1)[0]).lower()
         assert name == "torch" or name in pins, f"{name} is a dependency but not in requirements.lock"

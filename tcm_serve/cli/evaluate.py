@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..evaluation.bdrate import BD_METHODS, DEFAULT_BD_METHOD
 from .argtypes import add_device_option, add_store_option, codec_choice, open_store, positive_int
 
 DEFAULT_CODECS = ("tcm", "jpeg420", "jpeg444", "webp", "avif")
@@ -74,8 +75,9 @@ def add_parsers(sub) -> None:
         help="rate-distortion evaluation: our models vs JPEG/WebP/AVIF, BD-rates, plot",
         description="Code every image of DATASET for real with each quality level of the store and with "
         "JPEG 4:2:0, JPEG 4:4:4, WebP and AVIF (Pillow) over a quality sweep; report per-setting means "
-        "of bpp (file size), PSNR and MS-SSIM, and BD-rates (PCHIP) against the anchor and of ours "
-        "against every codec. See docs/evaluation.md.",
+        "of bpp (file size), PSNR and MS-SSIM (pytorch_msssim), and BD-rates (the bjontegaard package, PCHIP "
+        "or Akima) against the anchor and of ours against every codec. Needs the eval extra: "
+        "pip install 'tcm-serve[eval]'. See docs/evaluation.md.",
     )
     e.add_argument("dataset", metavar="DATASET", help="folder of images (e.g. ../shared/data/kodak)")
     add_store_option(e)
@@ -106,6 +108,12 @@ def add_parsers(sub) -> None:
     e.add_argument("--anchor", default="jpeg420", help="codec the BD-rates are measured against (default: jpeg420)")
     e.add_argument(
         "--bd-range", type=_psnr_range, metavar="LO,HI", help="restrict BD-rate integrals to this PSNR range (dB)"
+    )
+    e.add_argument(
+        "--bd-method",
+        choices=BD_METHODS,
+        default=DEFAULT_BD_METHOD,
+        help=f"interpolation of the BD-rate curves, by the bjontegaard package (default: {DEFAULT_BD_METHOD})",
     )
     e.add_argument(
         "--published",
@@ -166,8 +174,9 @@ def _check_output(path: str | None, what: str) -> None:
 def _validate(args) -> None:
     """Everything that can fail does so before any coding starts: a run can take hours."""
     from ..evaluation import report as rep
-    from ..evaluation.runner import OURS, EvalError
+    from ..evaluation.runner import OURS, EvalError, require_bd_package
 
+    require_bd_package()
     for name in dict(args.sweep):
         if name not in args.codecs:
             raise EvalError(f"--sweep {name}=... given but {name} is not in --codecs")
@@ -237,7 +246,7 @@ def cmd_eval(args) -> int:
     data = load_dataset(args.dataset, args.limit)
     store, entries, device = _open_models(args)
     runnable = _runnable_baselines(args.codecs, notes)
-    report = Report(data, notes=notes, environment=_environment(device))
+    report = Report(data, notes=notes, environment=_environment(device), bd_method=args.bd_method)
     report.published = _published_curves(args, notes)
     if report.published and args.limit is not None:
         notes.append(
@@ -262,7 +271,7 @@ def cmd_eval(args) -> int:
     present = {m.codec for m in report.measurements}
     if args.anchor not in present:
         notes.append(f"anchor {args.anchor} was not evaluated: only ours is compared with the others")
-    bd = bd_table(report.curves(), args.anchor, args.bd_range)
+    bd = bd_table(report.curves(), args.anchor, args.bd_range, args.bd_method)
 
     if args.csv:
         atomic_write_text(args.csv, rep.csv_text(report))
@@ -315,15 +324,19 @@ def _model_record(entry) -> dict:
 
 
 def _environment(device) -> dict:
+    from importlib.metadata import version
+
     import numpy
+    import torch
 
     from ..evaluation.baselines import library_versions
 
     env = {"python": platform.python_version(), "numpy": numpy.__version__, **library_versions()}
+    # MS-SSIM and BD-rate come from these packages (and BD-rate's interpolants from scipy)
+    env.update({name: version(name) for name in ("pytorch-msssim", "bjontegaard", "scipy")})
+    env["torch"] = torch.__version__
     if device is not None:
-        import torch
-
-        env.update(torch=torch.__version__, device=str(device))
+        env["device"] = str(device)
     return env
 
 

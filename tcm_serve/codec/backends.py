@@ -72,6 +72,19 @@ _TORCH_THREADS_LOCK = threading.Lock()
 _TORCH_OPENMP = "OpenMP" in torch.__config__.parallel_info()
 
 
+@contextmanager
+def torch_threads(k: int) -> Iterator[None]:
+    """``k`` torch intra-op threads for the calling thread inside the block, restored after;
+    serialised with every other change made through here (see :data:`_TORCH_THREADS_LOCK`)."""
+    with _TORCH_THREADS_LOCK:
+        before = torch.get_num_threads()
+        torch.set_num_threads(k)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+
 class TorchStages:
     """The model's own methods (looked up at call time, so tests can spy on them)."""
 
@@ -104,15 +117,8 @@ class TorchStages:
     def thread_count_matters(self) -> bool:
         return self.device.type == "cpu" and _TORCH_OPENMP
 
-    @contextmanager
-    def threads(self, k: int) -> Iterator[None]:
-        with _TORCH_THREADS_LOCK:
-            before = torch.get_num_threads()
-            torch.set_num_threads(k)
-            try:
-                yield
-            finally:
-                torch.set_num_threads(before)
+    def threads(self, k: int) -> AbstractContextManager[None]:
+        return torch_threads(k)
 
 
 @dataclass

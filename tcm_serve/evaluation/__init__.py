@@ -2,8 +2,9 @@
 
 Modules, one concept each:
 
-* :mod:`.metrics` -- PSNR and MS-SSIM on 8-bit images (numpy only);
-* :mod:`.bdrate` -- Bjontegaard delta rate/PSNR with PCHIP interpolation (numpy only);
+* :mod:`.metrics` -- PSNR (numpy) and MS-SSIM (the ``pytorch_msssim`` package) on 8-bit images;
+* :mod:`.bdrate` -- Bjontegaard delta rate/PSNR by the ``bjontegaard`` package (PCHIP or Akima;
+  imported lazily: the ``eval`` extra, not the service's);
 * :mod:`.baselines` -- JPEG 4:2:0/4:4:4, WebP and AVIF through Pillow;
 * :mod:`.published` -- the official TCM rate-distortion points (``rd-published.json``);
 * :mod:`.runner` -- real coding of a dataset by every codec and setting, and the averages;

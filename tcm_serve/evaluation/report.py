@@ -131,8 +131,10 @@ def json_doc(
         "method": {
             "bpp": "8 * encoded file bytes / (width * height), mean over images",
             "psnr": "RGB PSNR (peak 255) of the decoded 8-bit image, mean of per-image values",
-            "ms_ssim": "5 scales, Gaussian 11/1.5, data range 255, channel mean, mean over images",
-            "bd_rate": "Bjontegaard delta rate, PCHIP of log10(bpp) over PSNR on the shared PSNR interval",
+            "ms_ssim": f"pytorch_msssim {_version('pytorch_msssim')} ms_ssim (5 scales, Gaussian 11/1.5, "
+            "data range 255), float32, channel mean, mean over images",
+            "bd_rate": f"Bjontegaard delta rate, bjontegaard {_version('bjontegaard')} {report.bd_method.upper()} "
+            "of log10(bpp) over PSNR on the shared PSNR interval",
         },
         "codecs": codecs,
         "published": [
@@ -140,6 +142,7 @@ def json_doc(
         ],
         "bd_rate": {
             "anchor": anchor,
+            "method": report.bd_method,
             "psnr_range_db": list(psnr_range) if psnr_range else None,
             "rows": [_bd_json(r) for r in bd],
         },
@@ -147,6 +150,16 @@ def json_doc(
         "environment": report.environment,
         "notes": report.notes,
     }
+
+
+def _version(distribution: str) -> str:
+    """Installed version of a package the numbers come from (they are part of the method)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution.replace("_", "-"))
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def summary_table(report: Report) -> str:
@@ -176,7 +189,8 @@ def text(report: Report, bd: Sequence[BDRow]) -> str:
     head = f"{report.dataset.root} ({n} image{'s' if n != 1 else ''}); bpp from the encoded file size"
     parts = [head, "", summary_table(report)]
     if bd:
-        parts += ["", "BD-rate (PCHIP, shared PSNR interval; negative = fewer bits for the same PSNR):", bd_text(bd)]
+        how = f"{report.bd_method.upper()}, shared PSNR interval; negative = fewer bits for the same PSNR"
+        parts += ["", f"BD-rate ({how}):", bd_text(bd)]
     parts += [f"note: {n}" for n in report.notes]
     return "\n".join(parts)
 

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import TcmError
 from ..imageio import DecodedImage, read_image
 from . import baselines
-from .bdrate import BDError, bd_rate
+from .bdrate import DEFAULT_BD_METHOD, BDError, BDPackageMissing, bd_rate, package
 from .metrics import MS_SSIM_MIN_SIDE, ms_ssim, psnr
 
 #: File types a dataset folder may hold (others, e.g. README.md, are ignored).
@@ -136,6 +136,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
     models: list[dict[str, Any]] = field(default_factory=list)
+    bd_method: str = DEFAULT_BD_METHOD  # interpolation of the BD-rates (bdrate.BD_METHODS)
 
     def summaries(self) -> list[Summary]:
         return summarise(self.measurements)
@@ -269,9 +270,19 @@ def curves_of(summaries: Sequence[Summary], labels: dict[str, str]) -> list[Curv
     return out
 
 
-def compare(test: Curve, anchor: Curve, psnr_range: tuple[float, float] | None = None) -> BDRow:
+def require_bd_package() -> None:
+    """Fail at once, in one line, when the BD-rates cannot be computed (before hours of coding)."""
     try:
-        r = bd_rate(anchor.bpp, anchor.psnr, test.bpp, test.psnr, psnr_range)
+        package()
+    except BDPackageMissing as exc:
+        raise EvalError(str(exc)) from None
+
+
+def compare(
+    test: Curve, anchor: Curve, psnr_range: tuple[float, float] | None = None, method: str = DEFAULT_BD_METHOD
+) -> BDRow:
+    try:
+        r = bd_rate(anchor.bpp, anchor.psnr, test.bpp, test.psnr, psnr_range, method)
     except BDError as exc:
         msg = str(exc)
         for role, curve in (("anchor: ", anchor), ("test: ", test)):
@@ -282,15 +293,20 @@ def compare(test: Curve, anchor: Curve, psnr_range: tuple[float, float] | None =
     return BDRow(test.name, anchor.name, r.bd_rate, bd_psnr, r.psnr_range)
 
 
-def bd_table(curves: Sequence[Curve], anchor: str, psnr_range: tuple[float, float] | None = None) -> list[BDRow]:
+def bd_table(
+    curves: Sequence[Curve],
+    anchor: str,
+    psnr_range: tuple[float, float] | None = None,
+    method: str = DEFAULT_BD_METHOD,
+) -> list[BDRow]:
     """Every curve against ``anchor``, then ours against every other curve."""
     by_name = {c.name: c for c in curves}
     rows = []
     if anchor in by_name:
-        rows += [compare(c, by_name[anchor], psnr_range) for c in curves if c.name != anchor]
+        rows += [compare(c, by_name[anchor], psnr_range, method) for c in curves if c.name != anchor]
     ours = by_name.get(OURS)
     if ours is not None:
-        rows += [compare(ours, c, psnr_range) for c in curves if c.name not in (OURS, anchor)]
+        rows += [compare(ours, c, psnr_range, method) for c in curves if c.name not in (OURS, anchor)]
     return rows
 
 
