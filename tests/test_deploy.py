@@ -30,7 +30,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,7 +41,8 @@ import pytest
 import yaml  # the test extra installs it; a missing one must fail, not skip the whole file
 
 from tcm_serve.api.logs import CODEC_ROUTES
-from tcm_serve.codec.geometry import padded_pixel_limit
+from tcm_serve.cli.local import free_port
+from tcm_serve.codec.geometry import DEFAULT_HALO, NO_TILING, padded_pixel_limit
 from tcm_serve.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,11 +284,15 @@ def test_dockerfile_targets_are_non_root_compiler_free_and_serve():
         assert ("model_store/", env["TCM_MODEL_STORE"].rstrip("/") + "/") in copies(stage)
     assert targets["cpu"].image_env()["TCM_DEVICES"] == "cpu"
     assert targets["gpu"].image_env()["TCM_DEVICES"] == "cuda"  # no silent fall-back to the CPU
-    # the two images differ only in the virtualenv and the device settings
-    strip = {"TCM_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES"}
+    # the two images differ only in the virtualenv, the device settings and the CPU image's
+    # limits for large photos (tiled, one at a time: docs/deploy.md "Sizing")
+    photo_limits = {"TCM_MAX_PIXELS", "TCM_MAX_BODY_BYTES", "TCM_MAX_QUEUE", "TCM_REQUEST_TIMEOUT_S"}
+    strip = {"TCM_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES"} | photo_limits
     gpu_env = {k: v for k, v in targets["gpu"].image_env().items() if k not in strip}
     cpu_env = {k: v for k, v in targets["cpu"].image_env().items() if k not in strip}
     assert gpu_env == cpu_env
+    cpu_limits = targets["cpu"].image_env()
+    assert int(cpu_limits["TCM_MAX_PIXELS"]) >= 48 * 10**6, "the CPU image takes a 48 MP camera photo"
 
 
 def test_dockerfile_pins_torch_before_the_package():
@@ -443,23 +447,67 @@ def _memory_bytes(text: str) -> int:
     return int(float(m.group(1)) * scale)
 
 
-#: Peak memory per padded pixel of the largest supported model (official-large, docs/deploy.md
-#: "Sizing"); an uncompressed 16-bit RGBA image is 8 bytes per pixel.
+#: The sizing rule of docs/deploy.md ("Sizing"), for the largest supported model
+#: (official-large): four served levels loaded (0.85 GiB ready with one, ~0.3 per extra
+#: level), rounded up, ...
+MODEL_BYTES = 2 << 30
+#: ... whole-image coding (TCM_TILE=0) at ~4 KiB per padded pixel, or with tiled transforms the
+#: same per pixel of one window (tile + 2 halos a side) plus the whole-image state that does
+#: not tile (latents, slice chain, symbols: bytes per padded pixel, measured with the
+#: official-small layout at 48 MP, whose latent width official-large shares), ...
 PEAK_BYTES_PER_PIXEL = 4 * 1024
+STATE_BYTES_PER_PIXEL = 100
+#: ... and every queue place holding a request body and its decoded pixels (uint8 RGB).
+PIXEL_BYTES = 3
+#: Bodies must take any 8-bit RGB encoding of the largest image (an uncompressed one is
+#: 3 bytes per pixel); more than an uncompressed 16-bit RGBA image's 8 is never needed.
 RAW_BYTES_PER_PIXEL = 8
+#: /compare holds its candidates decoded and scores them with MS-SSIM (~110 MB per megapixel
+#: at its peak, docs/evaluation.md): 200 bytes per pixel of the largest image it takes.
+COMPARE_BYTES_PER_PIXEL = 200
+
+
+def coding_bytes(padded: int, tile: int) -> int:
+    """Peak bytes of coding one image of ``padded`` pixels with transforms tiled by ``tile``."""
+    whole = padded * PEAK_BYTES_PER_PIXEL
+    if tile == NO_TILING:
+        return whole
+    window = (tile + 2 * DEFAULT_HALO) ** 2
+    return min(whole, window * PEAK_BYTES_PER_PIXEL + padded * STATE_BYTES_PER_PIXEL)
 
 
 def assert_limits_fit(env: dict[str, str], memory_limit: str, where: str) -> None:
-    """The image-size and body-size limits agree with the memory limit: the service default
-    of 40 MP would need ~150 GiB for one image of the large model, and 64 queued 50 MiB bodies
-    3 GiB, so a deployment without its own limits is OOM-killed by ordinary input."""
+    """The image-size, body-size and queue limits agree with the memory limit: the service
+    default of 40 MP with untiled transforms would need ~150 GiB for one image of the large
+    model, and 64 queued 50 MiB bodies 3 GiB, so a deployment without its own limits is
+    OOM-killed by ordinary input."""
     assert "TCM_MAX_PIXELS" in env and "TCM_MAX_BODY_BYTES" in env, f"{where}: set both limits"
+    defaults = Settings.model_fields
     pixels, body = int(env["TCM_MAX_PIXELS"]), int(env["TCM_MAX_BODY_BYTES"])
+    tile = int(env.get("TCM_TILE", defaults["tile"].default))
+    queue = int(env.get("TCM_MAX_QUEUE", defaults["max_queue"].default))
+    compare = min(pixels, int(env.get("TCM_COMPARE_MAX_PIXELS", defaults["compare_max_pixels"].default)))
     # the largest padded tensor the image guard lets through (a thin strip pads to more)
     padded = padded_pixel_limit(pixels)
-    assert padded * PEAK_BYTES_PER_PIXEL <= _memory_bytes(memory_limit), (where, pixels, padded, memory_limit)
-    # any encoding of the largest allowed image fits the body limit, and not much more does
-    assert RAW_BYTES_PER_PIXEL * pixels <= body <= 2 * RAW_BYTES_PER_PIXEL * pixels, (where, pixels, body)
+    parts = {
+        "models": MODEL_BYTES,
+        "coding": coding_bytes(padded, tile),
+        "queue": queue * (body + PIXEL_BYTES * pixels),
+        "compare": compare * COMPARE_BYTES_PER_PIXEL,
+    }
+    gib = {k: round(v / 2**30, 2) for k, v in parts.items()}
+    assert sum(parts.values()) <= _memory_bytes(memory_limit), (where, pixels, memory_limit, gib)
+    # any 8-bit encoding of the largest allowed image fits the body limit, and not much more does
+    assert PIXEL_BYTES * pixels <= body <= 2 * RAW_BYTES_PER_PIXEL * pixels, (where, pixels, body)
+
+
+def test_sizing_rule_bounds_a_large_photo_by_the_tile_not_the_image():
+    """Tiling is what lets a 48 MP photo fit: whole, it would need ~200 GiB."""
+    padded = padded_pixel_limit(48 << 20)
+    assert coding_bytes(padded, NO_TILING) > 190 << 30
+    assert coding_bytes(padded, 1024) < 16 << 30
+    small = 768 * 512  # below one window, tiling changes nothing
+    assert coding_bytes(small, 1024) == coding_bytes(small, NO_TILING)
 
 
 def test_compose_gpu_stack_is_valid_and_consistent_with_the_image():
@@ -529,7 +577,9 @@ def test_compose_cpu_override_drops_the_gpu():
     assert not svc["deploy"]["resources"].get("reservations", {}).get("devices")
     limits = svc["deploy"]["resources"]["limits"]
     assert float(limits["cpus"]) == float(svc["environment"]["OMP_NUM_THREADS"])
-    assert_limits_fit({**final_targets()["cpu"].image_env(), **svc["environment"]}, limits["memory"], "compose cpu")
+    cpu_env = {**final_targets()["cpu"].image_env(), **svc["environment"]}
+    assert_limits_fit(cpu_env, limits["memory"], "compose cpu")
+    assert int(cpu_env["TCM_MAX_PIXELS"]) >= 48 * 10**6, "the CPU stack takes a 48 MP camera photo"
     assert set(cfg["services"]) == {"tcm", "prometheus", "alertmanager", "alert-log", "grafana"}
 
 
@@ -771,6 +821,7 @@ def test_overlays_differ_where_the_hardware_does():
     genv, cenv = _env_of(gpu, gpu_tcm), _env_of(cpu, cpu_tcm)
     assert genv["TCM_DEVICES"] == "cuda" and cenv["TCM_DEVICES"] == "cpu"
     assert int(cenv["TCM_MAX_BATCH_SIZE"]) == 1 < int(genv["TCM_MAX_BATCH_SIZE"])
+    assert int(cenv["TCM_MAX_PIXELS"]) >= 48 * 10**6, "the CPU overlay takes a 48 MP camera photo"
     for env, tcm in ((genv, gpu_tcm), (cenv, cpu_tcm)):
         # torch's threads follow the cores the pod requests, not the node's core count
         assert int(env["OMP_NUM_THREADS"]) == int(str(tcm["resources"]["requests"]["cpu"]))
@@ -960,12 +1011,6 @@ def test_deploy_doc_covers_settings_metrics_and_files():
 
 
 # -- the image's entrypoint, run on the host ---------------------------------------------------
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _png(width: int, height: int) -> bytes:
     import numpy as np
     from PIL import Image
@@ -994,7 +1039,7 @@ def test_image_entrypoint_serves_round_trip(kit_store, tmp_path):
     command = image_command(stage)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TCM_")}
     env.update(stage.image_env())
-    port = _free_port()
+    port = free_port()
     venv_bin = Path(sys.executable).parent
     env.update(
         TCM_MODEL_STORE=str(kit_store),
@@ -1122,7 +1167,7 @@ def test_compose_alerts_reach_alertmanager_and_its_log_receiver():
 
 
 def test_the_log_receiver_prints_each_alert(tmp_path):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, str(MONITORING / "alertmanager" / "log_receiver.py"), str(port)],
         stdout=subprocess.PIPE,

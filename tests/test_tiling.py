@@ -85,7 +85,8 @@ def test_whole_plan_and_small_images_are_one_window():
     assert Tiling(1024, 128).plan(1280, 1280).is_whole  # fits one window: tile + 2 halo
     assert not Tiling(1024, 128).plan(1408, 1280).is_whole
     assert Tiling.for_device(1024, CPU).batch == 1 and Tiling.for_device(1024, torch.device("cuda")).batch > 1
-    assert Tiling(1024, 128, batch=4).plan(4096, 4096).equal
+    assert Tiling(1024, 128, batch=4).plan(4096, 4096).equal  # a batch needs windows of one size
+    assert not Tiling(1024, 128).plan(4096, 4096).equal  # one at a time, cut at the edges: less work
 
 
 # -- run_tiled against the whole computation ---------------------------------------------------
@@ -385,11 +386,23 @@ def test_tile_option_and_setting(capsys, monkeypatch, tmp_path, kodak_dir):
 SERVER_24MP_PEAK = 6 * 2**30
 
 
+#: The CPU deployment's settings (Kubernetes overlay; the CPU image and compose carry the same).
+CPU_OVERLAY_ENV = BUNDLED.parent / "deploy" / "overlays" / "cpu" / "tcm.env"
+
+
+def cpu_deployment_limits() -> list[str]:
+    """``tcm serve`` options for the CPU deployment's image, body, queue and time limits."""
+    lines = CPU_OVERLAY_ENV.read_text().splitlines()
+    env = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    keys = ("TCM_MAX_PIXELS", "TCM_MAX_BODY_BYTES", "TCM_MAX_QUEUE", "TCM_REQUEST_TIMEOUT_S")
+    return [arg for key in keys for arg in ("--" + key[4:].lower().replace("_", "-"), env[key])]
+
+
 @pytest.mark.slow
 def test_a_24_megapixel_photo_through_a_real_server(tmp_path, shared_dir):
-    """/compress and /decompress of a 5664x4248 photo on a real ``tcm serve`` (default tile):
-    it round-trips, and the server's peak memory stays under ``SERVER_24MP_PEAK``. (The
-    shipped deployments still refuse images this large: docs/deploy.md, "Sizing".)"""
+    """/compress and /decompress of a 5664x4248 photo on a real ``tcm serve`` with the CPU
+    deployment's limits (default tile): it round-trips, and the server's peak memory stays
+    under ``SERVER_24MP_PEAK``."""
     import httpx
 
     from fuzzing import proc_status
@@ -399,7 +412,7 @@ def test_a_24_megapixel_photo_through_a_real_server(tmp_path, shared_dir):
     buf = io.BytesIO()
     Image.open(source).convert("RGB").resize((5664, 4248), Image.LANCZOS).save(buf, format="JPEG", quality=92)
     photo = buf.getvalue()
-    srv = Server(BUNDLED, tmp_path / "serve.log", "--qualities", "2", "--max-body-bytes", str(100 * 2**20))
+    srv = Server(BUNDLED, tmp_path / "serve.log", "--qualities", "2", *cpu_deployment_limits())
     try:
         srv.wait_ready()
         with httpx.Client(base_url=srv.url, timeout=630) as http:
