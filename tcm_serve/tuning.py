@@ -28,9 +28,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+import math
 import mmap
 import os
 import threading
+from typing import Any
 
 import torch
 
@@ -44,6 +47,15 @@ _lock = threading.Lock()
 _state: bool | None = None
 
 
+@functools.cache
+def _glibc_function(name: str) -> Any:
+    """The C library's function ``name``, or None where there is none (not glibc)."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def tune_malloc() -> bool:
     """Apply the settings once per process; returns whether they are in effect."""
     global _state
@@ -53,10 +65,8 @@ def tune_malloc() -> bool:
         _state = False
         if os.environ.get("TCM_MALLOC_TUNING", "1").strip().lower() in ("0", "false", "no", "off"):
             return False
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            mallopt = libc.mallopt
-        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        mallopt = _glibc_function("mallopt")
+        if mallopt is None:  # not glibc (musl, macOS): nothing to tune
             return False
         mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
         mallopt.restype = ctypes.c_int
@@ -69,11 +79,9 @@ def release_free_memory() -> None:
     a large image, so that one stage's freed scratch is not resident while the next one's
     buffers are mapped. Costs a page fault per reused page afterwards, so it is for stage
     boundaries of tiled images, not for every request. A no-op off glibc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    trim = _glibc_function("malloc_trim")
+    if trim is not None:
+        trim(0)
 
 
 #: CPU buffers at least this large are mapped outside the heap by :func:`empty_outside_heap`
@@ -85,10 +93,7 @@ def empty_outside_heap(shape: tuple[int, ...], dtype: torch.dtype, device: torch
     """An uninitialised tensor for a long-lived buffer that grows with the image: in an
     anonymous memory mapping of its own on the CPU when it is at least
     :data:`OUTSIDE_HEAP_BYTES` (unmapped when the tensor is freed), else ``torch.empty``."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    nbytes = itemsize
-    for n in shape:
-        nbytes *= n
+    nbytes = math.prod(shape) * dtype.itemsize
     if device.type != "cpu" or nbytes < OUTSIDE_HEAP_BYTES:
         return torch.empty(shape, dtype=dtype, device=device)
     region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)

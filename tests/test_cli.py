@@ -403,6 +403,8 @@ def test_imported_store_files_are_readable_by_others(capsys, tmp_path):
         (["train", "d", "--out", "o", "--lambda", "0.01", "--steps", "1", "--clip", "-1"], "argument --clip"),
         (["train", "d", "--out", "o", "--lambda", "0.01", "--steps", "1", "--val-every", "-5"], "argument --val-every"),
         (["train-curve", "run", "--at-bpp", "0"], "argument --at-bpp"),
+        (["serve", "--backend", "tensorflow"], "argument --backend: invalid choice"),
+        (["serve", "--bitstream", "v3"], "argument --bitstream: invalid choice"),
     ],
 )
 def test_bad_option_values_are_refused_before_any_work(capsys, argv, needle):

@@ -428,3 +428,32 @@ def test_a_24_megapixel_photo_through_a_real_server(tmp_path, shared_dir):
         assert peak < SERVER_24MP_PEAK, peak / 2**30
     finally:
         srv.stop()
+
+
+# -- buffers outside the heap (tcm_serve/tuning.py) ------------------------------------------------
+def test_large_buffers_are_mapped_outside_the_heap_and_small_ones_are_not(monkeypatch):
+    """A CPU buffer of at least OUTSIDE_HEAP_BYTES gets an anonymous mapping of its own (of
+    exactly its size, writable, the requested shape and dtype); smaller ones, and other
+    devices, come from torch's allocator. Trimming the heap is safe to call at any time."""
+    import mmap
+
+    from tcm_serve import tuning
+
+    maps: list[int] = []
+    real_mmap = mmap.mmap
+
+    def counting_mmap(fileno: int, length: int, **kw: int) -> mmap.mmap:
+        maps.append(length)
+        return real_mmap(fileno, length, **kw)
+
+    monkeypatch.setattr(tuning.mmap, "mmap", counting_mmap)
+    cpu = torch.device("cpu")
+    shape = (1, 4, 1024, tuning.OUTSIDE_HEAP_BYTES // (4 * 1024 * 8))  # float64: exactly the threshold
+    big = tuning.empty_outside_heap(shape, torch.float64, cpu)
+    assert maps == [tuning.OUTSIDE_HEAP_BYTES]
+    assert big.shape == shape and big.dtype == torch.float64
+    big.fill_(2.5)
+    assert float(big.sum()) == 2.5 * big.numel()
+    small = tuning.empty_outside_heap((1, 4, 8, 8), torch.float32, cpu)
+    assert small.shape == (1, 4, 8, 8) and maps == [tuning.OUTSIDE_HEAP_BYTES]
+    tuning.release_free_memory()
