@@ -16,8 +16,8 @@ import time
 import torch
 
 from tcm_serve.model.config import preset
+from tcm_serve.model.objective import rate_distortion
 from tcm_serve.model.tcm import TCM
-from tcm_serve.training.loss import rate_distortion
 
 
 def forward_time(model: TCM, x: torch.Tensor) -> float:

@@ -23,8 +23,8 @@ import torch
 
 from tcm_serve.model.checkpoint import load_into, read_state_dict
 from tcm_serve.model.config import preset
+from tcm_serve.model.objective import rate_distortion
 from tcm_serve.model.tcm import TCM
-from tcm_serve.training.loss import rate_distortion
 from tcm_serve.training.trainer import TrainConfig
 
 

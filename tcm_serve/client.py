@@ -109,9 +109,11 @@ def _input_bytes(data: ImageInput, what: str = "image") -> bytes:
 
 
 def _compress_request(
-    image: ImageInput, quality: int | None, drop_alpha: bool, bitstream: str | None
+    image: ImageInput, quality: int | None, drop_alpha: bool, bitstream: str | None, effort: int = 0
 ) -> dict[str, Any]:
     params: dict[str, Any] = {}
+    if effort:
+        params["effort"] = effort
     if quality is not None:
         params["quality"] = quality
     if drop_alpha:
@@ -226,18 +228,29 @@ class TcmClient:
             raise ConnectionFailedError(f"{method} {url}: {exc or type(exc).__name__}") from None
 
     def compress_full(
-        self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False, bitstream: str | None = None
+        self,
+        image: ImageInput,
+        quality: int | None = None,
+        drop_alpha: bool = False,
+        bitstream: str | None = None,
+        effort: int = 0,
     ) -> CompressResult:
-        """``bitstream``: ``portable`` or ``exact`` (default: the service's; docs/service.md)."""
+        """``bitstream``: ``portable`` or ``exact`` (default: the service's); ``effort``: encoder
+        effort, up to the service's ``TCM_MAX_EFFORT`` (docs/service.md)."""
         return _compress_result(
-            self._send("POST", "/compress", **_compress_request(image, quality, drop_alpha, bitstream))
+            self._send("POST", "/compress", **_compress_request(image, quality, drop_alpha, bitstream, effort))
         )
 
     def compress(
-        self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False, bitstream: str | None = None
+        self,
+        image: ImageInput,
+        quality: int | None = None,
+        drop_alpha: bool = False,
+        bitstream: str | None = None,
+        effort: int = 0,
     ) -> bytes:
         """Image bytes or path -> .tcm blob."""
-        return self.compress_full(image, quality, drop_alpha, bitstream).blob
+        return self.compress_full(image, quality, drop_alpha, bitstream, effort).blob
 
     def decompress(self, blob: ImageInput) -> bytes:
         """.tcm blob (bytes or path) -> PNG bytes."""
@@ -286,15 +299,25 @@ class AsyncTcmClient:
             raise ConnectionFailedError(f"{method} {url}: {exc or type(exc).__name__}") from None
 
     async def compress_full(
-        self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False, bitstream: str | None = None
+        self,
+        image: ImageInput,
+        quality: int | None = None,
+        drop_alpha: bool = False,
+        bitstream: str | None = None,
+        effort: int = 0,
     ) -> CompressResult:
-        request = _compress_request(image, quality, drop_alpha, bitstream)
+        request = _compress_request(image, quality, drop_alpha, bitstream, effort)
         return _compress_result(await self._send("POST", "/compress", **request))
 
     async def compress(
-        self, image: ImageInput, quality: int | None = None, drop_alpha: bool = False, bitstream: str | None = None
+        self,
+        image: ImageInput,
+        quality: int | None = None,
+        drop_alpha: bool = False,
+        bitstream: str | None = None,
+        effort: int = 0,
     ) -> bytes:
-        return (await self.compress_full(image, quality, drop_alpha, bitstream)).blob
+        return (await self.compress_full(image, quality, drop_alpha, bitstream, effort)).blob
 
     async def decompress(self, blob: ImageInput) -> bytes:
         content = _input_bytes(blob, ".tcm")

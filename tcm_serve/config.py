@@ -24,6 +24,7 @@ from .codec.container import (
     MIN_QUALITY,
     quality_problem,
 )
+from .codec.effort import DEFAULT_MAX_EFFORT, MAX_EFFORT
 from .codec.geometry import DEFAULT_TILE, tile_problem
 from .devices import parse_devices
 from .errors import ConfigError
@@ -126,6 +127,13 @@ class Settings(CodecSettings):
     coder_threads: int = Field(2, ge=1, le=256, description="CPU threads for range coding")
     max_body_bytes: int = Field(50 * 1024 * 1024, ge=1, description="largest request body accepted (413 above)")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image (width x height) accepted (413 above)")
+    max_effort: int = Field(
+        DEFAULT_MAX_EFFORT,
+        ge=0,
+        le=MAX_EFFORT,
+        description="highest encoder effort /compress accepts (422 above): each level doubles the encode work, "
+        "about 10 s per Kodak image at effort 1 with the bundled models on 2 cores (docs/codec.md, Encoder effort)",
+    )
     compare_max_pixels: int = Field(
         4_000_000,
         ge=1,

@@ -24,7 +24,9 @@ from tcm_serve.api import create_app
 from tcm_serve.api.errors import STATUS, status_for
 from tcm_serve.api.logs import JsonFormatter
 from tcm_serve.client import AsyncTcmClient, error_from_response
+from tcm_serve.codec import effort as effort_module
 from tcm_serve.codec.container import pack, unpack
+from tcm_serve.codec.effort import MAX_EFFORT
 from tcm_serve.codec.pipeline import compress_images, decompress_blob, load_model
 from tcm_serve.config import load_settings
 from tcm_serve.errors import ConfigError, FormatError, ImageError, ImageTooLargeError, TcmError
@@ -120,6 +122,27 @@ def test_compress_raw_and_multipart_match_the_local_codec(app, service_images, l
     assert multi.status_code == 200 and multi.content == raw.content
     octet = post(app, "/compress?quality=3", data, headers={"content-type": "application/octet-stream"})
     assert octet.content == raw.content
+
+
+def test_compress_with_effort(app, service_images, monkeypatch):
+    """``effort`` searches the latents (tests/test_effort.py); the answer says which effort
+    made it, the blob decodes like any other, and the service's limit, the level range
+    and the size cap are refused before any work, each with its status."""
+    data = service_images["rgb200x136"]
+    plain = post(app, "/compress?quality=3", data)
+    assert plain.status_code == 200 and plain.headers["x-tcm-effort"] == "0"
+    tried = post(app, "/compress?quality=3&effort=1", data)
+    assert tried.status_code == 200, tried.text
+    assert tried.headers["x-tcm-effort"] == "1" and tried.content != plain.content
+    decoded = post(app, "/decompress", tried.content, headers={"content-type": "application/x-tcm"})
+    assert decoded.status_code == 200 and png_pixels(decoded.content)[1].shape == (136, 200, 3)
+    body = assert_error(post(app, "/compress?effort=2", data), 422, "bad_parameter")
+    assert "TCM_MAX_EFFORT" in body["detail"]
+    assert_error(post(app, f"/compress?effort={MAX_EFFORT + 1}", data), 422)
+    assert_error(post(app, "/compress?effort=high", data), 422)
+    monkeypatch.setattr(effort_module, "MAX_EFFORT_PIXELS", 128 * 128)
+    body = assert_error(post(app, "/compress?effort=1", data), 413)
+    assert "effort 0" in body["detail"]
 
 
 def test_decompress_round_trip_keeps_mode_and_size(app, service_images, local_model):

@@ -30,6 +30,7 @@ from tcm_serve.evaluation.runner import (
     bd_table,
     code_baseline,
     load_dataset,
+    ours_at,
     summarise,
 )
 
@@ -189,13 +190,16 @@ def test_bd_table_pairs():
     def c(name, kind, scale):
         return Curve(name, name, kind, tuple(scale * v for v in RATE), tuple(PSNR))
 
-    curves = [c("jpeg420", "baseline", 1.0), c("webp", "baseline", 0.6), c(OURS, "ours", 0.3)]
+    effort = ours_at(2)
+    curves = [c("jpeg420", "baseline", 1.0), c("webp", "baseline", 0.6), c(OURS, "ours", 0.3), c(effort, "ours", 0.24)]
     for method in BD_METHODS:
         rows = bd_table(curves, "jpeg420", method=method)
         got = {(r.test, r.anchor): r.bd_rate for r in rows}
-        assert set(got) == {("webp", "jpeg420"), (OURS, "jpeg420"), (OURS, "webp")}
+        # every curve against the anchor, ours (effort 0) against the others, efforts against effort 0
+        assert set(got) == {("webp", "jpeg420"), (OURS, "jpeg420"), (effort, "jpeg420"), (OURS, "webp"), (effort, OURS)}
         assert got[(OURS, "webp")] == pytest.approx(-50.0, abs=1e-9)
         assert got[(OURS, "jpeg420")] == pytest.approx(-70.0, abs=1e-9)
+        assert got[(effort, OURS)] == pytest.approx(-20.0, abs=1e-9)
 
 
 # -- averaging -----------------------------------------------------------------------------------
@@ -321,6 +325,8 @@ def test_eval_end_to_end(kit_store, kodak_crop, conformance_dir, tmp_path, capsy
         "--plot",
         str(out_png),
         "--record",
+        "--effort",
+        "0,1",
         "--quiet",
         "--threads",
         "1",  # the machine is shared with training: one torch thread is faster there
@@ -338,7 +344,7 @@ def test_eval_end_to_end(kit_store, kodak_crop, conformance_dir, tmp_path, capsy
     rows = list(csv.DictReader(out_csv.open()))
     images = [r for r in rows if r["kind"] == "image"]
     means = [r for r in rows if r["kind"] == "mean"]
-    assert len(images) == len(means) == 3 * len(baseline_codecs) + 1  # one image per setting
+    assert len(images) == len(means) == 3 * len(baseline_codecs) + 2  # one image per setting, two efforts
     ours = next(r for r in images if r["codec"] == OURS)
     assert ours["setting"] == f"q{KIT_QUALITY}" and (ours["width"], ours["height"]) == ("256", "192")
     # rate from the whole .tcm file: the entropy-coded payload plus a small container
@@ -356,6 +362,9 @@ def test_eval_end_to_end(kit_store, kodak_crop, conformance_dir, tmp_path, capsy
     assert ("tcm-small-paper", "jpeg420") in pairs and (OURS, "webp") in pairs
     assert pairs[(OURS, "jpeg420")]["bd_rate_percent"] is None  # one level: no curve, and a note says so
     assert "two points" in pairs[(OURS, "jpeg420")]["note"]
+    assert (ours_at(1), OURS) in pairs and (ours_at(1), "jpeg420") in pairs  # effort 1: its own curve
+    tried = next(r for r in images if r["codec"] == ours_at(1))
+    assert tried["setting"] == ours["setting"] and (tried["bytes"], tried["psnr"]) != (ours["bytes"], ours["psnr"])
     assert doc["models"][0]["quality"] == KIT_QUALITY and doc["environment"]["pillow"]
 
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -396,6 +405,8 @@ def test_eval_bad_input_fails_in_one_line(kit_store, small_dataset, tmp_path, ca
             "quality must be in 1..100",
         ),
         (["eval", str(small_dataset), "--codecs", "jpeg420", "--qualities", "3"], 1, "tcm is not in --codecs"),
+        (["eval", str(small_dataset), "--codecs", "jpeg420", "--effort", "1"], 1, "tcm is not in --codecs"),
+        (["eval", str(small_dataset), "--effort", "0,9"], 2, "effort must be an integer from 0 to"),
         (["eval", str(small_dataset), "--codecs", "jpeg420", "--sweep", "webp=50"], 1, "webp is not in --codecs"),
         (
             ["eval", str(small_dataset), "--codecs", "jpeg420", "--csv", str(tmp_path / "no" / "x.csv")],

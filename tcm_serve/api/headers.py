@@ -10,7 +10,9 @@ WIDTH = "X-TCM-Width"
 HEIGHT = "X-TCM-Height"
 #: 2: portable, 1: exact (docs/format.md).
 FORMAT_VERSION = "X-TCM-Format-Version"
+#: The encoder effort the blob was made with (nothing in the blob records it).
+EFFORT = "X-TCM-Effort"
 
 #: What ``POST /compress`` answers with, and ``POST /decompress``.
-COMPRESS_HEADERS = (QUALITY, BPP, WIDTH, HEIGHT, FORMAT_VERSION)
+COMPRESS_HEADERS = (QUALITY, BPP, WIDTH, HEIGHT, FORMAT_VERSION, EFFORT)
 DECOMPRESS_HEADERS = (QUALITY, WIDTH, HEIGHT)

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..codec.effort import effort_problem
 from ..evaluation.bdrate import BD_METHODS, DEFAULT_BD_METHOD
 from .argtypes import add_device_option, add_store_option, codec_choice, open_store, positive_int
 
@@ -40,6 +41,15 @@ def _int_list(text: str) -> list[int]:
     if not values:
         raise argparse.ArgumentTypeError("expected at least one integer")
     return sorted(set(values))
+
+
+def _effort_list(text: str) -> list[int]:
+    levels = _int_list(text)
+    for v in levels:
+        problem = effort_problem(v)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+    return levels
 
 
 def _sweep(text: str) -> tuple[str, list[int]]:
@@ -101,6 +111,14 @@ def add_parsers(sub) -> None:
         default=[],
         metavar="CODEC=Q1,Q2,...",
         help="quality sweep of a Pillow codec, e.g. webp=10,30,50,70 (repeatable; defaults in docs/evaluation.md)",
+    )
+    e.add_argument(
+        "--effort",
+        type=_effort_list,
+        default=[0],
+        metavar="E1,E2,...",
+        help="encoder effort levels to code our models at, each its own curve (tcm, tcm-e1, ...) with its "
+        "BD-rate against effort 0 (default: 0)",
     )
     e.add_argument("--limit", type=positive_int, metavar="N", help="only the first N images (in name order)")
     add_device_option(e, "for our models: ")
@@ -184,6 +202,8 @@ def _validate(args) -> None:
         raise EvalError(f"unknown --anchor {args.anchor!r} (known: {', '.join(_codec_names())})")
     if args.qualities and OURS not in args.codecs:
         raise EvalError("--qualities selects our models' levels, but tcm is not in --codecs")
+    if args.effort != [0] and OURS not in args.codecs:
+        raise EvalError("--effort codes our models, but tcm is not in --codecs")
     if args.record and OURS not in args.codecs:
         raise EvalError("--record stores our models' results, but tcm is not in --codecs")
     if args.plot:
@@ -198,6 +218,7 @@ def _open_models(args):
 
     if OURS not in args.codecs:
         return None, None, None
+    from ..codec.effort import LatentSearch
     from ..devices import resolve_device, set_reproducible_kernels
 
     store = open_store(codec_choice(args))
@@ -209,6 +230,8 @@ def _open_models(args):
         )
     qualities = args.qualities or [e.quality for e in available]
     entries = [store.entry(q) for q in qualities]  # ModelNotFoundError names the levels there are
+    for e in entries:  # a model effort cannot search for fails now, not hours in
+        LatentSearch.for_level(max(args.effort), e.lmbda, e.metric)
     device = resolve_device(args.device)
     set_reproducible_kernels(device)
     if args.threads:
@@ -238,7 +261,15 @@ def _runnable_baselines(codecs: list[str], notes: list[str]) -> list[str]:
 def cmd_eval(args) -> int:
     from ..evaluation import baselines
     from ..evaluation import report as rep
-    from ..evaluation.runner import OURS, Report, bd_table, code_baseline, code_store, load_dataset, ms_ssim_note
+    from ..evaluation.runner import (
+        Report,
+        bd_table,
+        code_baseline,
+        code_store,
+        load_dataset,
+        ms_ssim_note,
+        ours_at,
+    )
     from ..files import atomic_write_text
 
     _validate(args)
@@ -262,9 +293,12 @@ def cmd_eval(args) -> int:
         report.labels[name] = baselines.CODECS[name].label
         report.measurements += code_baseline(name, sweeps.get(name, baselines.CODECS[name].qualities), data, progress)
     if entries is not None:
-        report.labels[OURS] = f"ours ({', '.join(sorted({e.preset or 'custom' for e in entries}))})"
+        presets = ", ".join(sorted({e.preset or "custom" for e in entries}))
+        for effort in args.effort:
+            report.labels[ours_at(effort)] = f"ours ({presets}{f', effort {effort}' if effort else ''})"
         report.models = [_model_record(e) for e in entries]
-        report.measurements += code_store(store, [e.quality for e in entries], device, data, progress)
+        qualities = [e.quality for e in entries]
+        report.measurements += code_store(store, qualities, device, data, progress, args.effort)
     progress.done()
     elapsed = time.perf_counter() - t0
 

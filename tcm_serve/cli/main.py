@@ -25,6 +25,7 @@ from .argtypes import (
     add_backend_option,
     add_bitstream_option,
     add_device_option,
+    add_effort_option,
     add_store_option,
     add_tile_option,
     codec_choice,
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_option(c)
     add_bitstream_option(c)
     add_tile_option(c, "the analysis transform")
+    add_effort_option(c)
     c.add_argument("--drop-alpha", action="store_true", help="discard an alpha channel instead of refusing the image")
     c.add_argument(
         "--max-pixels",
@@ -234,7 +236,7 @@ class _PerFile:
 # -- commands ---------------------------------------------------------------------------------
 def cmd_compress(args) -> int:
     from ..codec.container import check_bitstream
-    from ..codec.pipeline import compress_images, load_model
+    from ..codec.pipeline import compress_images, latent_search, load_model
     from ..devices import resolve_device, set_reproducible_kernels
     from ..imageio import read_image
 
@@ -252,13 +254,14 @@ def cmd_compress(args) -> int:
     t0 = time.perf_counter()
     lm = load_model(store, quality, device, codec.backend, codec.onnx_dir, tile=codec.tile)
     load_s = time.perf_counter() - t0
+    latent_search(lm.entry, args.effort)  # a model effort cannot search for is refused before any image
     run = _PerFile(files)
     total = {"bits": 0, "pixels": 0}
     t1 = time.perf_counter()
 
     def one(src: Path, dst: Path) -> None:
         img = read_image(src, max_pixels=args.max_pixels, drop_alpha=args.drop_alpha)
-        (res,) = compress_images(lm, [img], portable=portable)
+        (res,) = compress_images(lm, [img], portable=portable, effort=args.effort)
         atomic_write(dst, res.blob)  # replaced whole or not at all
         total["bits"] += 8 * len(res.blob)
         total["pixels"] += img.width * img.height
@@ -274,7 +277,8 @@ def cmd_compress(args) -> int:
     return run.finish(
         "compressed",
         elapsed,
-        f" at q{quality} on {device} ({codec.bitstream} bitstream, {codec.backend} backend): "
+        f" at q{quality}{f' effort {args.effort}' if args.effort else ''} on {device} "
+        f"({codec.bitstream} bitstream, {codec.backend} backend): "
         f"{total['bits'] / max(total['pixels'], 1):.4f} bpp "
         f"(container included), {elapsed / done:.2f} s/image, model load {load_s:.2f} s,",
     )

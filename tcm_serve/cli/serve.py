@@ -19,8 +19,9 @@ import threading
 import time
 
 from ..codec.container import BACKEND_KINDS, BITSTREAMS
+from ..codec.effort import DEFAULT_MAX_EFFORT
 from ..errors import TcmError
-from .argtypes import add_store_option, add_tile_option, positive_int, quality
+from .argtypes import add_store_option, add_tile_option, effort_level, positive_int, quality
 
 
 def add_parsers(sub) -> None:
@@ -43,6 +44,11 @@ def add_parsers(sub) -> None:
     s.add_argument("--coder-threads", type=positive_int, help="range-coding threads (default 2)")
     s.add_argument("--max-body-bytes", type=positive_int, help="largest request body (default 50 MiB)")
     s.add_argument("--max-pixels", type=positive_int, help="largest image, width x height (default 40000000)")
+    s.add_argument(
+        "--max-effort",
+        type=effort_level,
+        help=f"highest encoder effort /compress accepts, 422 above (default {DEFAULT_MAX_EFFORT})",
+    )
     s.add_argument("--compare-max-pixels", type=positive_int, help="largest image for /compare (default 4000000)")
     s.add_argument("--compare-concurrency", type=positive_int, help="comparisons running at once (default 1)")
     s.add_argument("--api-keys-file", help="require API keys: a file of keys, one per line (default: none required)")
@@ -82,6 +88,9 @@ def add_parsers(sub) -> None:
     rc.add_argument("-q", "--quality", type=quality, help="quality level (default: the service's default)")
     rc.add_argument("--drop-alpha", action="store_true", help="discard an alpha channel instead of refusing the image")
     rc.add_argument("--bitstream", choices=BITSTREAMS, help="portable or exact (default: the service's)")
+    rc.add_argument(
+        "--effort", type=effort_level, default=0, help="encoder effort, up to the service's TCM_MAX_EFFORT (default: 0)"
+    )
     common(rc)
     rd = rsub.add_parser("decompress", help="decompress .tcm files to PNG via the service")
     rd.add_argument("inputs", nargs="+", metavar="IN", help=".tcm files or directories of them")
@@ -104,6 +113,7 @@ SETTINGS_FLAGS = (
     "coder_threads",
     "max_body_bytes",
     "max_pixels",
+    "max_effort",
     "request_timeout_s",
     "shutdown_grace_s",
     "log_level",
@@ -199,7 +209,11 @@ def cmd_remote(args) -> int:
             try:
                 if compress:
                     res = client.compress_full(
-                        data, quality=args.quality, drop_alpha=args.drop_alpha, bitstream=args.bitstream
+                        data,
+                        quality=args.quality,
+                        drop_alpha=args.drop_alpha,
+                        bitstream=args.bitstream,
+                        effort=args.effort,
                     )
                     out = res.blob
                     total_bytes += len(out)

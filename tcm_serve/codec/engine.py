@@ -41,12 +41,14 @@ from ..model.scratch import bound_scratch, group_attention
 from ..model.tcm import TCM
 from .backends import EncodedSlice, Stages, TorchStages, encode_slice
 from .container import PORTABLE, PORTABLE_METHODS
+from .effort import LatentSearch, check_effort_size
 from .geometry import ALIGN, MIN_PADDED, Geometry
 from .hints import decode_hints, encode_hints
 from .padding import to_unit
 from .portable import DTYPE as PORTABLE_DTYPE
 from .portable import NO_HINTS, ExactIndexes, PortableIndexes
 from .rans import RansDecoder, encode
+from .search import search_latents
 from .tables import prepare_entropy_tables
 from .tiling import WHOLE, TiledEntropyStages, Tiling, entropy_halo
 
@@ -212,7 +214,7 @@ class Engine:
         v1_retry_threads: tuple[int, ...] = V1_RETRY_THREADS,
         tiling: Tiling | None = None,
     ) -> None:
-        self.model = model.eval().to(device)
+        self.model = model.eval().to(device).requires_grad_(False)  # inference only (effort: leaves are latents)
         for transform in (self.model.g_a, self.model.g_s):
             group_attention(transform)  # bounded scratch, the same result (model/scratch.py)
         self.tiling = tiling or Tiling()
@@ -287,23 +289,38 @@ class Engine:
     # an image encoded in one batch undecodable in another. h_a is encoder-only but also runs
     # per image, so that batched output equals one-at-a-time output byte for byte.
     @torch.no_grad()
-    def analyse(self, x: Tensor, portable: bool = True) -> list[ImageSymbols]:
+    def analyse(self, x: Tensor, portable: bool = True, search: LatentSearch | None = None) -> list[ImageSymbols]:
         """Padded batch (B, 3, H, W), float in [0, 1] or uint8 (converted by
         :func:`~tcm_serve.codec.padding.to_unit` one tile at a time) -> per-image symbols and
-        indexes, for portable (version 2) or exact (version 1, the reference's) strings."""
+        indexes, for portable (version 2) or exact (version 1, the reference's) strings.
+        ``search``: encoder effort (:mod:`tcm_serve.codec.effort`), each image's latents
+        optimised before they are coded; the strings decode the same way either way."""
         self._check_padded(x)
+        if search is not None:
+            check_effort_size(x.shape[-2], x.shape[-1])
         g_a = self.stages.g_a if x.is_floating_point() else lambda w: self.stages.g_a(to_unit(w))
         y = self.transform_tiling(portable).analysis(g_a, x.to(self.device))
-        return [self.analyse_latent(y[k : k + 1], portable) for k in range(y.shape[0])]
+        if search is None:
+            return [self.analyse_latent(y[k : k + 1], portable) for k in range(y.shape[0])]
+        out = []
+        for k in range(y.shape[0]):
+            image = x[k : k + 1].to(self.device)
+            found = search_latents(
+                self.model, image if image.is_floating_point() else to_unit(image), y[k : k + 1], search
+            )
+            out.append(self.analyse_latent(found.y, portable, z=found.z))
+        return out
 
     @torch.no_grad()
-    def analyse_latent(self, y: Tensor, portable: bool = True) -> ImageSymbols:
+    def analyse_latent(self, y: Tensor, portable: bool = True, z: Tensor | None = None) -> ImageSymbols:
         """One image's latent y (1, M, yH, yW) from ``g_a`` -> its symbols and indexes
-        (h_a, then the slice chain on the portable or the exact entropy path)."""
-        return self._analyse_latent(y, self.entropy_path(PORTABLE if portable else None))
+        (h_a, then the slice chain on the portable or the exact entropy path). ``z``: the
+        hyper-latent to code instead of ``h_a(y)`` (encoder effort chose both)."""
+        return self._analyse_latent(y, self.entropy_path(PORTABLE if portable else None), z)
 
-    def _analyse_latent(self, y: Tensor, path: EntropyPath) -> ImageSymbols:
-        z = self.stages.h_a(y)
+    def _analyse_latent(self, y: Tensor, path: EntropyPath, z: Tensor | None = None) -> ImageSymbols:
+        if z is None:
+            z = self.stages.h_a(y)
         z_sym = torch.round(z - self.z_medians).to(torch.int32)
         latent_means, latent_scales = path.stages.hyper_synthesis(path.z_hat(z_sym))
         rule = path.rule()

@@ -20,6 +20,7 @@ from ..store import ModelEntry, ModelStore
 from ..tuning import tune_malloc
 from .backends import OnnxStages, TorchStages
 from .container import BACKEND_KINDS, TcmFile, TcmHeader, pack, unpack
+from .effort import LatentSearch, check_effort_size
 from .engine import V1_RETRY_THREADS, CodedImage, Engine, ImageSymbols
 from .geometry import DEFAULT_TILE, Geometry, check_coded_size
 from .padding import crop, padded_batch, tensor_to_pixels
@@ -139,14 +140,37 @@ def _header_for(lm: LoadedModel, img: DecodedImage, geometry: Geometry, coded: C
     )
 
 
-def analyse_images(lm: LoadedModel, images: Sequence[DecodedImage], portable: bool = True) -> list[ImageSymbols]:
+def latent_search(entry: ModelEntry, effort: int, deadline: float | None = None) -> LatentSearch | None:
+    """What encoder effort ``effort`` means for the model of ``entry``
+    (:mod:`tcm_serve.codec.effort`): its search with the model's own lambda (stopping early
+    at ``deadline``, a ``time.monotonic()`` value), or ``None`` for effort 0;
+    :class:`ConfigError` for a model that cannot be searched for."""
+    return LatentSearch.for_level(effort, entry.lmbda, entry.metric, deadline)
+
+
+def check_effort_allowed(entry: ModelEntry, img: DecodedImage, effort: int) -> None:
+    """Refuse, before any work, an effort this model (:class:`ConfigError`) or this image's
+    size (:class:`~tcm_serve.errors.ImageTooLargeError`) cannot take."""
+    if latent_search(entry, effort) is not None:
+        check_effort_size(*image_geometry(img).padded_shape)
+
+
+def analyse_images(
+    lm: LoadedModel,
+    images: Sequence[DecodedImage],
+    portable: bool = True,
+    effort: int = 0,
+    deadline: float | None = None,
+) -> list[ImageSymbols]:
     """Run the transforms on a batch of images that share one padded size, for portable
-    (version 2) or exact (version 1) blobs."""
+    (version 2) or exact (version 1) blobs, with encoder effort ``effort`` (0: none; its
+    search stops early at ``deadline``, a ``time.monotonic()`` value)."""
     geometries = [image_geometry(img) for img in images]
     if len({g.padded_shape for g in geometries}) != 1:
         raise ValueError("a batch must share one padded size")
+    search = latent_search(lm.entry, effort, deadline)
     x = padded_batch([img.pixels for img in images], [g.pad for g in geometries])
-    return lm.engine.analyse(x, portable)
+    return lm.engine.analyse(x, portable, search)
 
 
 def package(lm: LoadedModel, img: DecodedImage, coded: CodedImage) -> Compressed:
@@ -158,9 +182,12 @@ def package(lm: LoadedModel, img: DecodedImage, coded: CodedImage) -> Compressed
 
 
 def compress_images(
-    lm: LoadedModel, images: Sequence[DecodedImage], max_batch: int = 4, portable: bool = True
+    lm: LoadedModel, images: Sequence[DecodedImage], max_batch: int = 4, portable: bool = True, effort: int = 0
 ) -> list[Compressed]:
-    """Compress images, batching those of equal padded size; results keep input order."""
+    """Compress images, batching those of equal padded size, with encoder effort ``effort``;
+    results keep input order."""
+    for img in images:  # refuse before any work
+        check_effort_allowed(lm.entry, img, effort)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, img in enumerate(images):
         groups.setdefault(image_geometry(img).padded_shape, []).append(i)
@@ -168,7 +195,7 @@ def compress_images(
     for idx in groups.values():
         for start in range(0, len(idx), max(1, max_batch)):
             chunk = idx[start : start + max_batch]
-            symbols = analyse_images(lm, [images[i] for i in chunk], portable)
+            symbols = analyse_images(lm, [images[i] for i in chunk], portable, effort)
             for i, s in zip(chunk, symbols):
                 out[i] = package(lm, images[i], lm.engine.encode_symbols(s))
     return [c for c in out if c is not None]

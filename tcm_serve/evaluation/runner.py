@@ -33,6 +33,17 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".
 #: Codec name of our models in every table.
 OURS = "tcm"
 
+
+def ours_at(effort: int) -> str:
+    """The codec name of our models at encoder effort ``effort``: ``tcm`` for none, else
+    ``tcm-e1``, ``tcm-e2``, ... (each effort level is its own curve)."""
+    return OURS if effort == 0 else f"{OURS}-e{effort}"
+
+
+def is_ours(codec: str) -> bool:
+    return codec == OURS or codec.startswith(f"{OURS}-e")
+
+
 Progress = Callable[[str], None]
 
 
@@ -199,9 +210,15 @@ def code_baseline(
 
 
 def code_store(
-    store, qualities: Sequence[int], device, data: Dataset, progress: Progress | None = None
+    store,
+    qualities: Sequence[int],
+    device,
+    data: Dataset,
+    progress: Progress | None = None,
+    efforts: Sequence[int] = (0,),
 ) -> list[Measurement]:
-    """Compress every image to a .tcm blob with each quality level, then decompress it."""
+    """Compress every image to a .tcm blob with each quality level at each encoder effort
+    (codec :func:`ours_at`), then decompress it."""
     from ..codec.pipeline import compress_images, decompress_blob, load_model, store_resolver
 
     out = []
@@ -210,19 +227,22 @@ def code_store(
             progress(f"{OURS} q{q}: loading the model")
         lm = load_model(store, q, device)
         resolve = store_resolver(store, device)  # the receiver's own copy of the model
-        for img_name, img in zip(data.names, data.images):
-            if progress:
-                progress(f"{OURS} q{q} {img_name}")
-            t0 = time.perf_counter()
-            (comp,) = compress_images(lm, [img])
-            t1 = time.perf_counter()
-            resolve(comp.header)  # load (once) outside the decode timing
-            t2 = time.perf_counter()
-            dec = decompress_blob(comp.blob, resolve)
-            t3 = time.perf_counter()
-            out.append(
-                measure(OURS, f"q{q}", q, img_name, img.pixels, dec.pixels, len(comp.blob), t1 - t0, t3 - t2, comp.bpp)
-            )
+        for effort in efforts:
+            codec = ours_at(effort)
+            for img_name, img in zip(data.names, data.images):
+                if progress:
+                    progress(f"{codec} q{q} {img_name}")
+                t0 = time.perf_counter()
+                (comp,) = compress_images(lm, [img], effort=effort)
+                t1 = time.perf_counter()
+                resolve(comp.header)  # load (once) outside the decode timing
+                t2 = time.perf_counter()
+                dec = decompress_blob(comp.blob, resolve)
+                t3 = time.perf_counter()
+                nbytes, encode_s, decode_s = len(comp.blob), t1 - t0, t3 - t2
+                out.append(
+                    measure(codec, f"q{q}", q, img_name, img.pixels, dec.pixels, nbytes, encode_s, decode_s, comp.bpp)
+                )
         del lm, resolve
     return out
 
@@ -265,7 +285,7 @@ def curves_of(summaries: Sequence[Summary], labels: dict[str, str]) -> list[Curv
     out = []
     for codec, ss in by_codec.items():
         ss = sorted(ss, key=lambda s: s.bpp)
-        kind = "ours" if codec == OURS else "baseline"
+        kind = "ours" if is_ours(codec) else "baseline"
         out.append(Curve(codec, labels.get(codec, codec), kind, tuple(s.bpp for s in ss), tuple(s.psnr for s in ss)))
     return out
 
@@ -299,14 +319,16 @@ def bd_table(
     psnr_range: tuple[float, float] | None = None,
     method: str = DEFAULT_BD_METHOD,
 ) -> list[BDRow]:
-    """Every curve against ``anchor``, then ours against every other curve."""
+    """Every curve against ``anchor``, then ours (effort 0) against every curve not ours, then
+    each effort level of ours against effort 0 (what the effort gains)."""
     by_name = {c.name: c for c in curves}
     rows = []
     if anchor in by_name:
         rows += [compare(c, by_name[anchor], psnr_range, method) for c in curves if c.name != anchor]
     ours = by_name.get(OURS)
     if ours is not None:
-        rows += [compare(ours, c, psnr_range, method) for c in curves if c.name not in (OURS, anchor)]
+        rows += [compare(ours, c, psnr_range, method) for c in curves if c.name != anchor and not is_ours(c.name)]
+        rows += [compare(c, ours, psnr_range, method) for c in curves if c.name != OURS and is_ours(c.name)]
     return rows
 
 

@@ -122,6 +122,17 @@ class EntropyBottleneck(nn.Module):
         likelihood = likelihood.reshape(shape).permute(*perm).contiguous()
         return outputs, likelihood
 
+    def likelihood_at(self, z_hat: Tensor) -> Tensor:
+        """Bounded likelihoods of the quantised ``z_hat`` (N, C, H, W), differentiable in
+        ``z_hat``: what eval-mode ``forward`` returns for ``z``, when ``z_hat`` is its
+        rounding."""
+        c = z_hat.size(1)
+        perm = (1, 0) + tuple(range(2, z_hat.dim()))
+        values = z_hat.permute(*perm).contiguous()
+        shape = values.shape
+        likelihood = self.likelihood_lower_bound(self.likelihood(values.reshape(c, 1, -1)))
+        return likelihood.reshape(shape).permute(*perm).contiguous()
+
     def aux_loss(self) -> Tensor:
         """Pulls the quantiles towards the tail-mass targets (trained with its own optimiser)."""
         detached = lambda ts: [t.detach() for t in ts]  # noqa: E731 - gradients reach only the quantiles
@@ -155,10 +166,14 @@ class GaussianConditional(nn.Module):
         lower, upper = gaussian_cdf_bounds(values, scales)
         return upper - lower
 
+    def likelihood_at(self, y_hat: Tensor, scales: Tensor, means: Tensor) -> Tensor:
+        """Bounded likelihoods of the quantised ``y_hat``, differentiable in all three."""
+        return self.likelihood_lower_bound(self.likelihood(y_hat, scales, means))
+
     def forward(self, y: Tensor, scales: Tensor, means: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (y_hat, likelihoods); uniform noise in training, rounding in eval."""
         if self.training:
             y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         else:
             y_hat = torch.round(y - means) + means
-        return y_hat, self.likelihood_lower_bound(self.likelihood(y_hat, scales, means))
+        return y_hat, self.likelihood_at(y_hat, scales, means)

@@ -135,19 +135,37 @@ class TCM(nn.Module):
         """Same outputs as the official ``TCM.forward``: x_hat (not clamped), likelihoods
         of y and z, and the entropy parameters."""
         y = self._transform(self.g_a, x)
-        z = self.h_a(y)
-        _, z_likelihoods = self.entropy_bottleneck(z)
+        return self.from_latents(y, self.h_a(y))
+
+    def from_latents(self, y: Tensor, z: Tensor, noisy_likelihoods: bool | None = None) -> dict:
+        """``forward`` from the latents on: what the decoder makes of (y, z), with the
+        likelihoods the coder would spend bits by.
+
+        The decoded latents that condition later slices and feed ``g_s`` are rounded
+        straight through (rounded values forward, identity backward). The likelihoods are
+        taken at latents plus uniform noise when ``noisy_likelihoods`` (default: in training,
+        as the reference does: a smooth stand-in for the rate), else at the rounded latents
+        the codec codes, straight through so that gradients reach y and z. Encoder effort
+        (:mod:`tcm_serve.codec.effort`) optimises y and z through this chain: each slice is
+        conditioned on the decoded slices before it, as the decoder computes them."""
+        noisy = self.training if noisy_likelihoods is None else noisy_likelihoods
         medians = self.entropy_bottleneck.medians().reshape(1, -1, 1, 1)
-        z_q = z - medians
-        z_hat = z_q + (torch.round(z_q) - z_q).detach() + medians  # straight-through rounding
+        z_hat = _straight_through(z, medians)
+        if noisy:
+            z_likelihoods = self.entropy_bottleneck.likelihood_at(z + torch.empty_like(z).uniform_(-0.5, 0.5))
+        else:
+            z_likelihoods = self.entropy_bottleneck.likelihood_at(z_hat)
         latent_means, latent_scales = self.hyper_synthesis(z_hat)
         decoded: list[Tensor] = []
         likelihoods, mus, scales = [], [], []
         for i, y_slice in enumerate(y.chunk(self.cfg.num_slices, 1)):
             p = self.slice_params(i, latent_means, latent_scales, decoded)
-            _, lik = self.gaussian_conditional(y_slice, p.scale, p.mu)
-            y_q = y_slice - p.mu
-            y_hat_slice = y_q + (torch.round(y_q) - y_q).detach() + p.mu
+            y_hat_slice = _straight_through(y_slice, p.mu)
+            if noisy:
+                noisy_slice = y_slice + torch.empty_like(y_slice).uniform_(-0.5, 0.5)
+                lik = self.gaussian_conditional.likelihood_at(noisy_slice, p.scale, p.mu)
+            else:
+                lik = self.gaussian_conditional.likelihood_at(y_hat_slice, p.scale, p.mu)
             decoded.append(self.refine(i, p.mean_support, y_hat_slice))
             likelihoods.append(lik)
             mus.append(p.mu)
@@ -161,3 +179,9 @@ class TCM(nn.Module):
 
     def aux_loss(self) -> Tensor:
         return self.entropy_bottleneck.aux_loss()
+
+
+def _straight_through(v: Tensor, offset: Tensor) -> Tensor:
+    """``round(v - offset) + offset`` in value, the identity in gradient."""
+    q = v - offset
+    return q + (torch.round(q) - q).detach() + offset

@@ -48,10 +48,12 @@ class Job:
     batch_size: int = 0
     #: What else a batch must share: for compress, the bitstream ("portable" or "exact").
     variant: str = ""
+    #: Compress only: the encoder effort (tcm_serve/codec/effort.py); a batch shares one.
+    effort: int = 0
 
     @property
-    def key(self) -> tuple[str, int, tuple[int, int], str]:
-        return (self.kind, self.quality, self.size, self.variant)
+    def key(self) -> tuple[str, int, tuple[int, int], str, int]:
+        return (self.kind, self.quality, self.size, self.variant, self.effort)
 
     def settle(self, result: Any = None, error: BaseException | None = None) -> bool:
         """Set the result or error unless already settled (cancelled, timed out)."""

@@ -43,7 +43,15 @@ from typing import Any
 
 from ..codec.container import TcmHeader, check_bitstream
 from ..codec.engine import ImageSymbols
-from ..codec.pipeline import Compressed, LoadedModel, check_decode_size, check_made_by, image_geometry, package
+from ..codec.pipeline import (
+    Compressed,
+    LoadedModel,
+    check_decode_size,
+    check_effort_allowed,
+    check_made_by,
+    image_geometry,
+    package,
+)
 from ..config import Settings
 from ..devices import resolve_devices
 from ..errors import ConfigError, ModelNotFoundError
@@ -350,15 +358,38 @@ class WorkerPool:
         self.admit()
         return self.batcher.reserve(self.retry_after)
 
+    def check_effort(self, effort: int) -> int:
+        """``effort`` if this service takes it (``max_effort``), else 422."""
+        if not 0 <= effort <= self.settings.max_effort:
+            raise BadParameterError(
+                f"effort {effort} is above this service's limit of {self.settings.max_effort} (TCM_MAX_EFFORT)"
+            )
+        return effort
+
     def submit_compress(
-        self, image: DecodedImage, quality: int, deadline: float, slot: Slot | None = None, bitstream: str | None = None
+        self,
+        image: DecodedImage,
+        quality: int,
+        deadline: float,
+        slot: Slot | None = None,
+        bitstream: str | None = None,
+        effort: int = 0,
     ) -> Job:
         """Queue one image (in ``slot`` if given) for a ``bitstream`` blob (default: the
-        service's); ``job.future`` resolves to a :class:`Compressed`."""
+        service's) with encoder ``effort``; ``job.future`` resolves to a :class:`Compressed`.
+        An effort the model or the image's size cannot take is refused here, before it
+        queues (422 / 413)."""
         bitstream = bitstream or self.settings.bitstream
         check_bitstream(bitstream)
+        entry = next(e for e in self.entries if e.quality == quality)
+        try:
+            check_effort_allowed(entry, image, self.check_effort(effort))
+        except ConfigError as exc:  # the model cannot be searched for: the request asked for it
+            raise BadParameterError(str(exc)) from None
         self.admit()
-        job = Job("compress", quality, image_geometry(image).padded_shape, image, deadline, variant=bitstream)
+        job = Job(
+            "compress", quality, image_geometry(image).padded_shape, image, deadline, variant=bitstream, effort=effort
+        )
         self.batcher.put(job, self.retry_after, slot)
         return job
 

@@ -330,7 +330,8 @@ class Worker(threading.Thread):
         portable = check_bitstream(jobs[0].variant)
 
         def transforms(batch: list[Job]) -> list[ImageSymbols]:
-            return analyse_images(lm, [j.payload for j in batch], portable)
+            deadline = min(j.deadline for j in batch)  # an effort search stops there: nobody waits after it
+            return analyse_images(lm, [j.payload for j in batch], portable, jobs[0].effort, deadline)
 
         for batch, symbols in self._run_batch("compress", jobs, transforms):
             self.current = [j for j in self.current if j not in batch]  # the coder threads own these now

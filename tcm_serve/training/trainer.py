@@ -34,9 +34,9 @@ from ..errors import CheckpointError, ConfigError
 from ..files import atomic_writer
 from ..model.checkpoint import load_into, read_state_dict
 from ..model.config import TCMConfig
+from ..model.objective import rate_distortion
 from ..model.tcm import TCM
 from .data import Source, load_sources, random_batch
-from .loss import rate_distortion
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train.log"
@@ -273,7 +273,7 @@ def forward_validator(images: list[torch.Tensor], device: torch.device) -> Calla
     ``images`` ((3, H, W) float tensors), padded the way the codec pads."""
     from ..codec.geometry import Geometry
     from ..codec.padding import crop, pad
-    from .loss import bits_per_pixel
+    from ..model.objective import bits_per_pixel
 
     def validate(model: TCM) -> dict:
         bpps, psnrs = [], []

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from ...codec.container import BITSTREAMS, MAX_QUALITY, MIN_QUALITY, unpack
+from ...codec.effort import MAX_EFFORT
 from ...imageio import DecodedImage, decode_image, encode_png
 from ...runtime.batcher import Job
 from ...runtime.errors import DeadlineExceededError, QueueFullError
@@ -35,6 +36,16 @@ Quality = Annotated[
     int | None,
     Query(ge=MIN_QUALITY, le=MAX_QUALITY, description="quality level (default: the service's default)"),
 ]
+Effort = Annotated[
+    int,
+    Query(
+        ge=0,
+        le=MAX_EFFORT,
+        description="encoder effort: optimise the image's latents for fewer bits at better quality, each level "
+        "doubling the encode work; every decoder decodes the result (0: none; the service's limit is "
+        "TCM_MAX_EFFORT, 422 above; images up to MAX_EFFORT_PIXELS padded pixels, 413 above)",
+    ),
+]
 DropAlpha = Annotated[bool, Query(description="discard an alpha channel instead of refusing the image")]
 Bitstream = Annotated[
     Literal[BITSTREAMS] | None,  # type: ignore[valid-type]
@@ -46,7 +57,7 @@ Bitstream = Annotated[
 ]
 
 #: The query parameters each route takes (any other is refused: see :func:`only_query`).
-_COMPRESS_QUERY = frozenset({"quality", "drop_alpha", "bitstream"})
+_COMPRESS_QUERY = frozenset({"quality", "drop_alpha", "bitstream", "effort"})
 _COMPARE_QUERY = frozenset({"quality", "drop_alpha"})
 _DECOMPRESS_QUERY: frozenset[str] = frozenset()
 
@@ -116,19 +127,24 @@ async def _read_image(
     openapi_extra=IMAGE_BODY,
 )
 async def compress(
-    request: Request, quality: Quality = None, drop_alpha: DropAlpha = False, bitstream: Bitstream = None
+    request: Request,
+    quality: Quality = None,
+    drop_alpha: DropAlpha = False,
+    bitstream: Bitstream = None,
+    effort: Effort = 0,
 ) -> Response:
     state, ctx = ApiState.of(request), _ctx(request)
     only_query(request, _COMPRESS_QUERY)
     pool = state.pool
     q = pool.check_quality(quality)
+    pool.check_effort(effort)  # before the body is read
     ctx.quality = q
     # The queue place is taken before the body is read and decoded, so a burst past the
     # queue's capacity is refused (429) without spending a core on each refused image.
     with pool.reserve() as slot:
         deadline = ctx.start + state.settings.request_timeout_s
         image = await _read_image(request, state, deadline, drop_alpha, state.settings.max_pixels)
-        job = pool.submit_compress(image, q, deadline, slot, bitstream)
+        job = pool.submit_compress(image, q, deadline, slot, bitstream, effort)
     result = await _await_job(pool, job, ctx)
     state.metrics.bpp.labels(str(q)).observe(result.bpp)
     return Response(
@@ -140,6 +156,7 @@ async def compress(
             tcm_headers.WIDTH: str(image.width),
             tcm_headers.HEIGHT: str(image.height),
             tcm_headers.FORMAT_VERSION: str(result.header.version),
+            tcm_headers.EFFORT: str(effort),
         },
     )
 

@@ -1,4 +1,8 @@
-"""The paper's rate-distortion objective: lambda * 255^2 * MSE + bits per pixel."""
+"""The paper's rate-distortion objective: lambda * 255^2 * MSE + bits per pixel.
+
+What training minimises over the weights and what encoder effort
+(:mod:`tcm_serve.codec.effort`) minimises over one image's latents, the weights fixed.
+"""
 
 from __future__ import annotations
 
