@@ -29,7 +29,15 @@ from PIL import Image
 from tcm_serve.codec.container import TcmFile, pack, unpack
 from tcm_serve.codec.engine import CodedImage, symbols_crc32
 from tcm_serve.codec.geometry import Geometry
-from tcm_serve.codec.onnx_graphs import GraphSet, ensure_graphs, graph_names, parity_report
+from tcm_serve.codec.onnx_graphs import (
+    GraphSet,
+    ensure_graphs,
+    graph_names,
+    open_sessions,
+    optimized_path,
+    parity_report,
+    runtime_key,
+)
 from tcm_serve.codec.padding import crop, pad, pixels_to_tensor, tensor_to_pixels
 from tcm_serve.codec.pipeline import compress_images, decompress_blob, load_model, store_resolver
 from tcm_serve.codec.tiling import Tiling
@@ -129,6 +137,52 @@ def test_tampered_graph_fails_verification(kit_store, onnx_dir, tmp_path):
         f.write(b"\x00" * 8)
     with pytest.raises(StoreError, match="lrp0.*checksum"):
         copy.verify()
+
+
+def test_optimised_graphs_are_cached_per_machine_kind(kit_store, onnx_dir, onnx_lm, blobs, tmp_path, monkeypatch):
+    """onnxruntime optimises each graph once per machine kind (runtime_key): the next process
+    loads the optimised copy, which computes the same bits as a fresh optimisation (an exact
+    blob made with fresh sessions decodes with cached ones), a damaged copy is rebuilt, and
+    a directory that cannot be written just goes without."""
+    import shutil
+
+    entry = ModelStore(kit_store).entry(KIT_QUALITY)
+    gs = GraphSet.for_entry(entry, onnx_dir)
+    key = runtime_key(CPU)
+    assert all(optimized_path(gs, n, key).is_file() for n in gs.names)  # onnx_lm wrote them
+
+    fresh_dir = tmp_path / "fresh"
+    fresh_dir.mkdir()
+    for p in [gs.index_path] + [gs.path(n) for n in gs.names]:
+        shutil.copy(p, fresh_dir / p.name)
+    fresh = GraphSet.for_entry(entry, fresh_dir)
+    first, _ = open_sessions(fresh, CPU, 1, names=["g_s", "slice0"])  # optimised now, copies written
+    assert optimized_path(fresh, "g_s", key).is_file()
+    cached, _ = open_sessions(fresh, CPU, 1, names=["g_s", "slice0"])
+    rng = np.random.default_rng(3)
+    for name, session in first.items():
+        # latents of the smallest padded image (256x256): whole attention windows
+        feed = {i.name: rng.standard_normal((1, i.shape[1], 16, 16)).astype(np.float32) for i in session.get_inputs()}
+        for a, b in zip(session.run(None, feed), cached[name].run(None, feed)):
+            assert np.array_equal(a, b), name
+
+    optimized_path(fresh, "g_s", key).write_bytes(b"not a graph")
+    open_sessions(fresh, CPU, 1, names=["g_s"])
+    assert optimized_path(fresh, "g_s", key).stat().st_size > 1000  # rebuilt
+
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    shutil.copy(gs.path("h_a"), read_only / gs.path("h_a").name)
+    monkeypatch.setattr("tcm_serve.codec.onnx_graphs.os.access", lambda *a, **k: False)
+    open_sessions(GraphSet.for_entry(entry, read_only), CPU, 1, names=["h_a"])
+    assert [p.name for p in read_only.iterdir()] == [gs.path("h_a").name]
+    monkeypatch.undo()
+
+    # an exact (version-1) blob whose entropy parameters fresh sessions computed decodes with
+    # a model opened entirely from the optimised copies
+    again = load_model(ModelStore(kit_store), KIT_QUALITY, CPU, "onnx", onnx_dir)
+    ours = decompress_blob(blobs["onnx"].blob, lambda h: again).pixels
+    assert np.array_equal(ours, decompress_blob(blobs["onnx"].blob, lambda h: onnx_lm).pixels)
 
 
 @pytest.mark.slow

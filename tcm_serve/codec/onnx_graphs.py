@@ -21,8 +21,10 @@ graphs; stale graphs of that quality are removed when the new ones are written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import platform
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -260,16 +262,74 @@ def session_options(threads: int | None = None):
     return so
 
 
-def open_sessions(gs: GraphSet, device: torch.device, threads: int | None = None, names: Sequence[str] | None = None):
-    """(sessions by graph name, backend name) for the graphs of ``gs`` on ``device``."""
+def runtime_key(device: torch.device) -> str:
+    """12 hex digits naming what an optimised graph depends on besides the graph itself:
+    onnxruntime's version, the device and the CPU's instruction sets. onnxruntime's layout
+    optimisations are specific to the hardware (NCHWc blocks of 8 floats with AVX2, 16 with
+    AVX-512), so a machine of another kind, or a new onnxruntime, optimises its own."""
     import onnxruntime as ort
 
-    providers, backend = providers_for(device)
+    what = [ort.__version__, str(device), platform.machine(), _cpu_flags()]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:12]
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags as Linux reports them ('' elsewhere: the key then names the
+    architecture only, and a cache shared across unlike machines must not be used)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return ""
+
+
+def optimized_path(gs: GraphSet, name: str, key: str) -> Path:
+    """Where graph ``name`` is kept as onnxruntime optimised it on machines of ``key``. The
+    name matches :meth:`GraphSet.stale`'s pattern, so re-exported graphs drop these too."""
+    return gs.directory / f"{gs.prefix}-{name}.opt-{key}.onnx"
+
+
+def _open_session(gs: GraphSet, name: str, device: torch.device, threads: int | None, key: str):
+    """One graph's session: from its optimised copy when there is one (no optimisation pass
+    at start), else optimised now, the copy written for the next process when the graph
+    directory is writable. A copy that does not load is removed and rebuilt."""
+    import onnxruntime as ort
+
+    providers, _ = providers_for(device)
+    cached = optimized_path(gs, name, key)
+    if cached.is_file():
+        so = session_options(threads)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already optimised
+        try:
+            return ort.InferenceSession(str(cached), so, providers=providers)
+        except Exception:  # noqa: BLE001 - a damaged copy: rebuilt from the graph below
+            cached.unlink(missing_ok=True)
     so = session_options(threads)
+    writable = os.access(gs.directory, os.W_OK)
+    partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
+    if writable:
+        so.optimized_model_filepath = str(partial)
+    session = ort.InferenceSession(str(gs.path(name)), so, providers=providers)
+    if writable:
+        try:
+            os.replace(partial, cached)  # whole or not at all; a concurrent writer wrote the same
+        except OSError:
+            partial.unlink(missing_ok=True)
+    return session
+
+
+def open_sessions(gs: GraphSet, device: torch.device, threads: int | None = None, names: Sequence[str] | None = None):
+    """(sessions by graph name, backend name) for the graphs of ``gs`` on ``device``; each
+    graph optimised once per machine kind (:func:`runtime_key`), not once per process."""
+    _, backend = providers_for(device)
+    key = runtime_key(device)
     sessions = {}
     for name in names or gs.names:
         try:
-            sessions[name] = ort.InferenceSession(str(gs.path(name)), so, providers=providers)
+            sessions[name] = _open_session(gs, name, device, threads, key)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types for bad files
             raise StoreError(f"cannot load ONNX graph {gs.path(name).name}: {str(exc).splitlines()[0][:200]}") from None
     return sessions, backend
