@@ -63,10 +63,12 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 #: Modules that import without torch (and the client without fastapi either).
 LIGHT = (
     "tcm_serve.client",
+    "tcm_serve.cpu",
     "tcm_serve.config",
     "tcm_serve.devices",
     "tcm_serve.codec.container",
     "tcm_serve.codec.geometry",
+    "tcm_serve.codec.effort",
     "tcm_serve.api.exceptions",
     "tcm_serve.runtime.errors",
 )

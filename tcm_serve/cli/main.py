@@ -18,6 +18,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import NoReturn
 
+from ..cpu import prepare_threads
 from ..errors import TcmError, is_out_of_memory
 from ..files import atomic_write
 from ..imageio import DEFAULT_MAX_PIXELS
@@ -399,6 +400,7 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    prepare_threads()  # OpenMP reads these when torch loads, which the commands do later
     args = build_parser().parse_args(argv)
     if getattr(args, "handler", None) is not None:
         handler = args.handler
