@@ -28,10 +28,32 @@ from pathlib import Path
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
-    """The CFS quota in CPUs (e.g. 1.5), or ``None`` when there is none: cgroup v2's
-    ``cpu.max`` (``"150000 100000"``, or ``"max ..."``), else v1's ``cpu.cfs_quota_us`` and
-    ``cpu.cfs_period_us`` (quota -1: none)."""
+def cpu_quota(root: Path = CGROUP_ROOT, own: str | None = None) -> float | None:
+    """The tightest CFS quota in CPUs (e.g. 1.5) of the process's cgroup v2 path and the
+    root the process sees, or ``None`` when there is none. ``own``: the process's cgroup
+    path (default: from ``/proc/self/cgroup``; inside a container with its own cgroup
+    namespace it is ``/``, with the host's it is the container's path)."""
+    own = _own_cgroup() if own is None else own
+    places = [root / own.strip("/")] if own.strip("/") else []
+    quotas = [q for q in (_quota_at(p) for p in [*places, root]) if q is not None]
+    return min(quotas) if quotas else None
+
+
+def _own_cgroup() -> str:
+    """The process's cgroup v2 path (``0::/path``), or ``/``."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return line[3:].strip() or "/"
+    except OSError:
+        pass
+    return "/"
+
+
+def _quota_at(root: Path) -> float | None:
+    """The quota a cgroup directory sets: cgroup v2's ``cpu.max`` (``"150000 100000"``, or
+    ``"max ..."``), else v1's ``cpu/cpu.cfs_quota_us`` and ``cpu.cfs_period_us`` (-1: none)."""
     try:
         quota, _, period = (root / "cpu.max").read_text().strip().partition(" ")
         if quota == "max":
@@ -57,17 +79,19 @@ def cpus_available() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_budget(root: Path = CGROUP_ROOT) -> int:
+def cpu_budget(root: Path = CGROUP_ROOT, own: str | None = None) -> int:
     """Threads worth running: the CPUs available, capped by the quota rounded up (a quota
     of 1.5 CPUs gets 2 threads: the half CPU is still worth a thread's share)."""
     cpus = cpus_available()
-    quota = cpu_quota(root)
+    quota = cpu_quota(root, own)
     if quota is None:
         return cpus
     return max(1, min(cpus, math.ceil(quota)))
 
 
-def prepare_threads(environ: MutableMapping[str, str] | None = None, root: Path = CGROUP_ROOT) -> dict[str, str]:
+def prepare_threads(
+    environ: MutableMapping[str, str] | None = None, root: Path = CGROUP_ROOT, own: str | None = None
+) -> dict[str, str]:
     """Set OpenMP's thread count (when a CPU quota is tighter than the affinity mask) and
     passive waiting in ``environ`` (default: the process's), unless the user set them or
     ``TCM_THREAD_TUNING=0``. Returns what it set. Effective only before torch is imported."""
@@ -78,7 +102,7 @@ def prepare_threads(environ: MutableMapping[str, str] | None = None, root: Path 
     if "OMP_WAIT_POLICY" not in env:
         changes["OMP_WAIT_POLICY"] = "PASSIVE"
     if "OMP_NUM_THREADS" not in env:
-        budget = cpu_budget(root)
+        budget = cpu_budget(root, own)
         if budget < cpus_available():
             changes["OMP_NUM_THREADS"] = str(budget)
     env.update(changes)

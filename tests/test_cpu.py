@@ -38,6 +38,16 @@ def test_quota_from_cgroup_v2_and_v1(tmp_path):
     assert cpu_quota(tmp_path / "missing") is None
 
 
+def test_quota_of_the_process_own_cgroup(tmp_path):
+    """Where the process sees the host's cgroup tree, its quota is on its own path: the
+    tighter of that and the root's counts."""
+    root = v2(tmp_path, "400000 100000", "host")
+    cgroup(root, "kubepods/pod1", {"cpu.max": "150000 100000"})
+    assert cpu_quota(root, own="/kubepods/pod1") == 1.5
+    assert cpu_quota(root, own="/") == 4.0
+    assert cpu_quota(root, own="/elsewhere") == 4.0
+
+
 def test_budget_is_the_tighter_of_affinity_and_quota(tmp_path):
     cpus = cpus_available()
     assert cpu_budget(tmp_path / "none") == cpus

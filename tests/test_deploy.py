@@ -42,7 +42,7 @@ import yaml  # the test extra installs it; a missing one must fail, not skip the
 
 from tcm_serve.api.logs import CODEC_ROUTES
 from tcm_serve.cli.local import free_port
-from tcm_serve.codec.effort import MAX_EFFORT_PIXELS
+from tcm_serve.codec.effort import EFFORT_BYTES_PER_PIXEL, MAX_EFFORT_PIXELS
 from tcm_serve.codec.geometry import DEFAULT_HALO, DEFAULT_TILE, NO_TILING, padded_pixel_limit
 from tcm_serve.config import Settings
 
@@ -463,11 +463,6 @@ PIXEL_BYTES = 3
 #: Bodies must take any 8-bit RGB encoding of the largest image (an uncompressed one is
 #: 3 bytes per pixel); more than an uncompressed 16-bit RGBA image's 8 is never needed.
 RAW_BYTES_PER_PIXEL = 8
-#: Encoder effort's search holds a training step's activations for the whole image
-#: (measured with random weights: official-small 8 KiB, official-large 11.5-14 KiB per padded
-#: pixel on a Kodak-sized image), up to MAX_EFFORT_PIXELS; a worker runs one job at a time, so
-#: a search takes the place of a coded image, not a share beside it.
-EFFORT_BYTES_PER_PIXEL = 12 * 1024
 #: /compare holds its candidates decoded and scores them with MS-SSIM (~110 MB per megapixel
 #: at its peak, docs/evaluation.md): 200 bytes per pixel of the largest image it takes.
 COMPARE_BYTES_PER_PIXEL = 200
@@ -495,6 +490,7 @@ def assert_limits_fit(env: dict[str, str], memory_limit: str, where: str) -> Non
     compare = min(pixels, int(env.get("TCM_COMPARE_MAX_PIXELS", defaults["compare_max_pixels"].default)))
     # the largest padded tensor the image guard lets through (a thin strip pads to more)
     padded = padded_pixel_limit(pixels)
+    # a worker runs one job at a time: an effort search takes a window's place, not a share beside it
     effort = int(env.get("TCM_MAX_EFFORT", defaults["max_effort"].default))
     search = EFFORT_BYTES_PER_PIXEL * min(MAX_EFFORT_PIXELS, padded) if effort else 0
     parts = {

@@ -414,6 +414,10 @@ def test_eval_bad_input_fails_in_one_line(kit_store, small_dataset, tmp_path, ca
             "does not exist",
         ),
     ]
+    large = tmp_path / "large"
+    large.mkdir()
+    (large / "big.png").write_bytes(make_png(700, 700, seed=3))  # pads to 768x768: too large for effort
+    cases.append((["eval", str(large), "--store", str(kit_store), "--effort", "1"], 1, "big.png: encoder effort runs"))
     for argv, code, message in cases:
         try:
             rc = main(argv)

@@ -44,12 +44,14 @@ def _int_list(text: str) -> list[int]:
 
 
 def _effort_list(text: str) -> list[int]:
+    """Effort levels, with 0 always among them: the baseline the others' BD-rates are
+    measured against and the level ``--record`` records."""
     levels = _int_list(text)
     for v in levels:
         problem = effort_problem(v)
         if problem:
             raise argparse.ArgumentTypeError(problem)
-    return levels
+    return sorted({0, *levels})
 
 
 def _sweep(text: str) -> tuple[str, list[int]]:
@@ -118,7 +120,7 @@ def add_parsers(sub) -> None:
         default=[0],
         metavar="E1,E2,...",
         help="encoder effort levels to code our models at, each its own curve (tcm, tcm-e1, ...) with its "
-        "BD-rate against effort 0 (default: 0)",
+        "BD-rate against effort 0, which always runs (default: 0)",
     )
     e.add_argument("--limit", type=positive_int, metavar="N", help="only the first N images (in name order)")
     add_device_option(e, "for our models: ")
@@ -259,9 +261,11 @@ def _runnable_baselines(codecs: list[str], notes: list[str]) -> list[str]:
 
 
 def cmd_eval(args) -> int:
+    from ..errors import TcmError
     from ..evaluation import baselines
     from ..evaluation import report as rep
     from ..evaluation.runner import (
+        EvalError,
         Report,
         bd_table,
         code_baseline,
@@ -275,6 +279,15 @@ def cmd_eval(args) -> int:
     _validate(args)
     notes: list[str] = []
     data = load_dataset(args.dataset, args.limit)
+    if max(args.effort) > 0:  # an image too large to search for fails now, not hours in
+        from ..codec.effort import check_effort_size
+        from ..codec.pipeline import image_geometry
+
+        for name, img in zip(data.names, data.images):
+            try:
+                check_effort_size(*image_geometry(img).padded_shape)
+            except TcmError as exc:
+                raise EvalError(f"{name}: {exc}") from None
     store, entries, device = _open_models(args)
     runnable = _runnable_baselines(args.codecs, notes)
     report = Report(data, notes=notes, environment=_environment(device), bd_method=args.bd_method)

@@ -46,11 +46,14 @@ DEFAULT_MAX_EFFORT = 1
 LEARNING_RATE = 0.01
 #: How many times a search scores its latents as coded (evenly spaced; the last at the end).
 SCORES = 4
-#: Largest padded image (pixels) effort runs on (a Kodak image is 393,216): the gradient pass
-#: holds ``g_s``'s activations for the whole image, measured at 3.5 KiB per pixel for the
-#: bundled models, 8 for official-small and 11.5-14 for official-large, so a search stays
-#: within the memory one tiled window is budgeted (docs/deploy.md, "Sizing").
-MAX_EFFORT_PIXELS = 2**19
+#: Memory of a search per padded pixel, an upper bound: the gradient pass holds ``g_s``'s
+#: activations for the whole image, measured at 3.5 KiB per pixel for the bundled models, 8
+#: for official-small and 11.5-14 for official-large (random weights, Kodak-sized images).
+EFFORT_BYTES_PER_PIXEL = 14 * 1024
+#: Largest padded image (pixels) effort runs on: 448 KiP (a Kodak image is 384 KiP, e.g.
+#: 768x576 fits), so that a search of the largest model, 6.1 GiB, stays within the memory
+#: one tiled window is budgeted (docs/deploy.md, "Sizing"; tests/test_deploy.py checks it).
+MAX_EFFORT_PIXELS = 448 * 1024
 
 
 @dataclass(frozen=True)

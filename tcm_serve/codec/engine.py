@@ -24,7 +24,6 @@ Exact strings are byte-identical to the reference for the same padded input.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import zlib
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..cpu import cpu_budget
 from ..errors import BackendMismatchError, BitstreamError, DriftError, FormatError
 from ..model.scratch import bound_scratch, group_attention
 from ..model.tcm import TCM
@@ -48,7 +48,7 @@ from .padding import to_unit
 from .portable import DTYPE as PORTABLE_DTYPE
 from .portable import NO_HINTS, ExactIndexes, PortableIndexes
 from .rans import RansDecoder, encode
-from .search import search_latents
+from .search import NO_PADDING, search_latents
 from .tables import prepare_entropy_tables
 from .tiling import WHOLE, TiledEntropyStages, Tiling, entropy_halo
 
@@ -289,12 +289,19 @@ class Engine:
     # an image encoded in one batch undecodable in another. h_a is encoder-only but also runs
     # per image, so that batched output equals one-at-a-time output byte for byte.
     @torch.no_grad()
-    def analyse(self, x: Tensor, portable: bool = True, search: LatentSearch | None = None) -> list[ImageSymbols]:
+    def analyse(
+        self,
+        x: Tensor,
+        portable: bool = True,
+        search: LatentSearch | None = None,
+        pads: list[tuple[int, int, int, int]] | None = None,
+    ) -> list[ImageSymbols]:
         """Padded batch (B, 3, H, W), float in [0, 1] or uint8 (converted by
         :func:`~tcm_serve.codec.padding.to_unit` one tile at a time) -> per-image symbols and
         indexes, for portable (version 2) or exact (version 1, the reference's) strings.
         ``search``: encoder effort (:mod:`tcm_serve.codec.effort`), each image's latents
-        optimised before they are coded; the strings decode the same way either way."""
+        optimised before they are coded (``pads``: each image's padding, which the search does
+        not score); the strings decode the same way either way."""
         self._check_padded(x)
         if search is not None:
             check_effort_size(x.shape[-2], x.shape[-1])
@@ -305,9 +312,8 @@ class Engine:
         out = []
         for k in range(y.shape[0]):
             image = x[k : k + 1].to(self.device)
-            found = search_latents(
-                self.model, image if image.is_floating_point() else to_unit(image), y[k : k + 1], search
-            )
+            unit = image if image.is_floating_point() else to_unit(image)
+            found = search_latents(self.model, unit, y[k : k + 1], search, pads[k] if pads else NO_PADDING)
             out.append(self.analyse_latent(found.y, portable, z=found.z))
         return out
 
@@ -467,7 +473,7 @@ class Engine:
         if not path.stages.thread_count_matters():
             return []
         out: list[int] = []
-        for k in (*self.v1_retry_threads, os.cpu_count() or 1):
+        for k in (*self.v1_retry_threads, cpu_budget()):
             if k != current and k not in out:
                 out.append(k)
         return out

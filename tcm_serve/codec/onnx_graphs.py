@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import platform
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -184,10 +185,15 @@ class GraphSet:
                 raise StoreError(f"ONNX graph {self.path(name).name} fails its checksum")
 
     def stale(self) -> list[Path]:
-        """Graphs and indexes of the same quality level made from other weights or formats."""
+        """Graphs, indexes and optimised copies of the same quality level made from other
+        weights or formats, and optimised copies a crashed process left half written."""
         quality = self.prefix.split("-", 1)[0]
         own = {self.path(n) for n in self.names} | {self.index_path}
-        found = list(self.directory.glob(f"{quality}-*-g*-*.onnx")) + list(self.directory.glob(f"{quality}-*-g*.json"))
+        found = [
+            p
+            for pattern in (f"{quality}-*-g*-*.onnx", f"{quality}-*-g*.json", f"{quality}-*.partial")
+            for p in self.directory.glob(pattern)
+        ]
         return [p for p in found if p not in own]
 
 
@@ -307,18 +313,20 @@ def _open_session(gs: GraphSet, name: str, device: torch.device, threads: int | 
             return ort.InferenceSession(str(cached), so, providers=providers)
         except Exception:  # noqa: BLE001 - a damaged copy: rebuilt from the graph below
             cached.unlink(missing_ok=True)
-    so = session_options(threads)
-    writable = os.access(gs.directory, os.W_OK)
-    partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
-    if writable:
-        so.optimized_model_filepath = str(partial)
-    session = ort.InferenceSession(str(gs.path(name)), so, providers=providers)
-    if writable:
+    if os.access(gs.directory, os.W_OK):
+        fd, partial = tempfile.mkstemp(prefix=f"{cached.name}.", suffix=".partial", dir=gs.directory)
+        os.close(fd)
         try:
+            so = session_options(threads)
+            so.optimized_model_filepath = partial
+            session = ort.InferenceSession(str(gs.path(name)), so, providers=providers)
             os.replace(partial, cached)  # whole or not at all; a concurrent writer wrote the same
-        except OSError:
-            partial.unlink(missing_ok=True)
-    return session
+            return session
+        except Exception:  # noqa: BLE001 - the copy could not be written (disk full, quota, NFS): go without
+            pass
+        finally:
+            Path(partial).unlink(missing_ok=True)
+    return ort.InferenceSession(str(gs.path(name)), session_options(threads), providers=providers)
 
 
 def open_sessions(gs: GraphSet, device: torch.device, threads: int | None = None, names: Sequence[str] | None = None):

@@ -170,7 +170,7 @@ def analyse_images(
         raise ValueError("a batch must share one padded size")
     search = latent_search(lm.entry, effort, deadline)
     x = padded_batch([img.pixels for img in images], [g.pad for g in geometries])
-    return lm.engine.analyse(x, portable, search)
+    return lm.engine.analyse(x, portable, search, [g.pad for g in geometries])
 
 
 def package(lm: LoadedModel, img: DecodedImage, coded: CodedImage) -> Compressed:

@@ -137,14 +137,17 @@ class TCM(nn.Module):
         y = self._transform(self.g_a, x)
         return self.from_latents(y, self.h_a(y))
 
-    def from_latents(self, y: Tensor, z: Tensor, noisy_likelihoods: bool | None = None) -> dict:
+    def from_latents(
+        self, y: Tensor, z: Tensor, noisy_likelihoods: bool | None = None, noise: torch.Generator | None = None
+    ) -> dict:
         """``forward`` from the latents on: what the decoder makes of (y, z), with the
         likelihoods the coder would spend bits by.
 
         The decoded latents that condition later slices and feed ``g_s`` are rounded
         straight through (rounded values forward, identity backward). The likelihoods are
         taken at latents plus uniform noise when ``noisy_likelihoods`` (default: in training,
-        as the reference does: a smooth stand-in for the rate), else at the rounded latents
+        as the reference does: a smooth stand-in for the rate; drawn from ``noise`` when
+        given, else the global generator), else at the rounded latents
         the codec codes, straight through so that gradients reach y and z. Encoder effort
         (:mod:`tcm_serve.codec.effort`) optimises y and z through this chain: each slice is
         conditioned on the decoded slices before it, as the decoder computes them."""
@@ -152,7 +155,7 @@ class TCM(nn.Module):
         medians = self.entropy_bottleneck.medians().reshape(1, -1, 1, 1)
         z_hat = _straight_through(z, medians)
         if noisy:
-            z_likelihoods = self.entropy_bottleneck.likelihood_at(z + torch.empty_like(z).uniform_(-0.5, 0.5))
+            z_likelihoods = self.entropy_bottleneck.likelihood_at(z + _uniform_noise(z, noise))
         else:
             z_likelihoods = self.entropy_bottleneck.likelihood_at(z_hat)
         latent_means, latent_scales = self.hyper_synthesis(z_hat)
@@ -162,7 +165,7 @@ class TCM(nn.Module):
             p = self.slice_params(i, latent_means, latent_scales, decoded)
             y_hat_slice = _straight_through(y_slice, p.mu)
             if noisy:
-                noisy_slice = y_slice + torch.empty_like(y_slice).uniform_(-0.5, 0.5)
+                noisy_slice = y_slice + _uniform_noise(y_slice, noise)
                 lik = self.gaussian_conditional.likelihood_at(noisy_slice, p.scale, p.mu)
             else:
                 lik = self.gaussian_conditional.likelihood_at(y_hat_slice, p.scale, p.mu)
@@ -179,6 +182,11 @@ class TCM(nn.Module):
 
     def aux_loss(self) -> Tensor:
         return self.entropy_bottleneck.aux_loss()
+
+
+def _uniform_noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """U(-1/2, 1/2) noise shaped like ``like`` (the training stand-in for rounding)."""
+    return torch.empty_like(like).uniform_(-0.5, 0.5, generator=generator)
 
 
 def _straight_through(v: Tensor, offset: Tensor) -> Tensor:

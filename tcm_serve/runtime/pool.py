@@ -56,7 +56,7 @@ from ..config import Settings
 from ..devices import resolve_devices
 from ..errors import ConfigError, ModelNotFoundError
 from ..imageio import DecodedImage
-from ..store import ModelStore
+from ..store import ModelEntry, ModelStore
 from .batcher import Batcher, Job, Slot
 from .errors import BadParameterError, NotReadyError, ShuttingDownError, WorkerDiedError
 from .worker import NullObserver, Observer, Worker, as_service_error
@@ -358,6 +358,10 @@ class WorkerPool:
         self.admit()
         return self.batcher.reserve(self.retry_after)
 
+    def _entry(self, quality: int) -> ModelEntry | None:
+        """The served model of ``quality``, or ``None``."""
+        return next((e for e in self.entries if e.quality == quality), None)
+
     def check_effort(self, effort: int) -> int:
         """``effort`` if this service takes it (``max_effort``), else 422."""
         if not 0 <= effort <= self.settings.max_effort:
@@ -381,7 +385,9 @@ class WorkerPool:
         queues (422 / 413)."""
         bitstream = bitstream or self.settings.bitstream
         check_bitstream(bitstream)
-        entry = next(e for e in self.entries if e.quality == quality)
+        entry = self._entry(quality)
+        if entry is None:  # check_quality refuses these before a route gets here
+            raise BadParameterError(f"quality {quality} is not served")
         try:
             check_effort_allowed(entry, image, self.check_effort(effort))
         except ConfigError as exc:  # the model cannot be searched for: the request asked for it
@@ -395,7 +401,7 @@ class WorkerPool:
 
     def check_header(self, header: TcmHeader) -> None:
         """Refuse a blob made by a model this service does not hold, or too large to decode."""
-        entry = next((e for e in self.entries if e.quality == header.quality), None)
+        entry = self._entry(header.quality)
         if entry is None:
             raise ModelNotFoundError(
                 f"blob needs quality {header.quality}, which is not served "
