@@ -5,15 +5,18 @@ A CPU shared with other work (a co-located pod, a CI job, training) must not tur
 of a few Kodak images (model load included), for:
 
 * ``torch``: the PyTorch backend with this project's thread defaults (tcm_serve/cpu.py:
-  ``OMP_WAIT_POLICY=PASSIVE``, threads from the CPU quota);
+  a spin of 1,000 turns at barriers, threads from the CPU quota);
 * ``torch-library``: the same with ``TCM_THREAD_TUNING=0`` (OpenMP's own defaults: threads
   that spin at barriers before they sleep), what every earlier release did;
+* ``torch-passive``, ``torch-spin10k``: other wait policies considered
+  (``OMP_WAIT_POLICY=PASSIVE``: sleep at once; ``GOMP_SPINCOUNT``: spin that many turns);
 * ``onnx``: the ONNX Runtime backend (its own thread pool), graphs cached beforehand;
 
 each ``quiet`` and ``busy`` (one competitor process spinning on one core for the whole
 run), arms alternated round by round so that other load hits all alike.
 
     .venv/bin/python benchmarks/bench_contention.py --quality 4 --images 2 --rounds 3
+    .venv/bin/python benchmarks/bench_contention.py --arms torch,torch-library,torch-passive --effort 1
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ KODAK = ROOT.parent / "shared" / "data" / "kodak"
 ARMS = {
     "torch": {"TCM_BACKEND": "torch"},
     "torch-library": {"TCM_BACKEND": "torch", "TCM_THREAD_TUNING": "0"},
+    "torch-passive": {"TCM_BACKEND": "torch", "OMP_WAIT_POLICY": "PASSIVE"},
+    "torch-spin10k": {"TCM_BACKEND": "torch", "TCM_THREAD_TUNING": "0", "GOMP_SPINCOUNT": "10000"},
     "onnx": {"TCM_BACKEND": "onnx"},
 }
 SPIN = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
@@ -45,20 +50,22 @@ def tcm(*args: str, env: dict[str, str]) -> float:
     return time.perf_counter() - t0
 
 
-def round_trip(images: list[Path], quality: int, work: Path, env: dict[str, str]) -> tuple[float, float]:
+def round_trip(
+    images: list[Path], quality: int, work: Path, env: dict[str, str], effort: int = 0
+) -> tuple[float, float]:
     """(compress s, decompress s) of ``images`` with one command each way."""
     blobs, pngs = work / "blobs", work / "pngs"
     for d in (blobs, pngs):
         d.mkdir(exist_ok=True)
         for p in d.iterdir():
             p.unlink()
-    enc = tcm("compress", *map(str, images), "-o", str(blobs), "-q", str(quality), env=env)
+    enc = tcm("compress", *map(str, images), "-o", str(blobs), "-q", str(quality), "--effort", str(effort), env=env)
     dec = tcm("decompress", *map(str, sorted(blobs.iterdir())), "-o", str(pngs), env=env)
     return enc, dec
 
 
 def arm_env(arm: str, onnx_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "TCM_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_", "TCM_"))}
     return {**env, **ARMS[arm], "TCM_ONNX_DIR": str(onnx_dir)}
 
 
@@ -67,7 +74,8 @@ def main() -> None:
     ap.add_argument("--quality", type=int, default=4)
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--arms", default="torch,torch-library,onnx", help=f"from: {', '.join(ARMS)}")
+    ap.add_argument("--effort", type=int, default=0, help="encoder effort of the compress commands")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     images = sorted(KODAK.glob("kodim*.png"))[: args.images]
@@ -87,7 +95,8 @@ def main() -> None:
                     time.sleep(0.5)
                 try:
                     for arm in arms:
-                        results[arm][condition].append(round_trip(images, args.quality, work, arm_env(arm, onnx_dir)))
+                        env = arm_env(arm, onnx_dir)
+                        results[arm][condition].append(round_trip(images, args.quality, work, env, args.effort))
                 finally:
                     if competitor is not None:
                         competitor.kill()
@@ -106,6 +115,7 @@ def main() -> None:
     }
     out = {
         "quality": args.quality,
+        "effort": args.effort,
         "images": [p.name for p in images],
         "rounds": args.rounds,
         "per_image_median": per_image,

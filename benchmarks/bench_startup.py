@@ -15,7 +15,7 @@ Three ways, alternated round by round so that load on this shared machine hits a
 * ``onnx-warm``: the ONNX backend loading those optimised copies (every later process).
 
     .venv/bin/python benchmarks/bench_startup.py --store model_store --quality 2 --rounds 5
-    .venv/bin/python benchmarks/bench_startup.py --kit --rounds 5   # official-small layout
+    .venv/bin/python benchmarks/bench_startup.py --kit --rounds 5   # the conformance kit's weights
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def drop_optimised(directory: Path) -> None:
 
 
 def kit_store(work: Path) -> tuple[str, int]:
-    """The conformance kit's official-small-layout weights as a store (tests/helpers.py)."""
+    """The conformance kit's weights (N=32, 2 slices) as a store (tests/helpers.py)."""
     sys.path.insert(0, str(ROOT / "tests"))
     from helpers import KIT_QUALITY, kit_store_at
 
@@ -69,7 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", default=str(ROOT / "model_store"))
     ap.add_argument("--quality", type=int, default=2)
-    ap.add_argument("--kit", action="store_true", help="the conformance kit's weights (official-small layout)")
+    ap.add_argument("--kit", action="store_true", help="the conformance kit's weights (N=32, 2 slices)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write the results here")
@@ -88,7 +88,7 @@ def main() -> None:
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
         shutil.rmtree(onnx_dir, ignore_errors=True)
     result = {
-        "store": "kit (official-small layout)" if args.kit else f"{args.store} q{args.quality}",
+        "store": "conformance kit weights (N=32, 2 slices)" if args.kit else f"{args.store} q{args.quality}",
         "threads": args.threads,
         "rounds": args.rounds,
         "median_s": {k: round(statistics.median(v), 3) for k, v in times.items()},

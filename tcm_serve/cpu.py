@@ -6,16 +6,22 @@ Two defaults that hurt a shared CPU (docs/performance.md, "Contention"):
   in the process's affinity mask. A container limited by a CFS quota (``docker run
   --cpus=2``, a Kubernetes CPU limit) still sees every core of the node, so a 2-CPU pod on a
   64-core node runs 64 threads that the kernel throttles in turn.
-* **Threads that spin.** libgomp's threads spin at every barrier before they sleep. TCM's
-  entropy path is thousands of small parallel regions; when another process holds a core,
-  the spinning threads take turns with the one thread that has work, and a 1.7 s decode
-  took 9 s.
+* **Threads that spin.** libgomp's threads spin 300,000 turns at every barrier before they
+  sleep. TCM's entropy path is thousands of small parallel regions; when another process
+  holds a core, the spinning threads take turns with the one thread that has work, and a
+  1.7 s decode took 9 s.
 
 :func:`prepare_threads` fixes both through the environment OpenMP reads when it loads
-(``OMP_NUM_THREADS`` from the quota when the quota is the tighter bound, and
-``OMP_WAIT_POLICY=PASSIVE``), so it must run before ``import torch``: the ``tcm`` command
-calls it first. Values a user set are never changed; ``TCM_THREAD_TUNING=0`` leaves both
-to the libraries. This module imports nothing heavy.
+(``OMP_NUM_THREADS`` from the quota when the quota is the tighter bound, and a spin of
+:data:`SPIN_COUNT` turns), so it must run before ``import torch``: the ``tcm`` command calls
+it first. Values a user set are never changed; ``TCM_THREAD_TUNING=0`` leaves both to the
+libraries. This module imports nothing heavy.
+
+The wait policy was chosen by measurement (benchmarks/bench_contention.py, whole ``tcm``
+commands beside a spinning competitor; docs/performance.md, "Contention"): sleeping at
+once (``OMP_WAIT_POLICY=PASSIVE``) resists contention best but makes the many short
+parallel regions of a gradient pass (encoder effort) 25-40% slower on a quiet machine; a
+short spin keeps most of the first and none of the second.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from collections.abc import MutableMapping
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: Turns an idle libgomp thread spins before it sleeps (libgomp's default: 300,000).
+SPIN_COUNT = 1000
 
 
 def cpu_quota(root: Path = CGROUP_ROOT, own: str | None = None) -> float | None:
@@ -92,15 +100,16 @@ def cpu_budget(root: Path = CGROUP_ROOT, own: str | None = None) -> int:
 def prepare_threads(
     environ: MutableMapping[str, str] | None = None, root: Path = CGROUP_ROOT, own: str | None = None
 ) -> dict[str, str]:
-    """Set OpenMP's thread count (when a CPU quota is tighter than the affinity mask) and
-    passive waiting in ``environ`` (default: the process's), unless the user set them or
-    ``TCM_THREAD_TUNING=0``. Returns what it set. Effective only before torch is imported."""
+    """Set OpenMP's thread count (when a CPU quota is tighter than the affinity mask) and a
+    short spin at barriers in ``environ`` (default: the process's), unless the user set
+    them (a wait policy or spin count of their own counts) or ``TCM_THREAD_TUNING=0``.
+    Returns what it set. Effective only before torch is imported."""
     env = os.environ if environ is None else environ
     if env.get("TCM_THREAD_TUNING", "1").strip() == "0":
         return {}
     changes: dict[str, str] = {}
-    if "OMP_WAIT_POLICY" not in env:
-        changes["OMP_WAIT_POLICY"] = "PASSIVE"
+    if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
+        changes["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     if "OMP_NUM_THREADS" not in env:
         budget = cpu_budget(root, own)
         if budget < cpus_available():

@@ -93,3 +93,24 @@ def test_the_client_imports_without_torch():
     code = "import sys, tcm_serve.client; print(sorted(m for m in ('torch', 'numpy', 'PIL', 'onnxruntime') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)
+
+
+def test_effort_is_sent_only_when_asked_for():
+    """``effort=`` reaches /compress as the ``effort`` query parameter; effort 0 sends none,
+    so the client keeps working against services older than the parameter."""
+    seen: list[dict[str, str]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(dict(request.url.params))
+        return httpx.Response(200, headers=TCM_HEADERS, content=TCM)
+
+    with _client(answer) as c:
+        c.compress(PNG, quality=3, effort=2)
+        c.compress(PNG, quality=3)
+
+    async def run_async() -> None:
+        async with AsyncTcmClient("http://tcm.test", transport=httpx.MockTransport(answer)) as c:
+            await c.compress(PNG, effort=1)
+
+    anyio.run(run_async)
+    assert seen == [{"quality": "3", "effort": "2"}, {"quality": "3"}, {"effort": "1"}]

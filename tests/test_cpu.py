@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tcm_serve.cpu import cpu_budget, cpu_quota, cpus_available, prepare_threads
+from tcm_serve.cpu import SPIN_COUNT, cpu_budget, cpu_quota, cpus_available, prepare_threads
 
 
 def cgroup(root: Path, name: str, files: dict[str, str]) -> Path:
@@ -59,11 +59,13 @@ def test_prepare_threads_sets_only_what_the_user_did_not(tmp_path):
     quota = v2(tmp_path, "100000 100000")  # one CPU
     env: dict[str, str] = {}
     changes = prepare_threads(env, quota)
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert env["GOMP_SPINCOUNT"] == str(SPIN_COUNT) and "OMP_WAIT_POLICY" not in env
     if cpus_available() > 1:
         assert env["OMP_NUM_THREADS"] == "1" and changes == env
     env = {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "3"}
     assert prepare_threads(env, quota) == {} and env == {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "3"}
+    env = {"GOMP_SPINCOUNT": "0", "OMP_NUM_THREADS": "3"}
+    assert prepare_threads(env, quota) == {}
     env = {"TCM_THREAD_TUNING": "0"}
     assert prepare_threads(env, quota) == {} and env == {"TCM_THREAD_TUNING": "0"}
     env = {}
@@ -71,14 +73,14 @@ def test_prepare_threads_sets_only_what_the_user_did_not(tmp_path):
     assert "OMP_NUM_THREADS" not in env  # no quota: OpenMP's own count (the affinity mask)
 
 
-def test_tcm_command_sets_passive_waiting_before_torch_loads():
-    """The command's process has OMP_WAIT_POLICY set by the time torch (and OpenMP) load."""
+def test_tcm_command_sets_the_spin_before_torch_loads():
+    """The command's process has GOMP_SPINCOUNT set by the time torch (and OpenMP) load."""
     code = (
         "import os, sys; from tcm_serve.cli.main import main; "
         "assert 'torch' not in sys.modules; "
         "rc = main(['models', 'list', '--json']); "
-        "print(os.environ.get('OMP_WAIT_POLICY'))"
+        "print(os.environ.get('GOMP_SPINCOUNT'))"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "TCM_THREAD_TUNING")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "TCM_THREAD_TUNING")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "PASSIVE"
+    assert out.stdout.strip().splitlines()[-1] == str(SPIN_COUNT)
