@@ -21,6 +21,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tcm_serve.api import create_app
+from tcm_serve.api import headers as tcm_headers
 from tcm_serve.api.errors import STATUS, status_for
 from tcm_serve.api.logs import JsonFormatter
 from tcm_serve.client import AsyncTcmClient, error_from_response
@@ -618,6 +619,10 @@ def test_models_and_probes(app, service_store):
     spec = get(app, "/openapi.json").json()
     assert {"/compress", "/decompress", "/v1/models", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
     assert set(spec["paths"]["/healthz"]) == {"get"}
+    compress = spec["paths"]["/compress"]["post"]
+    # every header the route answers with is documented, and so is every parameter it takes
+    assert set(compress["responses"]["200"]["headers"]) == set(tcm_headers.COMPRESS_HEADERS)
+    assert {p["name"] for p in compress["parameters"]} == {"quality", "drop_alpha", "bitstream", "effort"}
 
 
 def _families(text: str) -> dict:

@@ -155,6 +155,7 @@ COMPRESS_RESPONSES: dict[int | str, Doc] = {
             tcm_headers.WIDTH: _HEADER_INT,
             tcm_headers.HEIGHT: _HEADER_INT,
             tcm_headers.FORMAT_VERSION: {"type": "string", "enum": ["1", "2"]},
+            tcm_headers.EFFORT: _HEADER_INT,
         },
     ),
     **errors_doc(*CODEC_ERRORS),
