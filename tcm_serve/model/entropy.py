@@ -107,20 +107,12 @@ class EntropyBottleneck(nn.Module):
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (z_hat, likelihoods); uniform noise in training, rounding in eval."""
-        c = z.size(1)
-        perm = (1, 0) + tuple(range(2, z.dim()))
-        values = z.permute(*perm).contiguous()
-        shape = values.shape
-        values = values.reshape(c, 1, -1)
         if self.training:
-            outputs = values + torch.empty_like(values).uniform_(-0.5, 0.5)
+            z_hat = z + torch.empty_like(z).uniform_(-0.5, 0.5)
         else:
-            medians = self.medians()
-            outputs = torch.round(values - medians) + medians
-        likelihood = self.likelihood_lower_bound(self.likelihood(outputs))
-        outputs = outputs.reshape(shape).permute(*perm).contiguous()
-        likelihood = likelihood.reshape(shape).permute(*perm).contiguous()
-        return outputs, likelihood
+            medians = self.medians().reshape(1, -1, *([1] * (z.dim() - 2)))
+            z_hat = torch.round(z - medians) + medians
+        return z_hat, self.likelihood_at(z_hat)
 
     def likelihood_at(self, z_hat: Tensor) -> Tensor:
         """Bounded likelihoods of the quantised ``z_hat`` (N, C, H, W), differentiable in
