@@ -83,6 +83,7 @@ __all__ = [
     "ALLOWED_FORMATS",
     "DEFAULT_MAX_PIXELS",
     "DecodedImage",
+    "IMAGE_SUFFIXES",
     "decode_image",
     "read_image",
     "encode_png",
@@ -90,6 +91,8 @@ __all__ = [
 ]
 
 ALLOWED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "WEBP", "BMP", "TIFF"})
+#: File-name suffixes of those formats: what a folder walk (CLI inputs, datasets) picks up.
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 
 #: 40 megapixels. Covers 8K UHD (7680x4320 = 33.2 MP) and most camera sensors, keeps one
 #: decoded image at <= 120 MB as uint8 RGB (480 MB as the float32 tensor the model sees,

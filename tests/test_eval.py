@@ -409,6 +409,12 @@ def test_eval_bad_input_fails_in_one_line(kit_store, small_dataset, tmp_path, ca
         (["eval", str(small_dataset), "--effort", "0,9"], 2, "effort must be an integer from 0 to"),
         (["eval", str(small_dataset), "--codecs", "jpeg420", "--sweep", "webp=50"], 1, "webp is not in --codecs"),
         (
+            ["eval", str(small_dataset), "--store", str(kit_store), "--holdout", "--record"],
+            1,
+            "is reported, not recorded",
+        ),
+        (["eval", str(small_dataset), "--codecs", "jpeg420", "--holdout"], 1, "no held-out image under"),
+        (
             ["eval", str(small_dataset), "--codecs", "jpeg420", "--csv", str(tmp_path / "no" / "x.csv")],
             1,
             "does not exist",

@@ -13,10 +13,12 @@ import torch
 from PIL import Image
 
 from tcm_serve.errors import ConfigError
+from tcm_serve.evaluation.runner import load_dataset
 from tcm_serve.model.config import PRESETS, preset
 from tcm_serve.model.tcm import TCM
 from tcm_serve.store import ModelStore
 from tcm_serve.training.data import load_sources, random_batch
+from tcm_serve.training.photos import HOLDOUT_MODULUS, HOLDOUT_RULE, held_out, image_files, is_held_out, prepare_photo
 from tcm_serve.training.trainer import CHECKPOINT, TrainConfig, Trainer
 
 from helpers import SHARED
@@ -67,6 +69,44 @@ def test_data_loading_guards(photo_dir, tmp_path):
         load_sources([kodak], 256)
     with pytest.raises(ConfigError, match="no training image"):
         load_sources([photo_dir], 512)
+
+
+def test_the_holdout_is_never_trained_on_and_is_what_eval_scores(photo_dir, tmp_path):
+    # Membership depends on the file name only: "20.png" is held out wherever it lies, "2.png" never.
+    assert is_held_out(Path("20.png")) and is_held_out(Path("elsewhere/20.png"))
+    assert not is_held_out(Path("2.png"))
+    root = tmp_path / "set"
+    (root / "c").mkdir(parents=True)
+    wide = photo_dir / "b" / "0.png"  # 260x320: large enough to crop
+    for name in ("2.png", "20.png"):
+        (root / "c" / name).write_bytes(wide.read_bytes())
+    (sources,) = load_sources([root], 256)
+    assert len(sources.images) == 1  # 20.png is skipped
+    data = load_dataset(root, holdout=True)  # ... and is exactly what tcm eval --holdout scores
+    assert data.names == ("c/20.png",)
+    assert np.array_equal(data.images[0].pixels, prepare_photo(root / "c" / "20.png"))
+
+    # The shared training set: about a tenth of each folder is held out.
+    train = SHARED / "data" / "train"
+    if not train.is_dir():
+        pytest.skip("../shared/data/train is not here")
+    for folder in sorted(d for d in train.iterdir() if d.is_dir()):
+        files = image_files(folder)
+        assert 0 < len(held_out(files)) < 3 * len(files) / HOLDOUT_MODULUS, folder.name
+
+
+def test_a_run_from_before_the_holdout_is_not_resumed_with_it(photo_dir, tmp_path):
+    """A checkpoint whose record predates the hold-out trained on every photo: resuming it under
+    the hold-out would change its data mid-run, so it is refused with the setting that differs."""
+    t = Trainer(tiny_config(photo_dir, 1), tmp_path, torch.device("cpu"))
+    t.start()
+    t.run(checkpoint_every=100)
+    assert t.cfg.holdout == HOLDOUT_RULE
+    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    del ckpt["training"]["holdout"]
+    torch.save(ckpt, tmp_path / CHECKPOINT)
+    with pytest.raises(ConfigError, match="holdout='none'"):
+        Trainer(tiny_config(photo_dir, 2), tmp_path, torch.device("cpu")).start()
 
 
 def test_stopped_and_resumed_run_equals_uninterrupted(photo_dir, tmp_path):

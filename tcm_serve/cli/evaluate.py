@@ -123,6 +123,12 @@ def add_parsers(sub) -> None:
         "BD-rate against effort 0, which always runs (default: 0)",
     )
     e.add_argument("--limit", type=positive_int, metavar="N", help="only the first N images (in name order)")
+    e.add_argument(
+        "--holdout",
+        action="store_true",
+        help="DATASET is a training set (e.g. ../shared/data/train): score its held-out tenth, which tcm train "
+        "never uses, prepared as training prepares a photo (docs/training.md)",
+    )
     add_device_option(e, "for our models: ")
     e.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     e.add_argument("--anchor", default="jpeg420", help="codec the BD-rates are measured against (default: jpeg420)")
@@ -208,6 +214,8 @@ def _validate(args) -> None:
         raise EvalError("--effort codes our models, but tcm is not in --codecs")
     if args.record and OURS not in args.codecs:
         raise EvalError("--record stores our models' results, but tcm is not in --codecs")
+    if args.record and args.holdout:
+        raise EvalError("--record keeps the store's benchmark figures (Kodak); the hold-out is reported, not recorded")
     if args.plot:
         rep.require_matplotlib()
     for path, what in ((args.csv, "csv"), (args.json, "json"), (args.plot, "plot")):
@@ -278,7 +286,7 @@ def cmd_eval(args) -> int:
 
     _validate(args)
     notes: list[str] = []
-    data = load_dataset(args.dataset, args.limit)
+    data = load_dataset(args.dataset, args.limit, holdout=args.holdout)
     if max(args.effort) > 0:  # an image too large to search for fails now, not hours in
         from ..codec.effort import check_effort_size
         from ..codec.pipeline import image_geometry

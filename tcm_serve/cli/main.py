@@ -21,7 +21,7 @@ from typing import NoReturn
 from ..cpu import prepare_threads
 from ..errors import TcmError, is_out_of_memory
 from ..files import atomic_write
-from ..imageio import DEFAULT_MAX_PIXELS
+from ..imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from .argtypes import (
     add_backend_option,
     add_bitstream_option,
@@ -40,7 +40,6 @@ from .argtypes import (
 #: and every parser it adds sets ``handler`` (via ``set_defaults``) to a function of ``args``.
 EXTENSIONS = ("serve", "train", "evaluate", "onnx")
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 

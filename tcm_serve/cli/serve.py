@@ -192,7 +192,8 @@ def _stop_when_pool_fails(server, pool, gave_up: list[str], interval_s: float = 
 def cmd_remote(args) -> int:
     from ..client import TcmClient
     from ..files import atomic_write
-    from .main import IMAGE_SUFFIXES, _expand, _output_paths, _Progress
+    from ..imageio import IMAGE_SUFFIXES
+    from .main import _expand, _output_paths, _Progress
 
     compress = args.remote_command == "compress"
     files = _expand(args.inputs, IMAGE_SUFFIXES if compress else {".tcm"})

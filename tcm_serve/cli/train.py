@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..training.photos import MAX_SIDE
 from .argtypes import (
     add_device_option,
     non_negative_float,
@@ -48,7 +49,9 @@ def add_parsers(sub) -> None:
     t.add_argument("--clip", type=non_negative_float, default=1.0, help="gradient-norm clip (0 disables; default 1.0)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init", metavar="CHECKPOINT", help="start from these weights (fine-tuning to another lambda)")
-    t.add_argument("--max-side", type=positive_int, default=1024, help="downscale photos whose short side exceeds this")
+    t.add_argument(
+        "--max-side", type=positive_int, default=MAX_SIDE, help="downscale photos whose short side exceeds this"
+    )
     t.add_argument("--checkpoint-every", type=positive_int, default=50)
     t.add_argument("--log-every", type=positive_int, default=10)
     t.add_argument("--val", metavar="DIR", help="images to report forward-pass bpp/PSNR on (never trained on)")
@@ -108,7 +111,7 @@ def _val_images(folder: str, count: int) -> list:
     import torch
     from PIL import Image
 
-    from ..training.data import image_files
+    from ..training.photos import image_files
 
     files = image_files(Path(folder))[:count]
     if not files:

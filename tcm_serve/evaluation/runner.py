@@ -23,13 +23,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import TcmError
-from ..imageio import DecodedImage, read_image
+from ..imageio import IMAGE_SUFFIXES, DecodedImage, read_image
 from . import baselines
 from .bdrate import DEFAULT_BD_METHOD, BDError, BDPackageMissing, bd_rate, package
 from .metrics import MS_SSIM_MIN_SIDE, ms_ssim, psnr
 
-#: File types a dataset folder may hold (others, e.g. README.md, are ignored).
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 #: Codec name of our models in every table.
 OURS = "tcm"
 
@@ -63,11 +61,14 @@ class Dataset:
         return len(self.names)
 
 
-def load_dataset(root: str | os.PathLike, limit: int | None = None) -> Dataset:
-    """The images directly inside ``root`` in name order (the first ``limit`` of them)."""
+def load_dataset(root: str | os.PathLike, limit: int | None = None, *, holdout: bool = False) -> Dataset:
+    """The images directly inside ``root`` in name order (the first ``limit`` of them); with
+    ``holdout``, the training hold-out under ``root`` instead (:func:`load_holdout`)."""
     folder = Path(root)
     if not folder.is_dir():
         raise EvalError(f"dataset {folder} is not a directory")
+    if holdout:
+        return load_holdout(folder, limit)
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise EvalError(f"dataset {folder} holds no images ({'/'.join(sorted(IMAGE_SUFFIXES))})")
@@ -80,6 +81,27 @@ def load_dataset(root: str | os.PathLike, limit: int | None = None) -> Dataset:
         except TcmError as exc:
             raise type(exc)(f"{f}: {exc}") from None
     return Dataset(folder, tuple(f.name for f in files), tuple(images))
+
+
+def load_holdout(root: Path, limit: int | None = None) -> Dataset:
+    """The held-out photos of a training set (``training/holdout.py``), each prepared as
+    ``tcm train`` prepares a photo (EXIF orientation, integer downscale to a short side of
+    1024), named by their path under ``root`` in name order."""
+    from ..training.photos import HOLDOUT_RULE, MAX_SIDE, held_out, image_files, prepare_photo
+
+    files = held_out(image_files(root))
+    if not files:
+        raise EvalError(f"no held-out image under {root} (rule: {HOLDOUT_RULE})")
+    if limit is not None:
+        files = files[:limit]
+    images = []
+    for f in files:
+        try:
+            pixels = prepare_photo(f, MAX_SIDE)
+        except (OSError, ValueError) as exc:
+            raise EvalError(f"{f}: cannot read image: {exc}") from None
+        images.append(DecodedImage(pixels, "RGB", "holdout"))
+    return Dataset(root, tuple(f.relative_to(root).as_posix() for f in files), tuple(images))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ resumed run sees exactly the crops an uninterrupted one would have seen.
 
 Sampling picks a source folder uniformly, then an image in it, so a folder of 200 small
 photos does not drown a folder of 40 large ones (the training README asks to mix sources).
+The hold-out (``photos.py``) is skipped here, the one place training images are chosen.
 """
 
 from __future__ import annotations
@@ -16,13 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 
 from ..errors import ConfigError
+from .photos import MAX_SIDE, image_files, prepare_photo, trainable
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 #: Smallest crop: the shifted-window blocks need latents of at least 2 windows per side.
 MIN_CROP = 256
 
@@ -35,28 +34,12 @@ class Source:
     images: tuple[torch.Tensor, ...]  # each (3, H, W) uint8, both sides >= crop
 
 
-def _downscale_factor(width: int, height: int, max_side: int) -> int:
-    """Integer factor bringing the short side to at most ``max_side`` (big wallpapers
-    carry JPEG artefacts and repeat themselves at full size; downscaling fixes both)."""
-    short = min(width, height)
-    return max(1, -(-short // max_side)) if short > max_side else 1
-
-
 def load_image(path: Path, crop: int, max_side: int) -> torch.Tensor | None:
     """Decode one photo as (3, H, W) uint8; None when it is smaller than a crop."""
-    with Image.open(path) as src:
-        im = ImageOps.exif_transpose(src).convert("RGB")
-        f = _downscale_factor(im.width, im.height, max_side)
-        if f > 1:
-            im = im.resize((im.width // f, im.height // f), Image.Resampling.LANCZOS)
-        if min(im.width, im.height) < crop:
-            return None
-        return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).contiguous()
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files anywhere under ``folder`` (sorted: the order is part of reproducibility)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    pixels = prepare_photo(path, max_side)
+    if min(pixels.shape[:2]) < crop:
+        return None
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 def sources_under(root: Path) -> list[Path]:
@@ -66,8 +49,9 @@ def sources_under(root: Path) -> list[Path]:
     return subs or [root]
 
 
-def load_sources(roots: Sequence[str | os.PathLike[str]], crop: int, max_side: int = 1024) -> list[Source]:
-    """Decode every usable image under ``roots``; refuse Kodak and empty datasets."""
+def load_sources(roots: Sequence[str | os.PathLike[str]], crop: int, max_side: int = MAX_SIDE) -> list[Source]:
+    """Decode every usable image under ``roots`` outside the hold-out; refuse Kodak and
+    empty datasets."""
     if crop < MIN_CROP:
         raise ConfigError(
             f"crop must be at least {MIN_CROP} (smaller crops break the shifted-window blocks), got {crop}"
@@ -80,7 +64,8 @@ def load_sources(roots: Sequence[str | os.PathLike[str]], crop: int, max_side: i
         if "kodak" in root.resolve().as_posix().lower():
             raise ConfigError(f"refusing to train on {root}: Kodak is the test set")
         for folder in sources_under(root):
-            images = tuple(t for t in (load_image(p, crop, max_side) for p in image_files(folder)) if t is not None)
+            files = trainable(image_files(folder))
+            images = tuple(t for t in (load_image(p, crop, max_side) for p in files) if t is not None)
             if images:
                 sources.append(Source(folder.name, images))
     if not sources:

@@ -37,6 +37,7 @@ from ..model.config import TCMConfig
 from ..model.objective import rate_distortion
 from ..model.tcm import TCM
 from .data import Source, load_sources, random_batch
+from .photos import HOLDOUT_RULE, MAX_SIDE, NO_HOLDOUT
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train.log"
@@ -60,11 +61,13 @@ class TrainConfig:
     clip: float = 1.0
     seed: int = 0
     init: str | None = None  # weights a fine-tune started from
-    max_side: int = 1024
+    max_side: int = MAX_SIDE
     #: "fp32", or "bf16": the analysis/synthesis transforms run under bfloat16 autocast
     #: (1.42x faster steps on this CPU for the lite preset, docs/training.md; the entropy model and
     #: validation stay float32).
     precision: str = "fp32"
+    #: Which photos were set aside (photos.py); records older than the hold-out say "none".
+    holdout: str = HOLDOUT_RULE
 
     #: Fields that may change when a run is resumed (extending it, adjusting its schedule,
     #: or switching precision: the weights and optimiser state are float32 either way).
@@ -128,7 +131,7 @@ class Trainer:
         return path
 
     def restore(self, ckpt: dict) -> None:
-        old = TrainConfig(**ckpt["training"])
+        old = TrainConfig(**{"holdout": NO_HOLDOUT, **ckpt["training"]})
         for name in asdict(self.cfg):
             if name not in TrainConfig.RESUMABLE_CHANGES and getattr(old, name) != getattr(self.cfg, name):
                 raise ConfigError(
