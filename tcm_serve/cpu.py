@@ -32,6 +32,11 @@ from collections.abc import MutableMapping
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+CPUINFO = Path("/proc/cpuinfo")
+#: Linux flags of the instructions that compute in bfloat16 natively (x86, and Arm's
+#: ``bf16``); without them, torch emulates bfloat16 on the CPU (measured 5-8x slower than
+#: float32 for a training step).
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 #: Turns an idle libgomp thread spins before it sleeps (libgomp's default: 300,000).
 SPIN_COUNT = 1000
 
@@ -116,3 +121,28 @@ def prepare_threads(
             changes["OMP_NUM_THREADS"] = str(budget)
     env.update(changes)
     return changes
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (x86 ``flags``, Arm ``Features``);
+    empty where there is no such file."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def bf16_warning(cpuinfo: Path = CPUINFO) -> str | None:
+    """Why bfloat16 work will be slow on this CPU, or None when it has bfloat16 instructions
+    (or says nothing about its flags)."""
+    flags = cpu_flags(cpuinfo)
+    if not flags or flags & BF16_FLAGS:
+        return None
+    return (
+        "this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16), so torch emulates them: "
+        "--precision bf16 is several times slower than fp32 here (docs/training.md)"
+    )

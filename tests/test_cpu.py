@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tcm_serve.cpu import SPIN_COUNT, cpu_budget, cpu_quota, cpus_available, prepare_threads
+from tcm_serve.cpu import SPIN_COUNT, bf16_warning, cpu_budget, cpu_flags, cpu_quota, cpus_available, prepare_threads
 
 
 def cgroup(root: Path, name: str, files: dict[str, str]) -> Path:
@@ -84,3 +84,19 @@ def test_tcm_command_sets_the_spin_before_torch_loads():
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "TCM_THREAD_TUNING")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip().splitlines()[-1] == str(SPIN_COUNT)
+
+
+def test_bf16_warning_only_where_the_cpu_lacks_bfloat16_instructions(tmp_path):
+    """An AVX2-only CPU ran a bf16 training step ~8x slower than fp32 (docs/training.md):
+    tcm train says so. Flags are read as Linux writes them; no file means no opinion."""
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert cpu_flags(info) == {"fpu", "sse2", "avx2", "fma"}
+    assert "no bfloat16 instructions" in bf16_warning(info)
+    info.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert bf16_warning(info) is None
+    info.write_text("Features\t: fp asimd bf16\n")  # Arm's name for it
+    assert bf16_warning(info) is None
+    info.write_text("Features\t: fp asimd\n")
+    assert bf16_warning(info) is not None
+    assert cpu_flags(tmp_path / "missing") == frozenset() and bf16_warning(tmp_path / "missing") is None

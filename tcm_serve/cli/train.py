@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ..training.photos import MAX_SIDE
@@ -128,6 +129,7 @@ def _val_images(folder: str, count: int) -> list:
 def cmd_train(args) -> int:
     import torch
 
+    from ..cpu import bf16_warning
     from ..devices import resolve_device, set_reproducible_kernels
     from ..training.trainer import LOG, TrainConfig, Trainer, forward_validator, text_progress
 
@@ -135,6 +137,8 @@ def cmd_train(args) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     set_reproducible_kernels(device)
+    if args.precision == "bf16" and device.type == "cpu" and (why := bf16_warning()):
+        print(f"tcm train: warning: {why}", file=sys.stderr, flush=True)
     cfg = TrainConfig(
         arch=_arch(args),
         lmbda=args.lmbda,

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..cpu import cpu_flags
 from ..errors import ConfigError, StoreError
 from ..files import atomic_write_text, atomic_writer
 from ..model.tcm import TCM
@@ -275,21 +276,10 @@ def runtime_key(device: torch.device) -> str:
     AVX-512), so a machine of another kind, or a new onnxruntime, optimises its own."""
     import onnxruntime as ort
 
-    what = [ort.__version__, str(device), platform.machine(), _cpu_flags()]
+    # flags: '' where Linux does not report them; the key then names the architecture only,
+    # and a cache shared across unlike machines must not be used
+    what = [ort.__version__, str(device), platform.machine(), " ".join(sorted(cpu_flags()))]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:12]
-
-
-def _cpu_flags() -> str:
-    """The CPU's feature flags as Linux reports them ('' elsewhere: the key then names the
-    architecture only, and a cache shared across unlike machines must not be used)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return " ".join(sorted(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return ""
 
 
 def optimized_path(gs: GraphSet, name: str, key: str) -> Path:
