@@ -146,6 +146,22 @@ def test_compress_with_effort(app, service_images, monkeypatch):
     assert "effort 0" in body["detail"]
 
 
+def test_compare_with_effort(app, service_images, monkeypatch):
+    """/compare takes the same ``effort`` as /compress (the web page's control): its blob is
+    /compress's at that effort, the report says which, and the same limits hold."""
+    data = service_images["rgb200x136"]
+    assert get(app, "/v1/models").json()["max_effort"] == 1  # what the page offers
+    r = post(app, "/compare?quality=3&effort=1", data)
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert report["effort"] == 1
+    assert base64.b64decode(report["tcm"]["blob_base64"]) == post(app, "/compress?quality=3&effort=1", data).content
+    assert post(app, "/compare?quality=3", data).json()["effort"] == 0
+    assert "TCM_MAX_EFFORT" in assert_error(post(app, "/compare?effort=2", data), 422, "bad_parameter")["detail"]
+    monkeypatch.setattr(effort_module, "MAX_EFFORT_PIXELS", 128 * 128)
+    assert_error(post(app, "/compare?effort=1", data), 413)
+
+
 def test_decompress_round_trip_keeps_mode_and_size(app, service_images, local_model):
     for name in ("rgb300x260", "gray64"):
         blob = post(app, "/compress", service_images[name]).content

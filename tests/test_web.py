@@ -177,6 +177,34 @@ def test_compare_a_kodak_photo(page, web_server, kodak_dir, tmp_path):
     assert _download_size(page, "#download-png") > 0 and not page.is_visible("#error")
 
 
+def test_compare_with_encoder_effort(page, web_server, kodak_dir, tmp_path):
+    """The effort control offers 0 up to the service's limit (TCM_MAX_EFFORT, 1 by default), the
+    comparison says which effort made it, and its .tcm is the one the API makes at that effort
+    (the search is repeatable), which differs from effort 0's and decodes through the page."""
+    from PIL import Image
+
+    assert page.is_visible("#effort")
+    assert page.eval_on_selector("#effort", "s => [...s.options].map(o => o.value)") == ["0", "1"]
+    crop = tmp_path / "kodim23-crop.png"
+    Image.open(kodak_dir / "kodim23.png").convert("RGB").crop((220, 120, 476, 376)).save(crop)
+    page.select_option("#quality", "2")
+    page.select_option("#effort", "1")
+    page.set_input_files("#file", str(crop))
+    page.wait_for_function(
+        "document.getElementById('result-title').textContent.includes('quality 2, effort 1:')", timeout=WAIT_MS
+    )
+    blob_size = _download_size(page, "#download-tcm")
+    url = web_server.url + "/compress?quality=2"
+    searched = httpx.post(url + "&effort=1", content=crop.read_bytes(), timeout=120)
+    assert searched.headers["X-TCM-Effort"] == "1" and len(searched.content) == blob_size
+    plain = httpx.post(url, content=crop.read_bytes(), timeout=120).content
+    assert plain != searched.content
+    tcm_path = tmp_path / "crop.tcm"
+    tcm_path.write_bytes(searched.content)
+    page.set_input_files("#file", str(tcm_path))
+    page.wait_for_function("document.getElementById('result-title').textContent.startsWith('Decoded')", timeout=WAIT_MS)
+
+
 def test_errors_show_the_apis_message(page, web_server, tmp_path):
     """A bad file and a too-large image show the API's one-line message; the page still works."""
     bad = tmp_path / "bad.png"
@@ -255,7 +283,8 @@ def test_api_docs_work_offline(page, web_server):
 
 
 def test_a_service_with_api_keys_asks_for_one(browser, tmp_path_factory, kodak_dir):
-    """With keys on, the page asks for one (the API's 401), then works with it."""
+    """With keys on, the page asks for one (the API's 401), then works with it. (This service
+    takes no encoder effort: the page offers none.)"""
     key = "k" * 24 + "-page-test"
     keys = tmp_path_factory.mktemp("keys") / "api-keys"
     keys.write_text(key + "\n")
@@ -266,6 +295,8 @@ def test_a_service_with_api_keys_asks_for_one(browser, tmp_path_factory, kodak_d
         "2",
         "--api-keys-file",
         str(keys),
+        "--max-effort",
+        "0",
     )
     try:
         srv.wait_ready()
@@ -280,6 +311,7 @@ def test_a_service_with_api_keys_asks_for_one(browser, tmp_path_factory, kodak_d
         pg.fill("#api-key", key)
         pg.click("#auth button")
         pg.wait_for_function("document.getElementById('quality').options.length === 1", timeout=WAIT_MS)
+        assert not pg.is_visible("#effort") and not pg.is_visible("#effort-label")  # this service takes no effort
         pg.set_input_files("#file", str(kodak_dir / "kodim05.png"))
         pg.wait_for_selector("#viewer:not([hidden])", timeout=WAIT_MS)
         assert not pg.is_visible("#error") and not pg.is_visible("#auth")

@@ -36,9 +36,10 @@ _CODEC_FIELDS = {
 #: OpenAPI schema of the answer (docs/service.md describes the fields).
 COMPARE_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["quality", "width", "height", "mode", "original_png_base64", "tcm", "codecs", "unavailable"],
+    "required": ["quality", "effort", "width", "height", "mode", "original_png_base64", "tcm", "codecs", "unavailable"],
     "properties": {
         "quality": {"type": "integer"},
+        "effort": {"type": "integer"},
         "width": {"type": "integer"},
         "height": {"type": "integer"},
         "mode": {"type": "string", "enum": ["L", "RGB"]},
@@ -100,6 +101,7 @@ class CodedResult:
 
     image: DecodedImage
     quality: int
+    effort: int
     compressed: Compressed
     decoded: Decompressed
     compress_seconds: float
@@ -114,6 +116,7 @@ def comparison_report(result: CodedResult, check_time: Callable[[], None]) -> di
     classics, unavailable = at_equal_size(original, budget, check_time=check_time)
     return {
         "quality": result.quality,
+        "effort": result.effort,
         "width": result.image.width,
         "height": result.image.height,
         "mode": result.image.mode,

@@ -38,9 +38,13 @@ _BINARY: Doc = {"type": "string", "format": "binary"}
 
 MODELS_SCHEMA: Doc = {
     "type": "object",
-    "required": ["default_quality", "qualities", "devices", "max_batch_size", "ready", "models"],
+    "required": ["default_quality", "max_effort", "qualities", "devices", "max_batch_size", "ready", "models"],
     "properties": {
         "default_quality": {"type": "integer"},
+        "max_effort": {
+            "type": "integer",
+            "description": "the highest encoder effort this service takes (TCM_MAX_EFFORT)",
+        },
         "qualities": {"type": "array", "items": {"type": "integer"}},
         "devices": {"type": "array", "items": {"type": "string"}},
         "max_batch_size": {"type": "integer"},

@@ -58,7 +58,7 @@ Bitstream = Annotated[
 
 #: The query parameters each route takes (any other is refused: see :func:`only_query`).
 _COMPRESS_QUERY = frozenset({"quality", "drop_alpha", "bitstream", "effort"})
-_COMPARE_QUERY = frozenset({"quality", "drop_alpha"})
+_COMPARE_QUERY = frozenset({"quality", "drop_alpha", "effort"})
 _DECOMPRESS_QUERY: frozenset[str] = frozenset()
 
 
@@ -182,22 +182,25 @@ def _check_deadline(deadline: float, timeout_s: float) -> None:
         raise DeadlineExceededError(f"the comparison did not finish within {timeout_s:g} s")
 
 
-async def _code_and_decode(request: Request, state: ApiState, q: int, deadline: float, drop_alpha: bool) -> CodedResult:
-    """The image, compressed at ``q`` (portable) and decoded again, with the time of each."""
+async def _code_and_decode(
+    request: Request, state: ApiState, q: int, effort: int, deadline: float, drop_alpha: bool
+) -> CodedResult:
+    """The image, compressed at ``q`` and ``effort`` (portable) and decoded again, with the
+    time of each."""
     pool, settings, ctx = state.pool, state.settings, _ctx(request)
     # both queue places up front: a full queue refuses before any model work
     with pool.reserve() as compress_slot, pool.reserve() as decompress_slot:
         max_pixels = min(settings.max_pixels, settings.compare_max_pixels)
         image = await _read_image(request, state, deadline, drop_alpha, max_pixels)
         t0 = time.monotonic()
-        job = pool.submit_compress(image, q, deadline, compress_slot, "portable")
+        job = pool.submit_compress(image, q, deadline, compress_slot, "portable", effort)
         compressed = await _await_job(pool, job, ctx)
         compress_s = time.monotonic() - t0
         t0 = time.monotonic()
         job = pool.submit_decompress(compressed.blob, compressed.header, deadline, decompress_slot)
         decoded = await _await_job(pool, job, ctx)
         decompress_s = time.monotonic() - t0
-    return CodedResult(image, q, compressed, decoded, compress_s, decompress_s)
+    return CodedResult(image, q, effort, compressed, decoded, compress_s, decompress_s)
 
 
 async def _comparison_body(
@@ -218,15 +221,18 @@ async def _comparison_body(
     responses=COMPARE_RESPONSES,
     openapi_extra=IMAGE_BODY,
 )
-async def compare(request: Request, quality: Quality = None, drop_alpha: DropAlpha = False) -> Response:
+async def compare(
+    request: Request, quality: Quality = None, drop_alpha: DropAlpha = False, effort: Effort = 0
+) -> Response:
     state, ctx = ApiState.of(request), _ctx(request)
     only_query(request, _COMPARE_QUERY)
     q = state.pool.check_quality(quality)
+    state.pool.check_effort(effort)  # before the body is read
     ctx.quality = q
     deadline = ctx.start + state.settings.request_timeout_s
     check_time = partial(_check_deadline, deadline, state.settings.request_timeout_s)
     async with _compare_slot(state):
-        result = await _code_and_decode(request, state, q, deadline, drop_alpha)
+        result = await _code_and_decode(request, state, q, effort, deadline, drop_alpha)
         body = await _comparison_body(state, result, check_time, deadline)
     return Response(body, media_type="application/json")
 

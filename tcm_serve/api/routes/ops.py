@@ -23,6 +23,7 @@ async def models(request: Request) -> dict[str, Any]:
     pool = ApiState.of(request).pool
     return {
         "default_quality": pool.default_quality,
+        "max_effort": pool.settings.max_effort,
         "qualities": pool.qualities,
         "devices": [str(d) for d in pool.devices],
         "max_batch_size": pool.max_batch_size,

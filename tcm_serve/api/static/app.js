@@ -118,11 +118,25 @@ async function loadQualities() {
       option.selected = m.quality === models.default_quality;
       select.add(option);
     }
+    showEfforts(models.max_effort || 0);
   } catch (err) {
     if (err.code === "unauthorized") return showError(err.message);  // the key prompt retries
     showError(`${err.message} (quality levels: retrying)`);
     setTimeout(loadQualities, 3000);
   }
+}
+
+// Encoder effort 0..the service's limit; no control at all when the service takes none.
+function showEfforts(maxEffort) {
+  const select = $("effort");
+  const chosen = select.value;
+  select.innerHTML = "";
+  for (let e = 0; e <= maxEffort; e++) {
+    const option = new Option(e === 0 ? "0 (fastest)" : String(e), e);
+    option.selected = String(e) === chosen;
+    select.add(option);
+  }
+  select.hidden = $("effort-label").hidden = maxEffort === 0;
 }
 
 // -- input ----------------------------------------------------------------------------------
@@ -204,7 +218,8 @@ function showComparison(report) {
   resetUrls();
   const tcm = report.tcm;
   $("result-title").textContent =
-    `${report.width} x ${report.height}, quality ${report.quality}: ` +
+    `${report.width} x ${report.height}, quality ${report.quality}` +
+    (report.effort ? `, effort ${report.effort}` : "") + ": " +
     `compressed in ${tcm.compress_seconds.toFixed(2)} s, decoded in ${tcm.decompress_seconds.toFixed(2)} s`;
   const body = $("stats").tBodies[0];
   body.innerHTML = "";
@@ -246,6 +261,7 @@ async function compare() {
   try {
     const params = new URLSearchParams();
     if ($("quality").value) params.set("quality", $("quality").value);
+    if (Number($("effort").value) > 0) params.set("effort", $("effort").value);
     if ($("drop-alpha").checked) params.set("drop_alpha", "true");
     const response = await call(`/compare?${params}`, {
       method: "POST", body: file, signal: req.signal,
