@@ -10,7 +10,9 @@ Each arm codes the same Kodak images with one command each way, model load inclu
   a service or a second command finds them).
 
 Arms alternate within every round, so load on a shared machine hits all alike; the report
-gives medians and each arm's speed-up over the reference. Weights: the bundled store's level
+gives medians and each arm's speed-up over the reference. Every arm gets ``--threads``
+threads; each keeps its own OpenMP wait settings, as its users get them (``tcm`` sets a short
+spin, tcm_serve/cpu.py; the reference runs with the library's defaults). Weights: the bundled store's level
 (``--preset lite``) or a fixed random initialisation of the official-small layout (timing
 depends on the architecture, not on the values), the same file for every arm.
 
@@ -46,16 +48,23 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
 
 
 def weights(preset_name: str, quality: int, work: Path) -> tuple[str, str, int]:
-    """(checkpoint for the reference, store for ours, quality) holding the same weights."""
-    if preset_name == "lite":
-        sys.path.insert(0, str(ROOT))
-        from tcm_serve.store import DEFAULT_STORE, ModelStore
-
-        entry = ModelStore(DEFAULT_STORE).entry(quality)
-        return str(Path(DEFAULT_STORE) / entry.file), str(DEFAULT_STORE), quality
+    """(checkpoint for the reference, store for ours, quality) holding the same weights; the
+    reference's checkpoint has no entropy tables, like the official ones."""
     import torch
 
     sys.path.insert(0, str(ROOT))
+    from tcm_serve.model.checkpoint import TABLE_BUFFERS
+
+    if preset_name == "lite":
+        from tcm_serve.store import DEFAULT_STORE, ModelStore
+
+        store = ModelStore(DEFAULT_STORE)
+        state = store.load_model(store.entry(quality)).state_dict()
+        # as an official checkpoint: no entropy tables, so the reference's update() builds them
+        checkpoint = work / f"lite-q{quality}.pt"
+        torch.save({k: torch.empty(0) if k in TABLE_BUFFERS else v for k, v in state.items()}, checkpoint)
+        return str(checkpoint), str(DEFAULT_STORE), quality
+
     from tcm_serve.model.config import preset
     from tcm_serve.model.tcm import TCM
 

@@ -1,8 +1,9 @@
 """The reference procedure as whole commands, the baseline of benchmarks/bench_commands.py.
 
 What a user of the official code runs to code images: a process that loads the checkpoint
-(``torch.load``, ``load_state_dict``, then ``update()``, which builds the CDF tables at every
-start), pads each image to a multiple of 64, runs the official ``compress``
+(``torch.load``, ``load_state_dict``, then ``update()``, which builds the CDF tables when the
+checkpoint has none, as the official ones have none), pads each image (centred) to a
+multiple of 128 as the official evaluation script does, runs the official ``compress``
 (benchmarks/reference_procedure.py) and writes the strings; another process reads them, runs
 the official ``decompress``, crops and writes a PNG. The networks are this project's modules
 with the reference's attention (the same arithmetic as the official class); the file layout
@@ -31,8 +32,8 @@ from tcm_serve.model.checkpoint import load_into, read_state_dict
 from tcm_serve.model.config import preset
 from tcm_serve.model.tcm import TCM
 
-#: The official code pads to a multiple of 2**6.
-PAD_TO = 64
+#: The official evaluation script pads (centred) to a multiple of 128.
+PAD_TO = 128
 
 
 def load(checkpoint: str, preset_name: str) -> TCM:

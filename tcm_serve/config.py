@@ -131,8 +131,8 @@ class Settings(CodecSettings):
         DEFAULT_MAX_EFFORT,
         ge=0,
         le=MAX_EFFORT,
-        description="highest encoder effort /compress accepts (422 above): each level doubles the encode work, "
-        "about 10 s per Kodak image at effort 1 with the bundled models on 2 cores (docs/codec.md, Encoder effort)",
+        description="highest encoder effort /compress and /compare accept (422 above): level N runs 8 x 2^(N-1) "
+        "search steps, about 10 s per Kodak image at effort 1 with the bundled models on 2 cores (docs/codec.md, Encoder effort)",
     )
     compare_max_pixels: int = Field(
         4_000_000,

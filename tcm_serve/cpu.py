@@ -34,8 +34,8 @@ from pathlib import Path
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPUINFO = Path("/proc/cpuinfo")
 #: Linux flags of the instructions that compute in bfloat16 natively (x86, and Arm's
-#: ``bf16``); without them, torch emulates bfloat16 on the CPU (measured 5-8x slower than
-#: float32 for a training step).
+#: ``bf16``); without them, torch emulates bfloat16 on the CPU (measured 10x slower than
+#: float32 for a training step, docs/training.md).
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 #: Turns an idle libgomp thread spins before it sleeps (libgomp's default: 300,000).
 SPIN_COUNT = 1000
@@ -143,6 +143,6 @@ def bf16_warning(cpuinfo: Path = CPUINFO) -> str | None:
     if not flags or flags & BF16_FLAGS:
         return None
     return (
-        "this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16), so torch emulates them: "
-        "--precision bf16 is several times slower than fp32 here (docs/training.md)"
+        "this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16; bf16 on Arm), so torch emulates them: "
+        "--precision bf16 was measured 10x slower than fp32 on such a CPU (docs/training.md)"
     )

@@ -158,6 +158,20 @@ def test_compare_with_effort(app, service_images, monkeypatch):
     assert base64.b64decode(report["tcm"]["blob_base64"]) == post(app, "/compress?quality=3&effort=1", data).content
     assert post(app, "/compare?quality=3", data).json()["effort"] == 0
     assert "TCM_MAX_EFFORT" in assert_error(post(app, "/compare?effort=2", data), 422, "bad_parameter")["detail"]
+    # the search leaves half the time left to the decode and the classic codecs' searches
+    pool, submitted = app.state.pool, []
+    real_submit = pool.submit_compress
+
+    def recording(image, q, deadline, *rest):
+        submitted.append((time.monotonic(), deadline, rest[-1]))
+        return real_submit(image, q, deadline, *rest)
+
+    monkeypatch.setattr(pool, "submit_compress", recording)
+    monkeypatch.setattr(app.state.settings, "request_timeout_s", 100.0)
+    assert post(app, "/compare?quality=3&effort=1", data).status_code == 200
+    assert post(app, "/compare?quality=3", data).status_code == 200
+    (t1, searched, e1), (t0, plain, e0) = submitted
+    assert (e1, e0) == (1, 0) and 45 < searched - t1 < 51 and 95 < plain - t0 <= 100
     monkeypatch.setattr(effort_module, "MAX_EFFORT_PIXELS", 128 * 128)
     assert_error(post(app, "/compare?effort=1", data), 413)
 
@@ -639,6 +653,9 @@ def test_models_and_probes(app, service_store):
     # every header the route answers with is documented, and so is every parameter it takes
     assert set(compress["responses"]["200"]["headers"]) == set(tcm_headers.COMPRESS_HEADERS)
     assert {p["name"] for p in compress["parameters"]} == {"quality", "drop_alpha", "bitstream", "effort"}
+    for route in ("/compress", "/compare"):  # the values this service takes, not the codec's range
+        params = {p["name"]: p["schema"] for p in spec["paths"][route]["post"]["parameters"]}
+        assert params["effort"]["maximum"] == 1 and params["quality"]["anyOf"][0]["enum"] == [2, 3]
 
 
 def _families(text: str) -> dict:

@@ -87,7 +87,7 @@ def test_tcm_command_sets_the_spin_before_torch_loads():
 
 
 def test_bf16_warning_only_where_the_cpu_lacks_bfloat16_instructions(tmp_path):
-    """An AVX2-only CPU ran a bf16 training step ~8x slower than fp32 (docs/training.md):
+    """An AVX2-only CPU ran a bf16 training step 10x slower than fp32 (docs/training.md):
     tcm train says so. Flags are read as Linux writes them; no file means no opinion."""
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu\n")

@@ -12,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tcm_serve.errors import ConfigError
+from tcm_serve.errors import ConfigError, ImageError
 from tcm_serve.evaluation.runner import load_dataset
 from tcm_serve.model.config import PRESETS, preset
 from tcm_serve.model.tcm import TCM
 from tcm_serve.store import ModelStore
 from tcm_serve.training.data import load_sources, random_batch
-from tcm_serve.training.photos import HOLDOUT_MODULUS, HOLDOUT_RULE, held_out, image_files, is_held_out, prepare_photo
+from tcm_serve.training.photos import HOLDOUT_MODULUS, HOLDOUT_RULE, held_out, image_files, is_held_out
 from tcm_serve.training.trainer import CHECKPOINT, TrainConfig, Trainer
 
 from helpers import SHARED
@@ -72,19 +72,34 @@ def test_data_loading_guards(photo_dir, tmp_path):
 
 
 def test_the_holdout_is_never_trained_on_and_is_what_eval_scores(photo_dir, tmp_path):
-    # Membership depends on the file name only: "20.png" is held out wherever it lies, "2.png" never.
-    assert is_held_out(Path("20.png")) and is_held_out(Path("elsewhere/20.png"))
-    assert not is_held_out(Path("2.png"))
+    # The split of the shared set is pinned: a change of the rule would move these photos.
+    held = ["12074.jpg", "img_011.png", "mate_FreshFlower.jpg", "plasma_EveningGlow.jpg"]
+    kept = ["12003.jpg", "img_012.png", "img_001.png", "100075.jpg"]
+    assert [is_held_out(Path(n)) for n in held + kept] == [True] * 4 + [False] * 4
+    # By the file name only, wherever it lies, and in one Unicode spelling.
+    assert is_held_out(Path("elsewhere/20.png")) and not is_held_out(Path("2.png"))
+    assert is_held_out(Path("cafe\u0301.png")) == is_held_out(Path("caf\u00e9.png"))
+
     root = tmp_path / "set"
     (root / "c").mkdir(parents=True)
     wide = photo_dir / "b" / "0.png"  # 260x320: large enough to crop
     for name in ("2.png", "20.png"):
         (root / "c" / name).write_bytes(wide.read_bytes())
-    (sources,) = load_sources([root], 256)
-    assert len(sources.images) == 1  # 20.png is skipped
+    Image.new("RGB", (2100, 1100), (90, 120, 200)).save(root / "c" / "21.png")  # held out, downscaled
+    other = tmp_path / "elsewhere"  # a linked source folder counts on both sides
+    other.mkdir()
+    (other / "1.png").write_bytes(wide.read_bytes())
+    (root / "linked").symlink_to(other, target_is_directory=True)
+
+    sources = load_sources([root], 256, max_side=1024)
+    assert [(s.name, len(s.images)) for s in sources] == [("c", 1)]  # only 2.png: the rest is held out
     data = load_dataset(root, holdout=True)  # ... and is exactly what tcm eval --holdout scores
-    assert data.names == ("c/20.png",)
-    assert np.array_equal(data.images[0].pixels, prepare_photo(root / "c" / "20.png"))
+    assert data.names == ("c/20.png", "c/21.png", "linked/1.png")
+    assert data.images[1].pixels.shape == (550, 1050, 3)  # prepared as training prepares it: factor 2
+
+    (root / "c" / "20.png").write_bytes(b"not a png")  # a broken photo is one line, not a traceback
+    with pytest.raises(ImageError, match="20.png: cannot use this photo"):
+        load_dataset(root, holdout=True)
 
     # The shared training set: about a tenth of each folder is held out.
     train = SHARED / "data" / "train"
@@ -105,7 +120,7 @@ def test_a_run_from_before_the_holdout_is_not_resumed_with_it(photo_dir, tmp_pat
     ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     del ckpt["training"]["holdout"]
     torch.save(ckpt, tmp_path / CHECKPOINT)
-    with pytest.raises(ConfigError, match="holdout='none'"):
+    with pytest.raises(ConfigError, match="holdout='none'.*cannot be resumed; fine-tune from it instead"):
         Trainer(tiny_config(photo_dir, 2), tmp_path, torch.device("cpu")).start()
 
 

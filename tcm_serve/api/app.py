@@ -41,7 +41,7 @@ from .auth import ApiKeyMiddleware, ApiKeys
 from .errors import install_error_handlers
 from .logs import RequestContextMiddleware
 from .metrics import Metrics
-from .openapi import publish_served_qualities
+from .openapi import publish_served_values
 from .pages import install_pages
 from .routes import ROUTERS
 from .state import ApiState, Threads
@@ -101,5 +101,5 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
     for router in ROUTERS:
         app.include_router(router)
     install_pages(app)
-    publish_served_qualities(app, lambda: state.pool.qualities)
+    publish_served_values(app, lambda: state.pool.qualities, settings.max_effort)
     return app

@@ -214,32 +214,43 @@ METRICS_RESPONSES: dict[int | str, Doc] = {
     },
 }
 
-#: The routes whose ``quality`` parameter is narrowed to the served levels.
+#: The routes whose ``quality`` and ``effort`` parameters are narrowed to what is served.
 _QUALITY_ROUTES = ("/compress", "/compare")
 
 
-def served_qualities_in_schema(schema: Doc, qualities: list[int]) -> Doc:
-    """Narrow ``quality`` from 1..255 to the levels this service actually serves, so that the
-    published schema says which values succeed (any other is a 422)."""
-    params = [p for route in _QUALITY_ROUTES for p in schema["paths"][route]["post"].get("parameters", [])]
-    for param in params:
-        if param.get("name") == "quality":
-            param["schema"] = {
-                "anyOf": [{"type": "integer", "enum": list(qualities)}, {"type": "null"}],
-                "description": param["schema"].get("description", ""),
-                "title": "Quality",
-            }
+def _route_params(schema: Doc, name: str) -> list[Doc]:
+    return [
+        p
+        for route in _QUALITY_ROUTES
+        for p in schema["paths"][route]["post"].get("parameters", [])
+        if p.get("name") == name
+    ]
+
+
+def served_values_in_schema(schema: Doc, qualities: list[int], max_effort: int) -> Doc:
+    """Narrow ``quality`` from 1..255 to the levels this service serves and ``effort`` from
+    the codec's levels to this service's limit (``TCM_MAX_EFFORT``), so that the published
+    schema says which values succeed (any other is a 422)."""
+    for param in _route_params(schema, "quality"):
+        param["schema"] = {
+            "anyOf": [{"type": "integer", "enum": list(qualities)}, {"type": "null"}],
+            "description": param["schema"].get("description", ""),
+            "title": "Quality",
+        }
+    for param in _route_params(schema, "effort"):
+        param["schema"] = {**param["schema"], "maximum": max_effort}
     return schema
 
 
-def publish_served_qualities(app: FastAPI, qualities: Callable[[], list[int]]) -> None:
-    """Make ``app.openapi()`` (built once, on first use) say which quality levels are served:
-    the levels are known only once the pool has read the model store."""
+def publish_served_values(app: FastAPI, qualities: Callable[[], list[int]], max_effort: int) -> None:
+    """Make ``app.openapi()`` (built once, on first use) say which quality levels are served
+    and how much effort is taken: the levels are known only once the pool has read the
+    model store."""
     generate = app.openapi
 
     def openapi() -> Doc:
         if app.openapi_schema is None:
-            app.openapi_schema = served_qualities_in_schema(generate(), qualities())
+            app.openapi_schema = served_values_in_schema(generate(), qualities(), max_effort)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

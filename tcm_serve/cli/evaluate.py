@@ -287,6 +287,13 @@ def cmd_eval(args) -> int:
     _validate(args)
     notes: list[str] = []
     data = load_dataset(args.dataset, args.limit, holdout=args.holdout)
+    if args.holdout:
+        from ..training.photos import HOLDOUT_RULE, MAX_SIDE
+
+        notes.append(
+            f"images: the training hold-out of {args.dataset} ({HOLDOUT_RULE}), each prepared as tcm train "
+            f"prepares a photo (EXIF orientation, downscaled to a short side of at most {MAX_SIDE})"
+        )
     if max(args.effort) > 0:  # an image too large to search for fails now, not hours in
         from ..codec.effort import check_effort_size
         from ..codec.pipeline import image_geometry

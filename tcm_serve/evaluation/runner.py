@@ -84,23 +84,19 @@ def load_dataset(root: str | os.PathLike, limit: int | None = None, *, holdout: 
 
 
 def load_holdout(root: Path, limit: int | None = None) -> Dataset:
-    """The held-out photos of a training set (``training/holdout.py``), each prepared as
-    ``tcm train`` prepares a photo (EXIF orientation, integer downscale to a short side of
-    1024), named by their path under ``root`` in name order."""
-    from ..training.photos import HOLDOUT_RULE, MAX_SIDE, held_out, image_files, prepare_photo
+    """The held-out photos of a training set (``training/photos.py``), found as ``tcm train``
+    walks it and each prepared as it prepares a photo (EXIF orientation, integer downscale to
+    a short side of 1024), named by their path under ``root``."""
+    from ..training.photos import HOLDOUT_RULE, MAX_SIDE, dataset_files, held_out, prepare_photo
 
-    files = held_out(image_files(root))
+    files = held_out(dataset_files(root))
     if not files:
         raise EvalError(f"no held-out image under {root} (rule: {HOLDOUT_RULE})")
     if limit is not None:
         files = files[:limit]
     images = []
     for f in files:
-        try:
-            pixels = prepare_photo(f, MAX_SIDE)
-        except (OSError, ValueError) as exc:
-            raise EvalError(f"{f}: cannot read image: {exc}") from None
-        images.append(DecodedImage(pixels, "RGB", "holdout"))
+        images.append(DecodedImage(prepare_photo(f, MAX_SIDE), "RGB", "holdout"))  # ImageError: one line
     return Dataset(root, tuple(f.relative_to(root).as_posix() for f in files), tuple(images))
 
 

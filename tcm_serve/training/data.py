@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from .photos import MAX_SIDE, image_files, prepare_photo, trainable
+from .photos import MAX_SIDE, image_files, prepare_photo, sources_under, trainable
 
 #: Smallest crop: the shifted-window blocks need latents of at least 2 windows per side.
 MIN_CROP = 256
@@ -40,13 +40,6 @@ def load_image(path: Path, crop: int, max_side: int) -> torch.Tensor | None:
     if min(pixels.shape[:2]) < crop:
         return None
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
-
-
-def sources_under(root: Path) -> list[Path]:
-    """The source folders of a dataset root: its sub-folders holding images, or the root
-    itself when the images lie directly in it."""
-    subs = sorted(d for d in root.iterdir() if d.is_dir() and image_files(d))
-    return subs or [root]
 
 
 def load_sources(roots: Sequence[str | os.PathLike[str]], crop: int, max_side: int = MAX_SIDE) -> list[Source]:

@@ -132,6 +132,12 @@ class Trainer:
 
     def restore(self, ckpt: dict) -> None:
         old = TrainConfig(**{"holdout": NO_HOLDOUT, **ckpt["training"]})
+        if old.holdout != self.cfg.holdout:
+            raise ConfigError(
+                f"{self.out_dir / CHECKPOINT} was trained with holdout={old.holdout!r}, not {self.cfg.holdout!r}: "
+                "its data would change mid-run, so it cannot be resumed; fine-tune from it instead "
+                f"(--init {self.out_dir / CHECKPOINT} with another --out)"
+            )
         for name in asdict(self.cfg):
             if name not in TrainConfig.RESUMABLE_CHANGES and getattr(old, name) != getattr(self.cfg, name):
                 raise ConfigError(

@@ -42,7 +42,7 @@ Effort = Annotated[
         ge=0,
         le=MAX_EFFORT,
         description="encoder effort: optimise the image's latents for fewer bits at better quality, each level "
-        "doubling the encode work; every decoder decodes the result (0: none; the service's limit is "
+        "level N running 8 x 2^(N-1) search steps; every decoder decodes the result (0: none; the service's limit is "
         "TCM_MAX_EFFORT, 422 above; images up to MAX_EFFORT_PIXELS padded pixels, 413 above)",
     ),
 ]
@@ -60,6 +60,10 @@ Bitstream = Annotated[
 _COMPRESS_QUERY = frozenset({"quality", "drop_alpha", "bitstream", "effort"})
 _COMPARE_QUERY = frozenset({"quality", "drop_alpha", "effort"})
 _DECOMPRESS_QUERY: frozenset[str] = frozenset()
+#: Share of a comparison's remaining time its compress job may take when it searches
+#: (effort > 0): a search runs until its job's deadline, and the decode and the classic
+#: codecs' searches still need the rest.
+COMPARE_SEARCH_SHARE = 0.5
 
 
 def _ctx(request: Request) -> RequestContext:
@@ -185,15 +189,16 @@ def _check_deadline(deadline: float, timeout_s: float) -> None:
 async def _code_and_decode(
     request: Request, state: ApiState, q: int, effort: int, deadline: float, drop_alpha: bool
 ) -> CodedResult:
-    """The image, compressed at ``q`` and ``effort`` (portable) and decoded again, with the
-    time of each."""
+    """The image, compressed at ``q`` and ``effort`` (portable; a search gets
+    :data:`COMPARE_SEARCH_SHARE` of the time left) and decoded again, with the time of each."""
     pool, settings, ctx = state.pool, state.settings, _ctx(request)
     # both queue places up front: a full queue refuses before any model work
     with pool.reserve() as compress_slot, pool.reserve() as decompress_slot:
         max_pixels = min(settings.max_pixels, settings.compare_max_pixels)
         image = await _read_image(request, state, deadline, drop_alpha, max_pixels)
         t0 = time.monotonic()
-        job = pool.submit_compress(image, q, deadline, compress_slot, "portable", effort)
+        search_by = t0 + COMPARE_SEARCH_SHARE * _time_left(deadline) if effort else deadline
+        job = pool.submit_compress(image, q, search_by, compress_slot, "portable", effort)
         compressed = await _await_job(pool, job, ctx)
         compress_s = time.monotonic() - t0
         t0 = time.monotonic()
