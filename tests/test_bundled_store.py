@@ -46,11 +46,12 @@ def test_bundled_store_has_four_lite_levels_with_their_records(store):
     bpps = [e.evaluation["bpp"] for e in entries]
     psnrs = [e.evaluation["psnr"] for e in entries]
     assert bpps == sorted(bpps) and psnrs == sorted(psnrs), (bpps, psnrs)
-    # The top level spends ~5x the bottom's bits. (It was required to exceed 0.6 bpp until
-    # stop 15: the better bases spend fewer bits at every lambda, and the lite model's PSNR
-    # saturates near 27.5 dB, so buying rate above ~0.6 bpp adds bits, not quality; see
-    # docs/training.md.)
-    assert bpps[0] < 0.15 and bpps[-1] > 0.55 and bpps[-1] > 5 * bpps[0], bpps
+    # The levels span low to high rates and ~3 dB. (The top level had to exceed 0.6 bpp until
+    # stop 15 and 0.55 until stop 30: the lite model's PSNR saturates near 27.5 dB, so rate
+    # bought above ~0.5 bpp adds bits, not quality. Stop 30's top level, trained at lambda 0.05
+    # instead of fine-tuned to 0.5, gives more PSNR at fewer bits; docs/training.md.)
+    assert bpps[0] < 0.15 and bpps[-1] > 0.5 and bpps[-1] > 4.5 * bpps[0], bpps
+    assert psnrs[-1] - psnrs[0] > 2.5, psnrs
 
 
 def test_bundled_weights_pass_the_serve_preflight(store):

@@ -1,11 +1,14 @@
 """Make the golden portable blobs that every test run, on every machine, must decode.
 
     .venv/bin/python tests/golden/make_golden.py      # from the repository root
+    .venv/bin/python tests/golden/make_golden.py lite-q6-coffee-136x200   # only the named blobs
 
 Writes ``*.tcm``, the decoded ``*.png`` and ``golden.json`` (SHA-256 of each blob and of its
 decoded symbols) into this folder. Run it only when the format or a model they name
 changes on purpose: these files are the proof that blobs made once keep decoding, so
-regenerating them hides exactly the regression they exist to catch. The inputs are the
+regenerating them hides exactly the regression they exist to catch: name only the blobs whose
+model changed, so the others keep proving that blobs made on another machine decode here. The
+inputs are the
 conformance kit's CC0 coffee crops; the models are the kit checkpoint (with the kit's
 tables) and the bundled store's q1 and q6.
 """
@@ -42,11 +45,19 @@ def main() -> None:
 
     from helpers import CONFORMANCE, kit_store_at
 
+    wanted = set(sys.argv[1:]) or {name for name, _, _ in GOLDEN}
+    unknown = wanted - {name for name, _, _ in GOLDEN}
+    if unknown:
+        raise SystemExit(f"make_golden.py: unknown blob(s): {', '.join(sorted(unknown))}")
     torch.set_num_threads(2)
     cpu = torch.device("cpu")
     kit_root = kit_store_at(HERE / ".kit_store")
+    kept = {r["name"]: r for r in json.loads((HERE / "golden.json").read_text())["blobs"]} if sys.argv[1:] else {}
     records = []
     for name, model, vector in GOLDEN:
+        if name not in wanted:
+            records.append(kept[name])
+            continue
         if model == "kit":
             store, quality = ModelStore(kit_root), 3
         else:
