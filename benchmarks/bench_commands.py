@@ -94,11 +94,11 @@ def commands(arm: str, images: list[Path], work: Path, ckpt: str, store: str, q:
         return enc, dec
     base = [sys.executable, "-m", "tcm_serve.cli.main"]
     backend, _, exact = arm.partition("-")
-    opts = ["--store", store, "--backend", backend]
+    opts = ["--store", store, "--backend", backend, "--force"]  # later rounds overwrite
     if exact:
         opts += ["--bitstream", "exact"]
     enc = [*base, "compress", *map(str, images), "-o", str(blobs), "-q", str(q), *opts]
-    dec_opts = ["--store", store, "--backend", backend]
+    dec_opts = ["--store", store, "--backend", backend, "--force"]
     dec = [*base, "decompress", *(str(blobs / f"{p.stem}.tcm") for p in images), "-o", str(pngs), *dec_opts]
     return enc, dec
 
