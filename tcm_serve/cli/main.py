@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from functools import partial
 from importlib import import_module
 from pathlib import Path
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- helpers -------------------------------------------------------------------------------
-def _expand(inputs: Sequence[str], suffixes: set[str]) -> list[Path]:
+def _expand(inputs: Sequence[str], suffixes: AbstractSet[str]) -> list[Path]:
     files: list[Path] = []
     for raw in inputs:
         if raw == "-":
