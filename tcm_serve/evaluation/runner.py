@@ -94,10 +94,8 @@ def load_holdout(root: Path, limit: int | None = None) -> Dataset:
         raise EvalError(f"no held-out image under {root} (rule: {HOLDOUT_RULE})")
     if limit is not None:
         files = files[:limit]
-    images = []
-    for f in files:
-        images.append(DecodedImage(prepare_photo(f, MAX_SIDE), "RGB", "holdout"))  # ImageError: one line
-    return Dataset(root, tuple(f.relative_to(root).as_posix() for f in files), tuple(images))
+    images = tuple(DecodedImage(prepare_photo(f, MAX_SIDE), "RGB", "holdout") for f in files)  # ImageError: one line
+    return Dataset(root, tuple(f.relative_to(root).as_posix() for f in files), images)
 
 
 @dataclass(frozen=True)
