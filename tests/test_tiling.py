@@ -247,11 +247,30 @@ def _encoder_chain(stages, z_hat: Tensor, y: Tensor, num_slices: int) -> list[Te
     return out
 
 
+def _decoder_chain(stages: TiledEntropyStages, z_hat: Tensor, y: Tensor, num_slices: int) -> list[Tensor]:
+    """As the decoder runs it: each slice's parameters, then LRP; for a tiled image without
+    the attention output held whole (``decoder_params`` gives None), LRP recomputing it."""
+    means, scales = stages.hyper_synthesis(z_hat)
+    out, decoded = [means, scales], []
+    tiled = not stages._plan(means).is_whole
+    for i, y_slice in enumerate(y.chunk(num_slices, 1)):
+        mu, scale, support = stages.decoder_params(i, means, scales, decoded)
+        assert (support is None) == tiled
+        y_hat = torch.round(y_slice - mu) + mu
+        if support is None:
+            decoded.append(stages.refine_recomputing(i, means, decoded, y_hat))
+        else:
+            decoded.append(stages.refine(i, support, y_hat))
+        out += [mu, scale, decoded[-1]]
+    return out
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("name", ["lite", "official-small", "lite-deep-hyper"])
 def test_tiled_entropy_networks_compute_what_the_whole_ones_do(name):
     """The hyper-synthesis, slice networks and LRP in float64 by tiles (cores of 256 across a
-    1536x1024 image) against whole: equal to rounding (1e-10 relative) with the halo
+    1536x1024 image; the encoder's fused steps and the decoder's, whose LRP recomputes the
+    attention output per tile) against whole: equal to rounding (1e-10 relative) with the halo
     ``entropy_halo`` gives the layout, and for the official depths with 256 (their reach is
     less); far off with 128 (the test can fail). ``lite-deep-hyper``: a hyper stage of 4
     blocks, whose reach ``entropy_halo`` must grow with."""
@@ -269,16 +288,18 @@ def test_tiled_entropy_networks_compute_what_the_whole_ones_do(name):
     want = _entropy_chain(whole, z_hat, y, cfg.num_slices)
     want_encoder = _encoder_chain(whole, z_hat, y, cfg.num_slices)
 
-    def worst(halo: int) -> float:
+    def worst(halo: int, decoder: bool = False) -> float:
         tiled = TiledEntropyStages(whole, tile=256, halo=halo)
         assert TilePlan(1024, 1536, 256, halo).count > 1
         got = _entropy_chain(tiled, z_hat, y, cfg.num_slices)
         got_encoder = _encoder_chain(tiled, z_hat, y, cfg.num_slices)
         assert len(got_encoder) == len(want_encoder) == 3 * cfg.num_slices - 1
         pairs = [*zip(got, want), *zip(got_encoder, want_encoder)]
+        if decoder:
+            pairs += zip(_decoder_chain(tiled, z_hat, y, cfg.num_slices), want)
         return max(float(((g - w).abs() / (w.abs() + 1e-3)).max()) for g, w in pairs)
 
-    assert worst(entropy_halo(cfg)) < 1e-10
+    assert worst(entropy_halo(cfg), decoder=True) < 1e-10
     if cfg.config[3] == 2:
         assert entropy_halo(cfg) == ENTROPY_HALO and worst(256) < 1e-10
     assert worst(128) > 1e-3
@@ -310,6 +331,45 @@ def test_grouped_window_attention_is_bit_identical_and_bound_scratch_sets_it():
         assert torch.equal(attn(x), whole), (shifted, dtype)  # bit for bit
     net = bound_scratch(nn.Sequential(WMSA(32, 32, 16, 8, False).double(), nn.Conv2d(4, 4, 3, padding=1)), 2**20)
     assert net[0].max_windows == 2**20 // (2 * 8**4 * 8) and isinstance(net[1], BandedConv2d)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_banded_transformer_layers_compute_what_whole_ones_do(dtype):
+    """A transformer layer in bands of rows (plain and shifted windows, bands that do not
+    divide the height) against all rows at once: the same numbers per position and window,
+    only the matrix products' row counts differ, so equal to rounding; outside
+    ``banded_transformers`` and while training, never banded."""
+    from tcm_serve.model.layers import SwinLayer
+    from tcm_serve.model.scratch import banded_transformers
+
+    torch.manual_seed(3)
+    for shifted in (False, True):
+        layer = SwinLayer(32, 32, 16, 8, shifted).to(dtype).eval()
+        x = torch.randn(1, 56, 40, 32, dtype=dtype)  # 7 x 5 windows
+        whole = layer(x)
+        row_bytes = 40 * 4 * 32 * x.element_size()
+        with banded_transformers(layer, max_bytes=20 * row_bytes):
+            assert layer._band_rows(x) == 20  # bands of 16 rows for the attention, 20 for the MLP
+            banded = layer(x)
+        assert layer.band_bytes == 0
+        torch.testing.assert_close(banded, whole, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
+    with banded_transformers(layer, max_bytes=1), torch.enable_grad():
+        assert layer._band_rows(x) == x.shape[1]
+
+
+@torch.no_grad()
+def test_tcm_block_inference_fusion_is_the_training_sum():
+    """The TCM block's in-place fusion at inference gives the training path's result bit for
+    bit (the same sum, added the other way round)."""
+    from tcm_serve.model.layers import ConvTransBlock
+
+    torch.manual_seed(4)
+    block = ConvTransBlock(16, 16, 8, 8, shifted=True).eval()
+    x = torch.randn(1, 32, 32, 24)
+    with torch.enable_grad():
+        want = block(x).detach()
+    assert torch.equal(block(x), want)
 
 
 def test_only_same_size_convolutions_are_banded():

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ..cpu import cpu_budget
 from ..errors import BackendMismatchError, BitstreamError, DriftError, FormatError
-from ..model.scratch import bound_scratch, group_attention
+from ..model.scratch import banded_transformers, bound_scratch, group_attention
 from ..model.tcm import TCM
 from .backends import EncodedSlice, Stages, TorchStages, encode_slice
 from .container import PORTABLE, PORTABLE_METHODS
@@ -69,7 +69,10 @@ class ImageSymbols:
 
     z_symbols: np.ndarray  # (192 * zH * zW,), channel-major
     y_symbols: np.ndarray  # (320 * yH * yW,), slice 0 channel-major, then slice 1, ...
-    y_indexes: np.ndarray  # Gaussian table index of each y symbol
+    #: Gaussian table index of each y symbol: uint8 (at most MAX_GAUSSIAN_TABLES tables), a
+    #: quarter of int32's memory for a large photo's whole list; the checksum and the coder
+    #: read them as int32.
+    y_indexes: np.ndarray
     #: The header's ``backend``: PORTABLE, or the exact backend that computed the indexes
     #: (``None``: the engine's own exact backend, as for :class:`CodedImage`).
     method: str | None = None
@@ -108,10 +111,18 @@ class CodedImage:
         return self.backend in PORTABLE_METHODS
 
 
+#: Values converted to int32 at a time for a checksum (a bounded temporary, not a copy of a
+#: large photo's whole symbol list).
+_CHECKSUM_CHUNK = 1 << 22
+
+
 def _le_int32(*arrays: np.ndarray) -> Iterator[memoryview]:
-    """Each array's values as little-endian int32 bytes (docs/format.md, symbols_crc32)."""
+    """Each array's values as little-endian int32 bytes (docs/format.md, symbols_crc32), in
+    chunks (a checksum over consecutive chunks is the checksum over the whole)."""
     for a in arrays:
-        yield np.ascontiguousarray(a, dtype="<i4").data
+        flat = np.asarray(a).reshape(-1)
+        for start in range(0, max(flat.size, 1), _CHECKSUM_CHUNK):
+            yield np.ascontiguousarray(flat[start : start + _CHECKSUM_CHUNK], dtype="<i4").data
 
 
 def symbols_crc32(*arrays: np.ndarray) -> int:
@@ -185,6 +196,16 @@ class EntropyPath:
         if isinstance(self.stages, TiledEntropyStages):
             return self.stages.encode_slice(i, latent_means, latent_scales, decoded, y_slice, refine)
         return encode_slice(self.stages, i, latent_means, latent_scales, decoded, y_slice, refine)
+
+    def decoder_params(
+        self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The decoder's (mu, scale, mean_support) of slice ``i``; ``mean_support`` is None
+        where the stages are tiled for this image (:meth:`refine` computes it again)."""
+        if isinstance(self.stages, TiledEntropyStages):
+            return self.stages.decoder_params(i, latent_means, latent_scales, decoded)
+        p = self.stages.slice_params(i, latent_means, latent_scales, decoded)
+        return p.mu, p.scale, p.mean_support
 
 
 class Engine:
@@ -306,7 +327,9 @@ class Engine:
         if search is not None:
             check_effort_size(x.shape[-2], x.shape[-1])
         g_a = self.stages.g_a if x.is_floating_point() else lambda w: self.stages.g_a(to_unit(w))
-        y = self.transform_tiling(portable).analysis(g_a, x.to(self.device))
+        y = self.transform_tiling(portable).analysis(
+            g_a, x.to(self.device), lambda: banded_transformers(self.model.g_a)
+        )
         if search is None:
             return [self.analyse_latent(y[k : k + 1], portable) for k in range(y.shape[0])]
         out = []
@@ -331,7 +354,7 @@ class Engine:
         latent_means, latent_scales = path.stages.hyper_synthesis(path.z_hat(z_sym))
         rule = path.rule()
         y_symbols = np.empty(y.numel(), np.int32)  # filled slice by slice: no list, no concatenation
-        y_indexes = np.empty(y.numel(), np.int32)
+        y_indexes = np.empty(y.numel(), np.uint8)  # < MAX_GAUSSIAN_TABLES, checked on load
         decoded: list[Tensor] = []
         offset, last = 0, self.cfg.num_slices - 1
         for i, y_slice in enumerate(y.chunk(self.cfg.num_slices, 1)):
@@ -385,7 +408,7 @@ class Engine:
             self.entropy_path(c.backend)
         y_hat = torch.cat([self.decode_latent(c, z_shape)[0] for c in coded])
         tiling = self.transform_tiling(all(c.portable for c in coded))
-        return tiling.synthesis(self.stages.g_s, y_hat).clamp_(0, 1)
+        return tiling.synthesis(self.stages.g_s, y_hat, lambda: banded_transformers(self.model.g_s)).clamp_(0, 1)
 
     @torch.no_grad()
     def decode_latent(self, c: CodedImage, z_shape: tuple[int, int]) -> tuple[Tensor, ImageSymbols]:
@@ -437,23 +460,28 @@ class Engine:
         decoded: list[Tensor] = []
         total = self.cfg.M * yh * yw
         y_symbols = np.empty(total, np.int32)  # filled slice by slice: no list, no concatenation
-        y_indexes = np.empty(total, np.int32)
+        y_indexes = np.empty(total, np.uint8)  # < MAX_GAUSSIAN_TABLES, checked on load
         offset, last = 0, self.cfg.num_slices - 1
         for i in range(self.cfg.num_slices):
-            p = path.stages.slice_params(i, latent_means, latent_scales, decoded)
-            idx = rule.decoder_indexes(offset, p.scale)
+            mu, scale, mean_support = path.decoder_params(i, latent_means, latent_scales, decoded)
+            idx = rule.decoder_indexes(offset, scale)
+            del scale
             sym = decoder.decode(idx, self.y_table)
             end = offset + sym.size
             y_symbols[offset:end] = sym
             y_indexes[offset:end] = idx
-            y_hat = torch.from_numpy(sym).reshape(1, -1, yh, yw).to(path.device, p.mu.dtype) + p.mu
-            if i == last and c.portable:
+            y_hat = torch.from_numpy(sym).reshape(1, -1, yh, yw).to(path.device, mu.dtype) + mu
+            del mu, idx, sym
+            if mean_support is None:  # a tiled large photo: LRP recomputes it per tile
+                assert isinstance(path.stages, TiledEntropyStages)
+                decoded.append(path.stages.refine_recomputing(i, latent_means, decoded, y_hat))
+            elif i == last and c.portable:
                 # Feeds only the synthesis, so float32 on the transforms' backend will do.
                 f32 = lambda t: t.to(self.device, torch.float32)  # noqa: E731
-                decoded.append(self.stages.refine(i, f32(p.mean_support), f32(y_hat)))
+                decoded.append(self.stages.refine(i, f32(mean_support), f32(y_hat)))
             else:
-                decoded.append(path.stages.refine(i, p.mean_support, y_hat))
-            del p, idx, sym, y_hat  # a large photo's slice state is gone before the next slice's
+                decoded.append(path.stages.refine(i, mean_support, y_hat))
+            del mean_support, y_hat  # a large photo's slice state is gone before the next slice's
             offset = end
         symbols = ImageSymbols(z_syms, y_symbols, y_indexes, path.name)
         y_hat = torch.cat([d.to(self.device, torch.float32) for d in decoded], dim=1)

@@ -40,7 +40,7 @@ inward at the edges (:meth:`Tiling.plan`; time and memory of both in docs/codec.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -50,7 +50,7 @@ from torch import Tensor
 from ..model.config import TCMConfig
 from ..model.tcm import SliceParams
 from ..tuning import empty_outside_heap, release_free_memory
-from .backends import EncodedSlice, Stages, encode_slice
+from .backends import EncodedSlice, TorchStages, encode_slice
 from .geometry import ALIGN, DEFAULT_HALO, DEFAULT_TILE, NO_TILING, Y_STRIDE, Z_STRIDE, tile_problem
 
 #: Windows per network call on a GPU: the tiles of one image run as a batch there (on the
@@ -161,6 +161,8 @@ class TilePlan:
 
 
 Outputs = Tensor | tuple[Tensor, ...]
+#: What a tiled transform's windows run inside (a context manager factory).
+Scope = Callable[[], AbstractContextManager[None]]
 
 
 def run_tiled(
@@ -251,24 +253,28 @@ class Tiling:
         """The plan for a padded image of ``height`` x ``width`` pixels."""
         return TilePlan(height, width, self.tile, self.halo, equal=self.batch > 1)
 
-    def analysis(self, g_a: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-        """``g_a(x)`` by tiles: a padded image batch -> y. A tiled image's freed scratch is
-        returned to the kernel afterwards (the entropy stage's buffers come next)."""
+    def analysis(self, g_a: Callable[[Tensor], Tensor], x: Tensor, scope: Scope | None = None) -> Tensor:
+        """``g_a(x)`` by tiles: a padded image batch -> y. A tiled image's windows run inside
+        ``scope()`` (e.g. :func:`~tcm_serve.model.scratch.banded_transformers`), and its freed
+        scratch is returned to the kernel afterwards (the entropy stage's buffers come next)."""
         plan = self.plan(*x.shape[2:])
-        out = run_tiled(g_a, [x], [1], Y_STRIDE, plan, self.batch)
+        with nullcontext() if plan.is_whole or scope is None else scope():
+            out = run_tiled(g_a, [x], [1], Y_STRIDE, plan, self.batch)
         assert isinstance(out, Tensor)
         if not plan.is_whole:
             release_free_memory()
         return out
 
-    def synthesis(self, g_s: Callable[[Tensor], Tensor], y_hat: Tensor) -> Tensor:
+    def synthesis(self, g_s: Callable[[Tensor], Tensor], y_hat: Tensor, scope: Scope | None = None) -> Tensor:
         """``g_s(y_hat)`` by tiles: latents -> padded image batch. For a tiled image, the
-        entropy stage's freed scratch is returned to the kernel first."""
+        entropy stage's freed scratch is returned to the kernel first, and the windows run
+        inside ``scope()``."""
         h, w = y_hat.shape[2:]
         plan = self.plan(h * Y_STRIDE, w * Y_STRIDE)
         if not plan.is_whole:
             release_free_memory()
-        out = run_tiled(g_s, [y_hat], [Y_STRIDE], 1, plan, self.batch)
+        with nullcontext() if plan.is_whole or scope is None else scope():
+            out = run_tiled(g_s, [y_hat], [Y_STRIDE], 1, plan, self.batch)
         assert isinstance(out, Tensor)
         return out
 
@@ -284,7 +290,7 @@ class TiledEntropyStages:
     the wrapped stages'. Used on the portable path, where float64 makes these networks the
     largest memory user for big images."""
 
-    def __init__(self, inner: Stages, tile: int = ENTROPY_TILE, halo: int = ENTROPY_HALO) -> None:
+    def __init__(self, inner: TorchStages, tile: int = ENTROPY_TILE, halo: int = ENTROPY_HALO) -> None:
         self.inner = inner
         self.name = inner.name
         self.tile = tile
@@ -348,6 +354,39 @@ class TiledEntropyStages:
         out = run_tiled(step, inputs, [Y_STRIDE] * len(inputs), Y_STRIDE, self._plan(latent_means))
         assert isinstance(out, tuple)
         return EncodedSlice(out[0], out[1], out[2] if refine else None)
+
+    def decoder_params(
+        self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The decoder's parameters of slice ``i``: (mu, scale, mean_support). For a tiled
+        image ``mean_support`` is None: its hundreds of float64 channels would be the
+        decoder's largest buffer while the slice is range-decoded, so
+        :meth:`refine_recomputing` computes it again, tile by tile, for LRP."""
+        if self._plan(latent_means).is_whole:
+            p = self.inner.slice_params(i, latent_means, latent_scales, decoded)
+            return p.mu, p.scale, p.mean_support
+
+        def params(means: Tensor, scales: Tensor, *dec: Tensor) -> tuple[Tensor, Tensor]:
+            p = self.inner.slice_params(i, means, scales, list(dec))
+            return p.mu, p.scale
+
+        inputs = [latent_means, latent_scales, *decoded]
+        out = run_tiled(params, inputs, [Y_STRIDE] * len(inputs), Y_STRIDE, self._plan(latent_means))
+        assert isinstance(out, tuple)
+        return out[0], out[1], None
+
+    def refine_recomputing(self, i: int, latent_means: Tensor, decoded: list[Tensor], y_hat_slice: Tensor) -> Tensor:
+        """LRP of slice ``i`` tile by tile, each tile's ``mean_support`` computed again from
+        the same inputs (:meth:`decoder_params`): the same sums, the attention's time for
+        the memory of holding its output whole."""
+
+        def lrp(means: Tensor, y_hat: Tensor, *dec: Tensor) -> Tensor:
+            return self.inner.refine(i, self.inner.mean_support(i, means, list(dec)), y_hat)
+
+        inputs = [latent_means, y_hat_slice, *decoded]
+        out = run_tiled(lrp, inputs, [Y_STRIDE] * len(inputs), Y_STRIDE, self._plan(latent_means))
+        assert isinstance(out, Tensor)
+        return out
 
     def refine(self, i: int, mean_support: Tensor, y_hat_slice: Tensor) -> Tensor:
         def lrp(support: Tensor, y_hat: Tensor) -> Tensor:

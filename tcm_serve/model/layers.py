@@ -235,13 +235,43 @@ class WMSA(nn.Module):
         p = self.window_size
         if self.shifted:
             x = torch.roll(x, shifts=(-(p // 2), -(p // 2)), dims=(1, 2))
+        hw, ww = x.shape[1] // p, x.shape[2] // p
+        out = self._attention(x, window_mask(hw, ww, p, x.device) if self.shifted else None)
+        return self._unshift(out)
+
+    def banded(self, x: Tensor, norm: nn.Module, rows: int) -> Tensor:
+        """``self(norm(x))`` computed ``rows`` rows of positions at a time (rounded to whole
+        windows; inference only). Every window's attention is computed from the same numbers
+        as in :meth:`forward`; only the buffers of the windows' projections and products
+        (``3C`` and ``heads x 64`` values per position) shrink to one band's."""
+        p = self.window_size
+        rows = max(p, rows // p * p)
+        if self.shifted:
+            x = torch.roll(x, shifts=(-(p // 2), -(p // 2)), dims=(1, 2))
+        b, h, w, _ = x.shape
+        ww = w // p
+        mask = window_mask(h // p, ww, p, x.device) if self.shifted else None
+        out = x.new_empty((b, h, w, self.linear.out_features))
+        for top in range(0, h, rows):
+            first, last = top // p * ww, min(top + rows, h) // p * ww
+            band_mask = None if mask is None else mask[:, :, first:last]
+            out[:, top : top + rows] = self._attention(norm(x[:, top : top + rows]), band_mask)
+        return self._unshift(out)
+
+    def _unshift(self, out: Tensor) -> Tensor:
+        p = self.window_size
+        return torch.roll(out, shifts=(p // 2, p // 2), dims=(1, 2)) if self.shifted else out
+
+    def _attention(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """Attention within the windows of ``x`` (B, H, W, C), already shifted; ``mask`` (the
+        shifted windows' seam mask for these windows) or None."""
+        p = self.window_size
         x, hw, ww = window_partition(x, p)
         qkv = self.embedding_layer(x)  # (B, nW, P, 3*C): heads of q, then of k, then of v
         b, nw, np_, _ = qkv.shape
         qkv = qkv.view(b, nw, np_, 3 * self.n_heads, self.head_dim).permute(3, 0, 1, 2, 4)
         q, k, v = qkv.chunk(3, dim=0)
         rel = self.relative_embedding()[:, None, None]
-        mask = window_mask(hw, ww, p, x.device) if self.shifted else None
         group = max(1, self.max_windows // b) if self.max_windows else 0  # max_windows is per image
         if torch.is_grad_enabled():
             # Training: out of place. einsum returns a view, and in-place ops on a view make
@@ -261,10 +291,7 @@ class WMSA(nn.Module):
         else:
             out = self._attend(q, k, v, rel, mask)
         out = out.permute(1, 2, 3, 0, 4).reshape(b, nw, np_, self.n_heads * self.head_dim)
-        out = window_merge(self.linear(out), hw, ww, p)
-        if self.shifted:
-            out = torch.roll(out, shifts=(p // 2, p // 2), dims=(1, 2))
-        return out
+        return window_merge(self.linear(out), hw, ww, p)
 
 
 class SwinLayer(nn.Module):
@@ -280,10 +307,38 @@ class SwinLayer(nn.Module):
         self.msa = WMSA(input_dim, input_dim, head_dim, window_size, shifted)
         self.ln2 = nn.LayerNorm(input_dim)
         self.mlp = nn.Sequential(nn.Linear(input_dim, 4 * input_dim), nn.GELU(), nn.Linear(4 * input_dim, output_dim))
+        #: Inference only: compute the layer in bands of rows whose MLP hidden layer (4C
+        #: values per position) stays under this many bytes (0: all at once;
+        #: :func:`tcm_serve.model.scratch.banded_transformers` sets it for tiled transforms).
+        #: That hidden layer and the attention's projections are most of a large tile's memory.
+        self.band_bytes = 0
 
     def forward(self, x: Tensor) -> Tensor:
+        rows = self._band_rows(x)
+        if rows < x.shape[1]:
+            return self._banded(x, rows)
         x = x + self.msa(self.ln1(x))
         return x + self.mlp(self.ln2(x))
+
+    def _band_rows(self, x: Tensor) -> int:
+        """Rows per band for ``x`` (B, H, W, C): all of them unless banding is on (inference)."""
+        if not self.band_bytes or torch.is_grad_enabled() or torch.jit.is_tracing():
+            return x.shape[1]
+        hidden: nn.Linear = self.mlp[0]  # type: ignore[assignment]
+        row_bytes = x.shape[0] * x.shape[2] * hidden.out_features * x.element_size()
+        return max(1, self.band_bytes // row_bytes)
+
+    def _banded(self, x: Tensor, rows: int) -> Tensor:
+        """:meth:`forward` a band of rows at a time: per position (the norms, the MLP, the
+        residual sums) and per window (the attention) the same operations on the same
+        numbers; the matrix products run on fewer rows, which BLAS may sum in another order,
+        so the result may differ from the unbanded one in the last bits."""
+        out = self.msa.banded(x, self.ln1, rows)
+        out += x  # x + attention, in place (the same sum)
+        for top in range(0, out.shape[1], rows):
+            band = out[:, top : top + rows]
+            band += self.mlp(self.ln2(band))
+        return out
 
 
 class ConvTransBlock(nn.Module):
@@ -305,7 +360,15 @@ class ConvTransBlock(nn.Module):
         conv_x, trans_x = torch.split(self.conv1_1(x), [self.conv_dim, self.trans_dim], dim=1)
         conv_x = self.conv_block(conv_x) + conv_x
         trans_x = self.trans_block(trans_x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return x + self.conv1_2(torch.cat((conv_x, trans_x), dim=1))
+        if torch.is_grad_enabled() or torch.jit.is_tracing():
+            return x + self.conv1_2(torch.cat((conv_x, trans_x), dim=1))
+        # Inference: the halves are freed before the fusion's output exists, which is
+        # summed in place (the same sum): three full-width buffers at the peak, not five.
+        both = torch.cat((conv_x, trans_x), dim=1)
+        del conv_x, trans_x
+        out = self.conv1_2(both)
+        del both
+        return out.add_(x)
 
 
 def tcm_stage(dim: int, depth: int, head_dim: int, window_size: int) -> list[nn.Module]:

@@ -22,12 +22,14 @@ blobs depend on, and training keep the plain modules.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import WMSA
+from .layers import WMSA, SwinLayer
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -120,3 +122,21 @@ def band_convolutions(module: M, max_bytes: int = DEFAULT_SCRATCH_BYTES) -> M:
         else:
             band_convolutions(child, max_bytes)
     return module
+
+
+@contextmanager
+def banded_transformers(module: nn.Module, max_bytes: int = DEFAULT_SCRATCH_BYTES) -> Iterator[None]:
+    """Inside the block, every transformer layer of ``module`` runs in bands of rows whose
+    MLP hidden layer stays under ``max_bytes`` (:attr:`SwinLayer.band_bytes`). Unlike grouped
+    attention this may change the last bits (matrix products over fewer rows), so it is for
+    the tiled transforms, which differ from whole ones near the tiles' borders anyway, never
+    for an image coded whole. Not reentrant across threads: the engine's device work is
+    serialised."""
+    layers = [m for m in module.modules() if isinstance(m, SwinLayer)]
+    for m in layers:
+        m.band_bytes = max_bytes
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.band_bytes = 0

@@ -101,13 +101,21 @@ class TCM(nn.Module):
 
     def slice_params(self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor]) -> SliceParams:
         """(mu, sigma) of slice ``i`` given the priors and the already decoded slices."""
-        support = self.support(decoded)
         h, w = latent_means.shape[2:]
-        mean_support = self.atten_mean[i](torch.cat([latent_means] + support, dim=1))
-        mu = self.cc_mean_transforms[i](mean_support)[:, :, :h, :w]
-        scale_support = self.atten_scale[i](torch.cat([latent_scales] + support, dim=1))
+        # The scale branch first: its attention output is gone before the mean branch's,
+        # which LRP reads afterwards, exists (independent branches, the same values).
+        scale_support = self.atten_scale[i](torch.cat([latent_scales] + self.support(decoded), dim=1))
         scale = self.cc_scale_transforms[i](scale_support)[:, :, :h, :w]
+        del scale_support
+        mean_support = self.mean_support(i, latent_means, decoded)
+        mu = self.cc_mean_transforms[i](mean_support)[:, :, :h, :w]
         return SliceParams(mu, scale, mean_support)
+
+    def mean_support(self, i: int, latent_means: Tensor, decoded: list[Tensor]) -> Tensor:
+        """The attention output that slice ``i``'s mean and its LRP read (part of
+        :meth:`slice_params`; a large photo's decoder recomputes it for LRP tile by tile
+        instead of holding it whole)."""
+        return self.atten_mean[i](torch.cat([latent_means] + self.support(decoded), dim=1))
 
     def refine(self, i: int, mean_support: Tensor, y_hat_slice: Tensor) -> Tensor:
         """Latent residual prediction: y_hat + 0.5 * tanh(LRP([attention output, y_hat]))."""
