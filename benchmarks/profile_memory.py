@@ -105,10 +105,12 @@ def main() -> int:
     ap.add_argument("--tile", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tcm-bench-tiling")
+    ap.add_argument("--blob", type=Path, help="decode this .tcm only (made by --save-blob), in a fresh process")
+    ap.add_argument("--save-blob", type=Path, help="write the blob here (for a later --blob run)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    photo = make_photo(args.work, args.mp)
+    photo = make_photo(args.work, args.mp)  # (only its name with --blob)
     if args.random_preset:
         store, quality = ModelStore(random_store(args.work, args.random_preset)), 1
     else:
@@ -123,7 +125,7 @@ def main() -> int:
         (tiling.TiledEntropyStages, "slice_params", "slice parameters"),
         (tiling.TiledEntropyStages, "refine", "LRP"),
         (tiling.TiledEntropyStages, "decoder_params", "slice parameters"),
-        (tiling.TiledEntropyStages, "refine_recomputing", "LRP"),
+        (tiling.TiledEntropyStages, "refine_from_gate", "LRP"),
         (engine_mod.Engine, "encode_symbols", "range coding"),
         (rans.RansDecoder, "decode", "range decoding"),
         (pipeline, "tensor_to_pixels", "to pixels"),
@@ -135,12 +137,18 @@ def main() -> int:
     lm = pipeline.load_model(store, quality, torch.device("cpu"), tile=args.tile)
     lm.engine.portable_path  # noqa: B018 - the float64 copy is part of the model's memory
     model = rss_bytes()
-    s.direction = "encode"
-    img = read_image(photo, max_pixels=10**9)
-    t0 = time.perf_counter()
-    blob = pipeline.compress_images(lm, [img])[0].blob
-    t_enc = time.perf_counter() - t0
-    del img
+    t_enc = 0.0
+    if args.blob:
+        blob = args.blob.read_bytes()
+    else:
+        s.direction = "encode"
+        img = read_image(photo, max_pixels=10**9)
+        t0 = time.perf_counter()
+        blob = pipeline.compress_images(lm, [img])[0].blob
+        t_enc = time.perf_counter() - t0
+        del img
+        if args.save_blob:
+            args.save_blob.write_bytes(blob)
     s.direction = "decode"
     t0 = time.perf_counter()
     out = pipeline.decompress_blob(blob, lambda h: lm, max_pixels=10**9)

@@ -248,20 +248,20 @@ def _encoder_chain(stages, z_hat: Tensor, y: Tensor, num_slices: int) -> list[Te
 
 
 def _decoder_chain(stages: TiledEntropyStages, z_hat: Tensor, y: Tensor, num_slices: int) -> list[Tensor]:
-    """As the decoder runs it: each slice's parameters, then LRP; for a tiled image without
-    the attention output held whole (``decoder_params`` gives None), LRP recomputing it."""
+    """As the decoder runs it: each slice's parameters, then LRP; for a tiled image with the
+    mean attention's gate kept instead of its output, which LRP finishes per tile."""
     means, scales = stages.hyper_synthesis(z_hat)
     out, decoded = [means, scales], []
     tiled = not stages._plan(means).is_whole
     for i, y_slice in enumerate(y.chunk(num_slices, 1)):
-        mu, scale, support = stages.decoder_params(i, means, scales, decoded)
-        assert (support is None) == tiled
-        y_hat = torch.round(y_slice - mu) + mu
-        if support is None:
-            decoded.append(stages.refine_recomputing(i, means, decoded, y_hat))
+        p = stages.decoder_params(i, means, scales, decoded)
+        assert (p.mean_gate is not None, p.mean_support is None) == (tiled, tiled)
+        y_hat = torch.round(y_slice - p.mu) + p.mu
+        if p.mean_gate is not None:
+            decoded.append(stages.refine_from_gate(i, p.mean_gate, y_hat))
         else:
-            decoded.append(stages.refine(i, support, y_hat))
-        out += [mu, scale, decoded[-1]]
+            decoded.append(stages.refine(i, p.mean_support, y_hat))
+        out += [p.mu, p.scale, decoded[-1]]
     return out
 
 
@@ -270,7 +270,7 @@ def _decoder_chain(stages: TiledEntropyStages, z_hat: Tensor, y: Tensor, num_sli
 def test_tiled_entropy_networks_compute_what_the_whole_ones_do(name):
     """The hyper-synthesis, slice networks and LRP in float64 by tiles (cores of 256 across a
     1536x1024 image; the encoder's fused steps and the decoder's, whose LRP recomputes the
-    attention output per tile) against whole: equal to rounding (1e-10 relative) with the halo
+    attention output per tile from its kept gate) against whole: equal to rounding (1e-10 relative) with the halo
     ``entropy_halo`` gives the layout, and for the official depths with 256 (their reach is
     less); far off with 128 (the test can fail). ``lite-deep-hyper``: a hyper stage of 4
     blocks, whose reach ``entropy_halo`` must grow with."""

@@ -105,8 +105,13 @@ class TorchStages:
     def slice_params(self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor]) -> SliceParams:
         return self.model.slice_params(i, latent_means, latent_scales, decoded)
 
-    def mean_support(self, i: int, latent_means: Tensor, decoded: list[Tensor]) -> Tensor:
-        return self.model.mean_support(i, latent_means, decoded)
+    def slice_params_gated(
+        self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        return self.model.slice_params_gated(i, latent_means, latent_scales, decoded)
+
+    def mean_support_from(self, i: int, gate: Tensor) -> Tensor:
+        return self.model.mean_support_from(i, gate)
 
     def refine(self, i: int, mean_support: Tensor, y_hat_slice: Tensor) -> Tensor:
         return self.model.refine(i, mean_support, y_hat_slice)

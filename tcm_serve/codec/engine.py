@@ -50,7 +50,7 @@ from .portable import NO_HINTS, ExactIndexes, PortableIndexes
 from .rans import RansDecoder, encode
 from .search import NO_PADDING, search_latents
 from .tables import prepare_entropy_tables
-from .tiling import WHOLE, TiledEntropyStages, Tiling, entropy_halo
+from .tiling import WHOLE, DecoderParams, TiledEntropyStages, Tiling, entropy_halo
 
 #: Thread counts a version-1 blob is retried with when it does not decode with the current
 #: one (commonest first), then the machine's core count: torch's kernels split work by
@@ -199,13 +199,13 @@ class EntropyPath:
 
     def decoder_params(
         self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor]
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """The decoder's (mu, scale, mean_support) of slice ``i``; ``mean_support`` is None
-        where the stages are tiled for this image (:meth:`refine` computes it again)."""
+    ) -> DecoderParams:
+        """The decoder's parameters of slice ``i``, with the mean attention's output or, where
+        the stages are tiled for this image, its gate (:class:`~tcm_serve.codec.tiling.DecoderParams`)."""
         if isinstance(self.stages, TiledEntropyStages):
             return self.stages.decoder_params(i, latent_means, latent_scales, decoded)
         p = self.stages.slice_params(i, latent_means, latent_scales, decoded)
-        return p.mu, p.scale, p.mean_support
+        return DecoderParams(p.mu, p.scale, mean_support=p.mean_support)
 
 
 class Engine:
@@ -463,25 +463,26 @@ class Engine:
         y_indexes = np.empty(total, np.uint8)  # < MAX_GAUSSIAN_TABLES, checked on load
         offset, last = 0, self.cfg.num_slices - 1
         for i in range(self.cfg.num_slices):
-            mu, scale, mean_support = path.decoder_params(i, latent_means, latent_scales, decoded)
-            idx = rule.decoder_indexes(offset, scale)
-            del scale
+            p = path.decoder_params(i, latent_means, latent_scales, decoded)
+            idx = rule.decoder_indexes(offset, p.scale)
             sym = decoder.decode(idx, self.y_table)
             end = offset + sym.size
             y_symbols[offset:end] = sym
             y_indexes[offset:end] = idx
-            y_hat = torch.from_numpy(sym).reshape(1, -1, yh, yw).to(path.device, mu.dtype) + mu
-            del mu, idx, sym
-            if mean_support is None:  # a tiled large photo: LRP recomputes it per tile
+            y_hat = torch.from_numpy(sym).reshape(1, -1, yh, yw).to(path.device, p.mu.dtype) + p.mu
+            del idx, sym
+            if p.mean_gate is not None:  # a tiled large photo: LRP finishes the attention per tile
                 assert isinstance(path.stages, TiledEntropyStages)
-                decoded.append(path.stages.refine_recomputing(i, latent_means, decoded, y_hat))
+                decoded.append(path.stages.refine_from_gate(i, p.mean_gate, y_hat))
             elif i == last and c.portable:
                 # Feeds only the synthesis, so float32 on the transforms' backend will do.
+                assert p.mean_support is not None
                 f32 = lambda t: t.to(self.device, torch.float32)  # noqa: E731
-                decoded.append(self.stages.refine(i, f32(mean_support), f32(y_hat)))
+                decoded.append(self.stages.refine(i, f32(p.mean_support), f32(y_hat)))
             else:
-                decoded.append(path.stages.refine(i, mean_support, y_hat))
-            del mean_support, y_hat  # a large photo's slice state is gone before the next slice's
+                assert p.mean_support is not None
+                decoded.append(path.stages.refine(i, p.mean_support, y_hat))
+            del p, y_hat  # a large photo's slice state is gone before the next slice's
             offset = end
         symbols = ImageSymbols(z_syms, y_symbols, y_indexes, path.name)
         y_hat = torch.cat([d.to(self.device, torch.float32) for d in decoded], dim=1)

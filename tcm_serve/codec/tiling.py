@@ -161,6 +161,19 @@ class TilePlan:
 
 
 Outputs = Tensor | tuple[Tensor, ...]
+
+
+@dataclass
+class DecoderParams:
+    """A slice's parameters on the decoder, and what its LRP needs: the mean attention's
+    output (``mean_support``) or, for a tiled image, its gate (``mean_gate``)."""
+
+    mu: Tensor
+    scale: Tensor
+    mean_support: Tensor | None = None
+    mean_gate: Tensor | None = None
+
+
 #: What a tiled transform's windows run inside (a context manager factory).
 Scope = Callable[[], AbstractContextManager[None]]
 
@@ -357,34 +370,32 @@ class TiledEntropyStages:
 
     def decoder_params(
         self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor]
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """The decoder's parameters of slice ``i``: (mu, scale, mean_support). For a tiled
-        image ``mean_support`` is None: its hundreds of float64 channels would be the
-        decoder's largest buffer while the slice is range-decoded, so
-        :meth:`refine_recomputing` computes it again, tile by tile, for LRP."""
-        if self._plan(latent_means).is_whole:
+    ) -> DecoderParams:
+        """The decoder's parameters of slice ``i``. For a tiled image the mean attention's
+        output (``M`` plus the support's channels in float64, the decoder's largest buffer
+        while the slice is range-decoded) is not kept whole: its gate is (``swatten_dim``
+        channels), and :meth:`refine_from_gate` applies the last 1x1 convolution per tile."""
+        plan = self._plan(latent_means)
+        if plan.is_whole:
             p = self.inner.slice_params(i, latent_means, latent_scales, decoded)
-            return p.mu, p.scale, p.mean_support
+            return DecoderParams(p.mu, p.scale, mean_support=p.mean_support)
 
-        def params(means: Tensor, scales: Tensor, *dec: Tensor) -> tuple[Tensor, Tensor]:
-            p = self.inner.slice_params(i, means, scales, list(dec))
-            return p.mu, p.scale
+        def params(means: Tensor, scales: Tensor, *dec: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            return self.inner.slice_params_gated(i, means, scales, list(dec))
 
         inputs = [latent_means, latent_scales, *decoded]
-        out = run_tiled(params, inputs, [Y_STRIDE] * len(inputs), Y_STRIDE, self._plan(latent_means))
+        out = run_tiled(params, inputs, [Y_STRIDE] * len(inputs), Y_STRIDE, plan)
         assert isinstance(out, tuple)
-        return out[0], out[1], None
+        return DecoderParams(out[0], out[1], mean_gate=out[2])
 
-    def refine_recomputing(self, i: int, latent_means: Tensor, decoded: list[Tensor], y_hat_slice: Tensor) -> Tensor:
-        """LRP of slice ``i`` tile by tile, each tile's ``mean_support`` computed again from
-        the same inputs (:meth:`decoder_params`): the same sums, the attention's time for
-        the memory of holding its output whole."""
+    def refine_from_gate(self, i: int, gate: Tensor, y_hat_slice: Tensor) -> Tensor:
+        """LRP of slice ``i`` tile by tile, each tile's attention output made from the kept
+        gate by the module's own 1x1 convolution (:meth:`decoder_params`)."""
 
-        def lrp(means: Tensor, y_hat: Tensor, *dec: Tensor) -> Tensor:
-            return self.inner.refine(i, self.inner.mean_support(i, means, list(dec)), y_hat)
+        def lrp(g: Tensor, y_hat: Tensor) -> Tensor:
+            return self.inner.refine(i, self.inner.mean_support_from(i, g), y_hat)
 
-        inputs = [latent_means, y_hat_slice, *decoded]
-        out = run_tiled(lrp, inputs, [Y_STRIDE] * len(inputs), Y_STRIDE, self._plan(latent_means))
+        out = run_tiled(lrp, [gate, y_hat_slice], [Y_STRIDE, Y_STRIDE], Y_STRIDE, self._plan(gate))
         assert isinstance(out, Tensor)
         return out
 

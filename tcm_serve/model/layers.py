@@ -432,11 +432,17 @@ class SWAtten(nn.Module):
         self.out_conv = conv1x1(inter_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.out_conv(self.gated(x))
+
+    def gated(self, x: Tensor) -> Tensor:
+        """The gate's output before ``out_conv``: ``inter_dim`` channels, where the module's
+        output has ``dim`` (the decoder of a large photo keeps this and applies the 1x1
+        ``out_conv`` per tile: :meth:`tcm_serve.model.tcm.TCM.slice_params_gated`)."""
         x = self.in_conv(x)
         z = self.non_local_block(x)
         out = self.conv_a(x) * torch.sigmoid(self.conv_b(z))
         out += x
-        return self.out_conv(out)
+        return out
 
 
 def slice_transform(in_ch: int, out_ch: int, hidden: tuple[int, ...] = (224, 128)) -> nn.Sequential:

@@ -101,21 +101,46 @@ class TCM(nn.Module):
 
     def slice_params(self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor]) -> SliceParams:
         """(mu, sigma) of slice ``i`` given the priors and the already decoded slices."""
-        h, w = latent_means.shape[2:]
-        # The scale branch first: its attention output is gone before the mean branch's,
-        # which LRP reads afterwards, exists (independent branches, the same values).
-        scale_support = self.atten_scale[i](torch.cat([latent_scales] + self.support(decoded), dim=1))
-        scale = self.cc_scale_transforms[i](scale_support)[:, :, :h, :w]
-        del scale_support
-        mean_support = self.mean_support(i, latent_means, decoded)
-        mu = self.cc_mean_transforms[i](mean_support)[:, :, :h, :w]
+        mu, scale, mean_support, _ = self._slice_params(i, latent_means, latent_scales, decoded)
         return SliceParams(mu, scale, mean_support)
 
-    def mean_support(self, i: int, latent_means: Tensor, decoded: list[Tensor]) -> Tensor:
-        """The attention output that slice ``i``'s mean and its LRP read (part of
-        :meth:`slice_params`; a large photo's decoder recomputes it for LRP tile by tile
-        instead of holding it whole)."""
-        return self.atten_mean[i](torch.cat([latent_means] + self.support(decoded), dim=1))
+    def slice_params_gated(
+        self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(mu, sigma, mean gate) of slice ``i``: :meth:`slice_params` with the mean
+        attention's output before its last 1x1 convolution (``swatten_dim`` channels) in place
+        of that output (``M`` plus the support's): what a large photo's decoder keeps between a
+        slice's parameters and its LRP, which finishes it with :meth:`mean_support_from`."""
+        mu, scale, _, gate = self._slice_params(i, latent_means, latent_scales, decoded)
+        return mu, scale, gate
+
+    def mean_support_from(self, i: int, gate: Tensor) -> Tensor:
+        """The mean attention's output (what LRP reads) from its gate (:meth:`slice_params_gated`)."""
+        return self._mean_attention(i).out_conv(gate)
+
+    def _mean_attention(self, i: int) -> SWAtten:
+        block = self.atten_mean[i]
+        assert isinstance(block, nn.Sequential)
+        attention = block[0]
+        assert isinstance(attention, SWAtten)
+        return attention
+
+    def _slice_params(
+        self, i: int, latent_means: Tensor, latent_scales: Tensor, decoded: list[Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(mu, scale, mean_support, mean gate): the mean attention is computed as its
+        module's ``forward`` does (``out_conv`` of the gate), the scale branch first, so that
+        its attention output is freed before the mean branch's exists (independent
+        branches: the same values in either order)."""
+        h, w = latent_means.shape[2:]
+        support = self.support(decoded)
+        scale_support = self.atten_scale[i](torch.cat([latent_scales] + support, dim=1))
+        scale = self.cc_scale_transforms[i](scale_support)[:, :, :h, :w]
+        del scale_support
+        gate = self._mean_attention(i).gated(torch.cat([latent_means] + support, dim=1))
+        mean_support = self.mean_support_from(i, gate)
+        mu = self.cc_mean_transforms[i](mean_support)[:, :, :h, :w]
+        return mu, scale, mean_support, gate
 
     def refine(self, i: int, mean_support: Tensor, y_hat_slice: Tensor) -> Tensor:
         """Latent residual prediction: y_hat + 0.5 * tanh(LRP([attention output, y_hat]))."""
